@@ -1,0 +1,40 @@
+# genre-cnn: `make demo` runs the walkthrough end to end, `make test` checks everything.
+# Both create .venv and install requirements.txt on first use (Python 3.11+).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+export GENRE_PROFILE ?= demo
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+
+.PHONY: setup data demo test report lab clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+data: setup  ## generate the demo dataset (data/demo) unless it is there
+	$(BIN)/python genre_utils.py demo-data
+
+demo: data  ## execute every notebook in order, in place; writes figures/
+	for nb in $(NOTEBOOKS); do \
+		$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+			--ExecutePreprocessor.timeout=-1 "$$nb" || exit 1; \
+	done
+
+test: data  ## unit tests, then the notebooks re-executed and compared by nbval
+	$(BIN)/python -m pytest tests/
+	$(BIN)/python -m pytest --nbval notebooks/
+
+report: setup  ## the executed notebooks as one browsable HTML report in report/
+	$(BIN)/python genre_utils.py report
+
+lab: setup  ## open the walkthrough in JupyterLab
+	$(BIN)/jupyter lab notebooks/
+
+clean:  ## remove generated data, caches and runs (keeps .venv and figures/)
+	rm -rf data cache runs report

@@ -182,6 +182,28 @@ def load_audio(path: str | os.PathLike, sr: int, duration: float) -> np.ndarray:
 
 # ── Features: mel-spectrogram and CQT, extracted in parallel into an on-disk cache ──
 
+@dataclass
+class Features:
+    """The cached features of a dataset; row i of every array belongs to row i of `index`.
+
+    index: DataFrame indexed by track_id with columns genre, split, label (int, position in
+        cfg.genres). mel: (n, n_mels, n_frames) and cqt: (n, cqt_bins, n_frames) float16 arrays,
+        usually read-only memory maps so nothing is loaded until used. stats: per-band mean and
+        standard deviation of the training split, keys mel_mean, mel_std, cqt_mean, cqt_std.
+    """
+
+    index: pd.DataFrame
+    mel: np.ndarray
+    cqt: np.ndarray
+    stats: dict[str, np.ndarray]
+    path: Path | None = None  # cache folder, None for features built in memory
+    skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
+
+    def rows(self, split: str) -> np.ndarray:
+        """Row numbers of one split ('training', 'validation' or 'test')."""
+        return np.flatnonzero(self.index["split"].to_numpy() == split)
+
+
 # (features section)
 
 
@@ -201,6 +223,29 @@ def load_audio(path: str | os.PathLike, sr: int, duration: float) -> np.ndarray:
 
 
 # ── Plots: one style, one export helper for every figure ──
+
+FIGURE_DPI = 150  # PNG resolution; PDFs are vector
+
+
+def set_plot_style() -> None:
+    """One look for every figure: seaborn's paper-friendly theme with readable font sizes."""
+    import seaborn as sns
+
+    sns.set_theme(context="notebook", style="whitegrid", palette="deep", font_scale=1.0)
+
+
+def save_figure(fig, name: str, figures_dir: str | os.PathLike = ROOT / "figures") -> list[Path]:
+    """Write `fig` as `<figures_dir>/<name>.png` (for slides, web) and `.pdf` (for LaTeX).
+
+    Uses a tight bounding box so labels are never clipped. Returns the two paths.
+    """
+    figures_dir = Path(figures_dir)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    paths = [figures_dir / f"{name}.png", figures_dir / f"{name}.pdf"]
+    for path in paths:
+        fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight", metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
+    return paths
+
 
 # (plots section)
 

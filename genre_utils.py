@@ -109,7 +109,7 @@ PRESETS = {
     "demo": Config(
         profile="demo",
         data_root=ROOT / "data" / "demo",
-        clip_seconds=8.0,
+        clip_seconds=10.0,
         n_mels=64,
         filters=16,
         dense_units=64,

@@ -9,6 +9,7 @@ need them, so that loading metadata or extracting features in worker processes s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -426,15 +427,23 @@ def save_figure(fig, name: str, figures_dir: str | os.PathLike = ROOT / "figures
     return paths
 
 
+@contextlib.contextmanager
 def _plot_style():
-    """A context manager applying `set_plot_style`'s look to the figures made inside it only."""
+    """Apply `set_plot_style`'s look to the figures made inside the block only.
+
+    rcParams are restored afterwards, except `interactive`: IPython switches it on when the first
+    figure of a session starts the inline backend, and undoing that would hide every later figure.
+    """
     import matplotlib as mpl
     import seaborn as sns
     from cycler import cycler
 
     rc = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook")}
     rc["axes.prop_cycle"] = cycler(color=sns.color_palette("deep"))
-    return mpl.rc_context(rc)
+    with mpl.rc_context(rc):
+        yield
+        interactive = mpl.is_interactive()
+    mpl.interactive(interactive)
 
 
 def _require_columns(table: pd.DataFrame, columns, what: str) -> None:

@@ -192,3 +192,15 @@ def test_export_report_refuses_unexecuted_or_missing_notebooks(tmp_path):
     with pytest.raises(gu.GenreError, match="01_fresh.ipynb: not a readable notebook"):
         gu.export_report(tmp_path, tmp_path / "report")
     assert not (tmp_path / "report" / "index.html").exists()
+
+
+def test_style_context_keeps_interactive_mode_switched_on_inside():
+    # IPython's inline backend turns interactive mode on when a session's first figure starts it;
+    # undoing that on leaving the style context would hide every later figure in a notebook.
+    matplotlib.interactive(False)
+    try:
+        with gu._plot_style():
+            matplotlib.interactive(True)
+        assert matplotlib.is_interactive()
+    finally:
+        matplotlib.interactive(False)

@@ -9,6 +9,7 @@ need them, so that loading metadata or extracting features in worker processes s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -219,10 +220,189 @@ class Features:
 
 # ── Evaluation: accuracy, per-genre scores and confusion matrix ──
 
+REPORT_VAL_ACCURACY = 0.555  # the report's validation accuracy on FMA-small (800 clips, 8 genres)
+REPORT_VAL_CLIPS = 800  # size of FMA-small's validation split
+
+
+@dataclass
+class Scores:
+    """How well predictions match the true genres of one split.
+
+    accuracy: share of clips whose most probable genre is the true one. per_genre: DataFrame indexed
+    by genre with columns precision, recall, f1 (0-1) and support (clips). confusion: counts, rows =
+    true genre, columns = predicted genre; confusion_normalized: the same divided by each row's total
+    (a row sums to 1, or 0 for a genre without clips). predictions: one row per clip (track_id, genre,
+    predicted, confidence, correct) when built by `evaluate`, else None.
+    """
+
+    accuracy: float
+    per_genre: pd.DataFrame
+    confusion: pd.DataFrame
+    confusion_normalized: pd.DataFrame
+    predictions: pd.DataFrame | None = None
+
+    @property
+    def macro_f1(self) -> float:
+        """Unweighted mean of the per-genre F1 scores."""
+        return float(self.per_genre["f1"].mean())
+
+    @property
+    def n_clips(self) -> int:
+        """Number of clips scored."""
+        return int(self.per_genre["support"].sum())
+
+
+def classification_scores(y_true, proba, genres=GENRES) -> Scores:
+    """Accuracy, per-genre precision/recall/F1 and confusion matrix of predicted probabilities.
+
+    y_true: (n,) integer labels, positions in `genres`; proba: (n, len(genres)) class probabilities
+    (or any scores; the arg-max is the prediction). Returns a `Scores` without per-clip predictions.
+    Raises GenreError for mismatched shapes, labels out of range or non-finite probabilities.
+    """
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    genres = list(genres)
+    y_true = np.asarray(y_true)
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim != 2 or proba.shape[1] != len(genres):
+        raise GenreError(f"probabilities have shape {proba.shape}; expected (n_clips, {len(genres)}) for {len(genres)} genres")
+    if y_true.ndim != 1 or len(y_true) != len(proba):
+        raise GenreError(f"{y_true.shape} labels for {len(proba)} rows of probabilities; expected one label per row")
+    if len(y_true) == 0:
+        raise GenreError("no clips to score (empty labels and probabilities)")
+    if not np.issubdtype(y_true.dtype, np.integer) or y_true.min() < 0 or y_true.max() >= len(genres):
+        raise GenreError(f"labels must be integers in 0..{len(genres) - 1} (positions in genres); got {np.unique(y_true)[:10]}")
+    if not np.all(np.isfinite(proba)):
+        raise GenreError("probabilities contain NaN or infinite values")
+
+    y_pred = proba.argmax(axis=1)
+    labels = np.arange(len(genres))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    per_genre = pd.DataFrame(
+        {"precision": precision, "recall": recall, "f1": f1, "support": support},
+        index=pd.Index(genres, name="genre"),
+    )
+    axes = {"index": pd.Index(genres, name="true"), "columns": pd.Index(genres, name="predicted")}
+    return Scores(
+        accuracy=float(accuracy_score(y_true, y_pred)),
+        per_genre=per_genre,
+        confusion=pd.DataFrame(confusion_matrix(y_true, y_pred, labels=labels), **axes),
+        confusion_normalized=pd.DataFrame(confusion_matrix(y_true, y_pred, labels=labels, normalize="true"), **axes),
+    )
+
+
+def evaluate(model, features: Features, cfg: Config, split: str = "validation") -> Scores:
+    """Scores of `model` on one split of `features`, with one prediction row per clip.
+
+    Predicts with `predict_proba` (the training section's, so inputs are normalised as in training).
+    `Scores.predictions` has columns track_id, genre (true), predicted, confidence (probability of the
+    predicted genre, 0-1) and correct. Raises GenreError for an unknown split and DataError when the
+    split has no clips in `features`.
+    """
+    if split not in SPLITS:
+        raise GenreError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    rows = features.rows(split)
+    if len(rows) == 0:
+        where = features.path or "the features in memory"
+        raise DataError(f"{where}: no clips in the {split!r} split to evaluate")
+    proba = np.asarray(predict_proba(model, features, rows, cfg))
+    index = features.index.iloc[rows]
+    scores = classification_scores(index["label"].to_numpy(), proba, cfg.genres)
+    predicted = proba.argmax(axis=1)
+    scores.predictions = pd.DataFrame(
+        {
+            "track_id": index.index.to_numpy(),
+            "genre": index["genre"].to_numpy(),
+            "predicted": np.asarray(cfg.genres)[predicted],
+            "confidence": proba[np.arange(len(rows)), predicted],
+        }
+    )
+    scores.predictions["correct"] = scores.predictions["genre"] == scores.predictions["predicted"]
+    return scores
+
+
+def most_confused_pairs(confusion, genres=None, k: int = 5) -> pd.DataFrame:
+    """The `k` most frequent mistakes: which true genre was most often predicted as which other.
+
+    confusion: (n_genres, n_genres) counts, rows = true genre, columns = predicted (an array, or the
+    DataFrame of `Scores.confusion`, whose index supplies `genres` when not given). Pairs are
+    directed (Rock predicted as Pop is not Pop predicted as Rock). Returns a DataFrame with columns
+    true, predicted, clips and share (of the true genre's clips), most clips first; pairs never
+    confused are left out. Raises GenreError for a non-square matrix or wrong number of genres.
+    """
+    if genres is None:
+        if not isinstance(confusion, pd.DataFrame):
+            raise GenreError("most_confused_pairs needs `genres` when the confusion matrix is a plain array")
+        genres = confusion.index
+    counts = np.asarray(confusion)
+    genres = list(genres)
+    if counts.ndim != 2 or counts.shape != (len(genres), len(genres)):
+        raise GenreError(f"confusion matrix has shape {counts.shape}; expected ({len(genres)}, {len(genres)}) for {len(genres)} genres")
+    pairs = (
+        pd.DataFrame(counts, index=pd.Index(genres, name="true"), columns=pd.Index(genres, name="predicted"))
+        .stack()
+        .rename("clips")
+        .reset_index()
+    )
+    row_totals = pairs.groupby("true")["clips"].transform("sum")
+    pairs["share"] = pairs["clips"] / row_totals.where(row_totals > 0)
+    mistakes = pairs[(pairs["true"] != pairs["predicted"]) & (pairs["clips"] > 0)]
+    return mistakes.sort_values(["clips", "share"], ascending=False, kind="stable").head(k).reset_index(drop=True)
+
+
+def describe_dataset(cfg: Config) -> str:
+    """One line saying which data a run with `cfg` used, to label results honestly.
+
+    The synthetic demo (the `demo` preset's data root) is named as such and "not FMA"; a root with
+    fma_metadata/ is FMA of cfg.subset; anything else is a folder-per-genre dataset named by its folder.
+    """
+    root = Path(cfg.data_root).resolve()
+    if root == PRESETS["demo"].data_root.resolve():
+        return f"synthetic demo set ({cfg.clip_seconds:g} s clips), not FMA"
+    if (root / "fma_metadata").is_dir():
+        return f"FMA-{cfg.subset} ({cfg.clip_seconds:g} s clips)"
+    return f"folder-per-genre dataset '{root.name}' ({cfg.clip_seconds:g} s clips)"
+
+
+def compare_with_report(scores: dict[str, Scores], cfg: Config, run_name: str) -> pd.DataFrame:
+    """A table putting a run's results next to the report's 0.555 validation accuracy.
+
+    scores: Scores per split name (e.g. {"validation": ..., "test": ...}); cfg: the run's Config (for
+    the dataset description). Returns a DataFrame indexed by a readable label with columns run,
+    dataset, split, clips, accuracy and macro_f1 (NaN where the report gives none); first row = report.
+    """
+    rows = [
+        {
+            "result": "report (validation)",
+            "run": "report",
+            "dataset": "FMA-small (30 s clips)",
+            "split": "validation",
+            "clips": REPORT_VAL_CLIPS,
+            "accuracy": REPORT_VAL_ACCURACY,
+            "macro_f1": np.nan,
+        }
+    ]
+    for split, split_scores in scores.items():
+        rows.append(
+            {
+                "result": f"{run_name} ({split})",
+                "run": run_name,
+                "dataset": describe_dataset(cfg),
+                "split": split,
+                "clips": split_scores.n_clips,
+                "accuracy": split_scores.accuracy,
+                "macro_f1": split_scores.macro_f1,
+            }
+        )
+    return pd.DataFrame(rows).set_index("result")
+
+
 # (evaluation section)
 
 
-# ── Plots: one style, one export helper for every figure ──
+# ── Plots: one style, one export helper for every figure, and the notebooks as one HTML report ──
 
 FIGURE_DPI = 150  # PNG resolution; PDFs are vector
 
@@ -245,6 +425,285 @@ def save_figure(fig, name: str, figures_dir: str | os.PathLike = ROOT / "figures
     for path in paths:
         fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight", metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
     return paths
+
+
+@contextlib.contextmanager
+def _plot_style():
+    """Apply `set_plot_style`'s look to the figures made inside the block only.
+
+    rcParams are restored afterwards, except `interactive`: IPython switches it on when the first
+    figure of a session starts the inline backend, and undoing that would hide every later figure.
+    """
+    import matplotlib as mpl
+    import seaborn as sns
+    from cycler import cycler
+
+    rc = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook")}
+    rc["axes.prop_cycle"] = cycler(color=sns.color_palette("deep"))
+    with mpl.rc_context(rc):
+        yield
+        interactive = mpl.is_interactive()
+    mpl.interactive(interactive)
+
+
+def _require_columns(table: pd.DataFrame, columns, what: str) -> None:
+    """Raise GenreError naming the missing columns of `table`."""
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise GenreError(f"{what} has no column(s) {', '.join(missing)}; it has {', '.join(map(str, table.columns)) or 'none'}")
+
+
+def plot_learning_curves(history: pd.DataFrame):
+    """Loss and accuracy per epoch, training vs validation, in two panels; returns the Figure.
+
+    history: one row per epoch with columns loss and accuracy, optionally val_loss, val_accuracy and
+    epoch (0-based, as Keras' CSVLogger writes it; epochs are shown 1-based as Keras prints them).
+    The epoch with the best validation accuracy is marked. Raises GenreError for an empty history or
+    missing columns.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    _require_columns(history, ["loss", "accuracy"], "the training history")
+    if len(history) == 0:
+        raise GenreError("the training history is empty (no epoch finished)")
+    epochs = history["epoch"].to_numpy() + 1 if "epoch" in history else np.arange(1, len(history) + 1)
+    best = int(np.nanargmax(history["val_accuracy"].to_numpy())) if "val_accuracy" in history else None
+
+    with _plot_style():
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+        for ax, metric, title in zip(axes, ["loss", "accuracy"], ["Loss (cross-entropy)", "Accuracy"]):
+            ax.plot(epochs, history[metric], marker="o", markersize=3, label="training")
+            if f"val_{metric}" in history:
+                ax.plot(epochs, history[f"val_{metric}"], marker="o", markersize=3, label="validation")
+            if best is not None:
+                ax.axvline(epochs[best], color="0.4", linestyle=":", label=f"best validation (epoch {epochs[best]})")
+            ax.set(title=title, xlabel="Epoch", ylabel=metric.capitalize())
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[1].set_ylim(0, 1)
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, frameon=False)
+    return fig
+
+
+def plot_confusion_matrix(confusion, genres=None, normalize: bool = True):
+    """Heat map of a confusion matrix with genre names (rows true, columns predicted); returns the Figure.
+
+    confusion: (n_genres, n_genres) counts (array, or `Scores.confusion`, whose index supplies
+    `genres` when not given). normalize=True shows each row as shares of the true genre's clips
+    (percent), False the raw counts. Raises GenreError for a matrix that does not match `genres`.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    if genres is None:
+        if not isinstance(confusion, pd.DataFrame):
+            raise GenreError("plot_confusion_matrix needs `genres` when the confusion matrix is a plain array")
+        genres = confusion.index
+    genres = list(genres)
+    counts = np.asarray(confusion, dtype=np.float64)
+    if counts.shape != (len(genres), len(genres)):
+        raise GenreError(f"confusion matrix has shape {counts.shape}; expected ({len(genres)}, {len(genres)}) for {len(genres)} genres")
+    matrix = pd.DataFrame(counts, index=genres, columns=genres)
+    if normalize:
+        matrix = matrix.div(matrix.sum(axis=1).where(lambda total: total > 0), axis=0).fillna(0.0)
+    # annotate every cell but the off-diagonal zeros, so the mistakes that happen stand out
+    annotations = matrix.map(lambda v: f"{v:.0%}" if normalize else f"{v:.0f}").to_numpy()
+    annotations[(matrix.to_numpy() == 0) & ~np.eye(len(genres), dtype=bool)] = ""
+
+    with _plot_style():
+        size = 1.6 + 0.75 * len(genres)
+        fig, ax = plt.subplots(figsize=(size + 1.2, size), layout="constrained")
+        sns.heatmap(
+            matrix,
+            ax=ax,
+            annot=annotations,
+            fmt="",
+            cmap="Blues",
+            vmin=0,
+            vmax=1 if normalize else None,
+            square=True,
+            linewidths=0.5,
+            linecolor="white",
+            cbar_kws={
+                "label": "share of the true genre's clips" if normalize else "clips",
+                "format": PercentFormatter(1.0, decimals=0) if normalize else None,
+                "shrink": 0.8,
+            },
+        )
+        if not normalize:  # whole clips on the colour bar
+            ax.collections[0].colorbar.locator = MaxNLocator(integer=True)
+        ax.set(xlabel="Predicted genre", ylabel="True genre", title="Confusion matrix" + (" (row-normalised)" if normalize else ""))
+        ax.tick_params(axis="x", labelrotation=40)
+        ax.tick_params(axis="y", labelrotation=0)
+        plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
+    return fig
+
+
+def plot_genre_scores(per_genre: pd.DataFrame):
+    """Grouped bars of precision, recall and F1 per genre (0-1); returns the Figure.
+
+    per_genre: `Scores.per_genre` (index genre, columns precision, recall, f1 and optionally
+    support, shown under each genre name). Raises GenreError for missing columns.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    _require_columns(per_genre, ["precision", "recall", "f1"], "the per-genre scores")
+    labels = [f"{genre}\n(n={int(n)})" for genre, n in per_genre["support"].items()] if "support" in per_genre else list(map(str, per_genre.index))
+    long = (
+        per_genre[["precision", "recall", "f1"]]
+        .rename(columns={"precision": "Precision", "recall": "Recall", "f1": "F1"})
+        .set_axis(labels)
+        .rename_axis("genre")
+        .reset_index()
+        .melt(id_vars="genre", var_name="score", value_name="value")
+    )
+
+    with _plot_style():
+        fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(per_genre)), 4.5), layout="constrained")
+        sns.barplot(long, x="genre", y="value", hue="score", ax=ax)
+        ax.set(xlabel="", ylabel="Score", ylim=(0, 1.05), title="Per-genre scores")
+        ax.get_legend().remove()
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=3, frameon=False)
+    return fig
+
+
+def plot_comparison(
+    table,
+    value: str = "accuracy",
+    error: str | None = None,
+    reference: float | None = REPORT_VAL_ACCURACY,
+    chance: float | None = 1 / len(GENRES),
+):
+    """Horizontal bars comparing runs or methods on one score, with the report's result as a line.
+
+    table: DataFrame indexed by run/method label with a `value` column (0-1), e.g. the output of
+    `compare_with_report` or an ablation table (a Series works too); `error`: optional column of
+    error-bar half widths (e.g. standard deviation over seeds). `reference` (the report's 0.555
+    validation accuracy) and `chance` (1/8) are drawn as vertical lines; None leaves them out.
+    Returns the Figure. Raises GenreError for an empty table or missing columns.
+    """
+    import matplotlib.pyplot as plt
+
+    if isinstance(table, pd.Series):
+        table = table.to_frame(value)
+    _require_columns(table, [value] + ([error] if error else []), "the comparison table")
+    if len(table) == 0:
+        raise GenreError("the comparison table is empty")
+    labels = [str(label) for label in table.index]
+    values = table[value].to_numpy(dtype=float)
+    datasets = table["dataset"].astype(str) if "dataset" in table else pd.Series("", index=table.index)
+
+    with _plot_style():
+        fig, ax = plt.subplots(figsize=(8, 1.2 + 0.55 * len(table)), layout="constrained")
+        positions = np.arange(len(table))
+        palette = dict(zip(datasets.unique(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(table)))
+        ax.barh(
+            positions,
+            values,
+            xerr=table[error].to_numpy(dtype=float) if error else None,
+            color=[palette[d] for d in datasets],
+            capsize=3,
+        )
+        errors = table[error].to_numpy(dtype=float) if error else np.zeros(len(table))
+        for position, v, e in zip(positions, values, errors):  # value labels right of the error bars
+            ax.text(np.nan_to_num(v + e) + 0.015, position, f"{v:.3f}" + (f" ± {e:.3f}" if error else ""),
+                    va="center", bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+        if len(palette) > 1:  # say which bar used which data: the demo is not FMA
+            for dataset, color in palette.items():
+                ax.barh([np.nan], [np.nan], color=color, label=dataset)
+        ax.set_yticks(positions, labels)
+        ax.invert_yaxis()  # first row on top, as in the table
+        if reference is not None:
+            ax.axvline(reference, color="C3", linestyle="--", label=f"report: {reference:.3f} (FMA-small validation)")
+        if chance is not None:
+            ax.axvline(chance, color="0.5", linestyle=":", label=f"chance: {chance:.3f}")
+        ax.set(xlim=(0, 1.15), xlabel=value.replace("_", " ").capitalize(), title=f"{value.replace('_', ' ').capitalize()} by run")
+        ax.grid(axis="y", visible=False)
+        if ax.get_legend_handles_labels()[0]:
+            fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, frameon=False)
+    return fig
+
+
+def _merged_notebook(notebooks: dict):
+    """One nbformat notebook: a title and table of contents, then each notebook's cells as a part.
+
+    notebooks: {path: nbformat notebook} in report order.
+    """
+    import nbformat
+
+    contents = "\n".join(
+        f"{i}. [{_notebook_title(notebook, path)}](#part-{path.stem})" for i, (path, notebook) in enumerate(notebooks.items(), 1)
+    )
+    cells = [
+        nbformat.v4.new_markdown_cell(
+            "# genre-cnn: music-genre classification with a three-branch CNN\n\n"
+            f"The project's notebooks as executed, one part each:\n\n{contents}"
+        )
+    ]
+    for path, notebook in notebooks.items():
+        cells.append(nbformat.v4.new_markdown_cell(f'<a id="part-{path.stem}"></a>\n\n---\n*Part `{path.name}`*'))
+        for number, cell in enumerate(notebook.cells):
+            cell = nbformat.from_dict(dict(cell))
+            cell.id = f"{path.stem}-{number}"  # cell ids must stay unique in the merged notebook
+            if cell.cell_type == "code":  # nbval markers are for the test runner, not for readers
+                cell.source = "\n".join(line for line in cell.source.splitlines() if not line.startswith("# NBVAL_"))
+            cells.append(cell)
+    merged = nbformat.v4.new_notebook(cells=cells, metadata=dict(next(iter(notebooks.values())).metadata))
+    merged.metadata["title"] = "genre-cnn report"
+    return merged
+
+
+def _read_notebook(path: Path):
+    """An nbformat v4 notebook read from `path`; GenreError naming the file when it is not one."""
+    import nbformat
+
+    try:
+        return nbformat.read(path, as_version=4)
+    except Exception as exc:  # JSON and schema errors alike: name the file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GenreError(f"{path}: not a readable notebook ({reason})") from None
+
+
+def _notebook_title(notebook, path: Path) -> str:
+    """The first Markdown heading of a notebook, else its file name."""
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("#"):
+                    return line.lstrip("#").strip()
+    return path.stem
+
+
+def export_report(notebooks_dir: str | os.PathLike = ROOT / "notebooks", out_dir: str | os.PathLike = ROOT / "report") -> Path:
+    """Merge the executed notebooks `NN_*.ipynb` of `notebooks_dir` into one HTML page, `out_dir/index.html`.
+
+    The page starts with a table of contents linking to each notebook's part; figures are embedded
+    (outputs carry them as data, local Markdown images are inlined), so the file can be mailed or
+    opened offline. Written atomically. Returns the path. Raises GenreError when there are no
+    notebooks or one of them has not been executed (run `make demo` first).
+    """
+    from nbconvert import HTMLExporter
+
+    notebooks_dir, out_dir = Path(notebooks_dir), Path(out_dir)
+    paths = sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+    if not paths:
+        raise GenreError(f"{notebooks_dir}: no notebooks named NN_*.ipynb to export")
+    notebooks = {path: _read_notebook(path) for path in paths}
+    for path, notebook in notebooks.items():
+        code_cells = [cell for cell in notebook.cells if cell.cell_type == "code" and cell.source.strip()]
+        if code_cells and not any(cell.get("execution_count") for cell in code_cells):
+            raise GenreError(f"{path}: not executed (no code cell has run); run `make demo` first")
+
+    exporter = HTMLExporter(template_name="lab", embed_images=True)
+    html, _ = exporter.from_notebook_node(_merged_notebook(notebooks), resources={"metadata": {"path": str(notebooks_dir)}})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / "index.html"
+    partial = out_dir / f".index.html.{os.getpid()}.partial"
+    partial.write_text(html, encoding="utf-8")
+    os.replace(partial, target)
+    return target
 
 
 # (plots section)

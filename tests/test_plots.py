@@ -1,0 +1,206 @@
+"""Figures (content, labels, export) and the one-page HTML report of the notebooks."""
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.image
+import matplotlib.pyplot as plt
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+import genre_utils as gu
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture
+def history():
+    epochs = np.arange(6)
+    return pd.DataFrame(
+        {
+            "epoch": epochs,
+            "accuracy": [0.2, 0.4, 0.6, 0.7, 0.8, 0.9],
+            "loss": [2.0, 1.5, 1.1, 0.8, 0.6, 0.4],
+            "val_accuracy": [0.15, 0.3, 0.45, 0.5, 0.48, 0.47],
+            "val_loss": [2.1, 1.8, 1.5, 1.4, 1.45, 1.5],
+            "learning_rate": 1e-3 * 0.3 ** (epochs / 10),
+        }
+    )
+
+
+@pytest.fixture
+def scores():
+    rng = np.random.default_rng(0)
+    y_true = np.repeat(np.arange(len(gu.GENRES)), 5)
+    proba = rng.dirichlet(np.ones(len(gu.GENRES)), size=len(y_true))
+    return gu.classification_scores(y_true, proba, gu.GENRES)
+
+
+def line_labels(ax):
+    return [line.get_label() for line in ax.get_lines()]
+
+
+def test_learning_curves_two_panels_train_vs_validation(history):
+    fig = gu.plot_learning_curves(history)
+    loss_ax, accuracy_ax = fig.axes
+    assert loss_ax.get_xlabel() == accuracy_ax.get_xlabel() == "Epoch"
+    assert "Loss" in loss_ax.get_title() and "Accuracy" in accuracy_ax.get_title()
+    assert line_labels(accuracy_ax) == ["training", "validation", "best validation (epoch 4)"]
+    np.testing.assert_array_equal(accuracy_ax.get_lines()[1].get_xdata(), np.arange(1, 7))  # 1-based epochs
+    np.testing.assert_array_equal(loss_ax.get_lines()[0].get_ydata(), history["loss"])
+    assert [t.get_text() for t in fig.legends[0].get_texts()][:2] == ["training", "validation"]
+
+
+def test_learning_curves_without_validation_and_bad_history(history):
+    fig = gu.plot_learning_curves(history[["loss", "accuracy"]])
+    assert line_labels(fig.axes[1]) == ["training"]
+    with pytest.raises(gu.GenreError, match="no column\\(s\\) accuracy"):
+        gu.plot_learning_curves(history.drop(columns="accuracy"))
+    with pytest.raises(gu.GenreError, match="empty"):
+        gu.plot_learning_curves(history.iloc[:0])
+
+
+def test_confusion_matrix_heat_map_has_genre_names_and_shares(scores):
+    fig = gu.plot_confusion_matrix(scores.confusion)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(gu.GENRES)
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(gu.GENRES)
+    assert ax.get_xlabel() == "Predicted genre" and ax.get_ylabel() == "True genre"
+    assert ax.get_xticklabels()[0].get_rotation() == pytest.approx(40)
+    values = ax.collections[0].get_array().reshape(len(gu.GENRES), -1)
+    np.testing.assert_allclose(values, scores.confusion_normalized.to_numpy())
+    annotations = [t.get_text() for t in ax.texts]
+    assert len(annotations) == len(gu.GENRES) ** 2 and all(a == "" or a.endswith("%") for a in annotations)
+
+
+def test_confusion_matrix_counts_and_bad_shape():
+    counts = np.array([[3, 1], [0, 2]])
+    fig = gu.plot_confusion_matrix(counts, ["Rock", "Pop"], normalize=False)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["3", "1", "", "2"]
+    with pytest.raises(gu.GenreError, match="expected \\(3, 3\\)"):
+        gu.plot_confusion_matrix(counts, ["Rock", "Pop", "Folk"])
+
+
+def test_genre_scores_bars(scores):
+    fig = gu.plot_genre_scores(scores.per_genre)
+    ax = fig.axes[0]
+    bars = [bar for container in ax.containers for bar in container]
+    assert len(bars) == 3 * len(gu.GENRES)
+    assert ax.get_ylim() == (0, 1.05)
+    assert [t.get_text() for t in ax.get_xticklabels()][0] == "Hip-Hop\n(n=5)"
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["Precision", "Recall", "F1"]
+    heights = sorted(bar.get_height() for bar in bars)
+    np.testing.assert_allclose(heights, sorted(scores.per_genre[["precision", "recall", "f1"]].to_numpy().ravel()))
+
+
+def test_comparison_bars_with_report_line(scores):
+    table = gu.compare_with_report({"validation": scores}, gu.get_config("demo"), "demo-full")
+    fig = gu.plot_comparison(table)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["report (validation)", "demo-full (validation)"]
+    reference = [line for line in ax.get_lines() if line.get_label().startswith("report")]
+    assert reference and reference[0].get_xdata()[0] == pytest.approx(0.555)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("not FMA" in text for text in legend)  # bars coloured by dataset
+    assert ax.patches[0].get_width() == pytest.approx(0.555)
+
+
+def test_comparison_of_a_series_with_error_bars():
+    table = pd.DataFrame({"accuracy": [0.5, 0.4], "std": [0.02, 0.03]}, index=["all branches", "no CQT"])
+    fig = gu.plot_comparison(table, error="std", chance=None)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["0.500 ± 0.020", "0.400 ± 0.030"]
+    assert len(gu.plot_comparison(table["accuracy"]).axes[0].patches) == 2
+    with pytest.raises(gu.GenreError, match="no column\\(s\\) f1"):
+        gu.plot_comparison(table, value="f1")
+
+
+def test_plots_leave_global_style_alone(history):
+    before = dict(matplotlib.rcParams)
+    gu.plot_learning_curves(history)
+    assert dict(matplotlib.rcParams) == before
+
+
+def test_save_figure_writes_png_and_reproducible_pdf(tmp_path, history):
+    fig = gu.plot_learning_curves(history)
+    png, pdf = gu.save_figure(fig, "05_learning_curves", tmp_path)
+    assert (png.name, pdf.name) == ("05_learning_curves.png", "05_learning_curves.pdf")
+    image = matplotlib.image.imread(png)
+    assert image.ndim == 3 and image.shape[0] > 100 and image[..., :3].std() > 0.05  # decodes, not blank
+    first_pdf = pdf.read_bytes()
+    assert first_pdf.startswith(b"%PDF") and b"CreationDate" not in first_pdf
+    gu.save_figure(fig, "05_learning_curves", tmp_path)
+    assert pdf.read_bytes() == first_pdf
+
+
+def tiny_png() -> str:
+    fig, ax = plt.subplots(figsize=(1, 1))
+    ax.plot([0, 1], [0, 1])
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def write_notebook(path, heading, code, outputs, executed=True):
+    notebook = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell(f"# {heading}\n\nSome prose."),
+            nbformat.v4.new_code_cell(code, outputs=outputs, execution_count=1 if executed else None),
+        ]
+    )
+    nbformat.write(notebook, path)
+
+
+def test_export_report_merges_notebooks_into_one_page(tmp_path):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    png = tiny_png()
+    write_notebook(notebooks / "01_first.ipynb", "The dataset", "# NBVAL_IGNORE_OUTPUT\nprint('alpha')",
+                   [nbformat.v4.new_output("stream", name="stdout", text="alpha-output\n")])
+    write_notebook(notebooks / "02_second.ipynb", "The results", "plot()",
+                   [nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"})])
+    (notebooks / "scratch.ipynb").write_text("not a notebook")  # not NN_*: ignored
+
+    out = gu.export_report(notebooks, tmp_path / "report")
+
+    assert out == tmp_path / "report" / "index.html"
+    assert [p.name for p in out.parent.iterdir()] == ["index.html"]  # nothing partial left behind
+    html = out.read_text(encoding="utf-8")
+    assert "alpha-output" in html and "The results" in html
+    assert html.index("The dataset") < html.index("The results")
+    assert 'href="#part-01_first"' in html and 'id="part-02_second"' in html  # table of contents
+    assert f"data:image/png;base64,{png[:60]}" in html
+    assert "NBVAL_IGNORE_OUTPUT" not in html
+
+
+def test_export_report_refuses_unexecuted_or_missing_notebooks(tmp_path):
+    with pytest.raises(gu.GenreError, match="no notebooks"):
+        gu.export_report(tmp_path, tmp_path / "report")
+    write_notebook(tmp_path / "01_fresh.ipynb", "Fresh", "1 + 1", [], executed=False)
+    with pytest.raises(gu.GenreError, match="01_fresh.ipynb: not executed"):
+        gu.export_report(tmp_path, tmp_path / "report")
+    (tmp_path / "01_fresh.ipynb").write_text("{broken")
+    with pytest.raises(gu.GenreError, match="01_fresh.ipynb: not a readable notebook"):
+        gu.export_report(tmp_path, tmp_path / "report")
+    assert not (tmp_path / "report" / "index.html").exists()
+
+
+def test_style_context_keeps_interactive_mode_switched_on_inside():
+    # IPython's inline backend turns interactive mode on when a session's first figure starts it;
+    # undoing that on leaving the style context would hide every later figure in a notebook.
+    matplotlib.interactive(False)
+    try:
+        with gu._plot_style():
+            matplotlib.interactive(True)
+        assert matplotlib.is_interactive()
+    finally:
+        matplotlib.interactive(False)

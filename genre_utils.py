@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import warnings
@@ -162,7 +163,10 @@ def load_audio(path: str | os.PathLike, sr: int, duration: float) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # librosa's backend fallback warnings; we raise instead
-            y, _ = librosa.load(path, sr=sr, mono=True, duration=duration, res_type="soxr_hq")
+            y, native_sr = librosa.load(path, sr=None, mono=False, duration=duration)
+            if y.ndim > 1:  # mix down a contiguous copy: same samples as librosa.to_mono, ~5x faster
+                y = np.ascontiguousarray(y).mean(axis=0)
+            y = librosa.resample(y, orig_sr=native_sr, target_sr=sr, res_type="soxr_hq")
     except Exception as exc:  # every decoder failure becomes one clear message
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AudioError(f"{path}: cannot decode audio ({reason})") from None
@@ -203,6 +207,378 @@ class Features:
     def rows(self, split: str) -> np.ndarray:
         """Row numbers of one split ('training', 'validation' or 'test')."""
         return np.flatnonzero(self.index["split"].to_numpy() == split)
+
+
+FEATURES_FORMAT = 1  # version of the cache layout and feature recipe; bump it to invalidate old caches
+TOP_DB = 80.0  # dB: dynamic range kept below each clip's loudest bin
+# Config fields that change the features. A new field that changes them must be added here,
+# or old caches would be reused for it. Model and training settings are deliberately absent.
+FEATURE_SETTINGS = (
+    "sample_rate", "clip_seconds", "n_fft", "hop_length", "n_mels",
+    "cqt_bins", "cqt_bins_per_octave", "cqt_fmin", "genres",
+)
+_FLUSH_ROWS = 64  # rows computed between two flushes of the cache's done flags to disk
+_CACHE_FILES = ("mel.npy", "cqt.npy", "index.csv", "stats.npz", "skipped.csv", "config.json")
+
+
+class CacheError(GenreError):
+    """A feature cache folder that is missing, unfinished or does not match this code."""
+
+
+def mel_spectrogram(y: np.ndarray, cfg: Config) -> np.ndarray:
+    """Log-mel spectrogram of a mono clip `y` (float32 samples at cfg.sample_rate).
+
+    Returns float32 (cfg.n_mels, 1 + len(y) // cfg.hop_length) in dB relative to the clip's
+    loudest bin: values lie in [-TOP_DB, 0]. The per-clip reference (ref=np.max) removes the
+    loudness differences of mastering and recording, which say little about genre, and keeps
+    every clip on the same scale for the network; TOP_DB floors the near-silent bins so that
+    silence gives zeros instead of -inf.
+    """
+    import librosa
+
+    power = librosa.feature.melspectrogram(
+        y=y, sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length, n_mels=cfg.n_mels
+    )
+    return librosa.power_to_db(power, ref=np.max, top_db=TOP_DB).astype(np.float32, copy=False)
+
+
+def cqt(y: np.ndarray, cfg: Config) -> np.ndarray:
+    """Log-magnitude constant-Q transform of a mono clip `y` (float32 samples at cfg.sample_rate).
+
+    cfg.cqt_bins bins from cfg.cqt_fmin Hz (C1) at cfg.cqt_bins_per_octave per octave, one frame
+    every cfg.hop_length samples. Returns float32 (cfg.cqt_bins, 1 + len(y) // cfg.hop_length) in
+    dB relative to the clip's loudest bin, in [-TOP_DB, 0], for the same reasons as
+    `mel_spectrogram`.
+    """
+    import librosa
+
+    magnitude = np.abs(
+        librosa.cqt(
+            y, sr=cfg.sample_rate, hop_length=cfg.hop_length, fmin=cfg.cqt_fmin,
+            n_bins=cfg.cqt_bins, bins_per_octave=cfg.cqt_bins_per_octave,
+        )
+    )
+    return librosa.amplitude_to_db(magnitude, ref=np.max, top_db=TOP_DB).astype(np.float32, copy=False)
+
+
+def features_key(tracks: pd.DataFrame, cfg: Config) -> str:
+    """The 16-hex-digit cache key of `tracks` (as from load_tracks) under `cfg`.
+
+    Hashes FEATURES_FORMAT, the librosa version, the FEATURE_SETTINGS of cfg and, per track, its
+    id, genre, split, absolute path, file size and modification time: changing any of them gives
+    a new key, so a new cache folder. Raises DataError for a malformed track table.
+    """
+    table = _checked_tracks(tracks, cfg)
+    return _features_key(table, cfg)
+
+
+def extract_features(
+    tracks: pd.DataFrame, cfg: Config, cache_dir: str | os.PathLike | None = None, workers: int | None = None
+) -> Features:
+    """Mel-spectrograms and CQTs of every track, computed once into `<cache_dir>/features-<key>/`.
+
+    tracks: DataFrame indexed by track_id with columns genre (one of cfg.genres), split
+    ('training', 'validation' or 'test') and path (audio file). cache_dir defaults to
+    cfg.cache_dir, workers (processes) to every available core; workers=1 computes in this
+    process. An unchanged dataset and settings reuse the finished cache without decoding
+    anything. Work happens in `features-<key>.partial/`, renamed when complete; an interrupted
+    run resumes from the rows already flushed there. Files that cannot be decoded, or give
+    NaN/inf features, are skipped and listed in Features.skipped. Returns the Features of the
+    finished cache (memory-mapped, rows sorted by track_id). Raises DataError for a malformed
+    track table, no training track, or when no file at all can be decoded.
+    """
+    from tqdm import tqdm
+
+    table = _checked_tracks(tracks, cfg)
+    key = _features_key(table, cfg)
+    cache_dir = Path(cache_dir if cache_dir is not None else cfg.cache_dir)
+    final = cache_dir / f"features-{key}"
+    if final.is_dir():
+        return open_features(final)
+
+    partial = cache_dir / f"features-{key}.partial"
+    mel, cqt_rows, done = _open_partial(partial, key, table, cfg)
+    todo = np.flatnonzero(done == 0)
+    skipped: list[tuple[int, str, str]] = []  # (row, path, reason)
+    unflushed: list[int] = []
+
+    def flush() -> None:  # data first, then the flags that vouch for it
+        mel.flush()
+        cqt_rows.flush()
+        done[unflushed] = 1
+        done.flush()
+        unflushed.clear()
+
+    jobs = [(int(row), str(table["path"].iloc[row])) for row in todo]
+    progress = tqdm(total=len(table), initial=len(table) - len(todo), desc=f"features {key}", unit="clip")
+    try:
+        for row, (mel_row, cqt_row, reason) in _feature_results(jobs, cfg, workers or _available_cores()):
+            if reason is None:
+                mel[row], cqt_rows[row] = mel_row, cqt_row
+                unflushed.append(row)
+                if len(unflushed) >= _FLUSH_ROWS:
+                    flush()
+            else:
+                skipped.append((row, str(table["path"].iloc[row]), reason))
+            progress.update()
+    finally:
+        flush()
+        progress.close()
+    del mel, cqt_rows
+    _finish_partial(partial, final, table, done, skipped, key, cfg)
+    return open_features(final)
+
+
+def open_features(path: str | os.PathLike) -> Features:
+    """The Features of a finished cache folder `path` (as made by extract_features), memory-mapped.
+
+    Raises CacheError naming the folder when it is missing, unfinished (a `.partial` folder or a
+    missing file), from another FEATURES_FORMAT, or when its files disagree with each other.
+    """
+    path = Path(path)
+    if path.name.endswith(".partial"):
+        raise CacheError(f"{path}: unfinished feature cache (an interrupted extraction); "
+                         "run extract_features again to resume it")
+    if not path.is_dir():
+        raise CacheError(f"{path}: no feature cache here; run extract_features to build it")
+    missing = [name for name in _CACHE_FILES if not (path / name).is_file()]
+    if missing:
+        raise CacheError(f"{path}: incomplete feature cache, missing {', '.join(missing)}; "
+                         "delete the folder and run extract_features again")
+    try:
+        info = json.loads((path / "config.json").read_text())
+        index = pd.read_csv(path / "index.csv", index_col="track_id",
+                            dtype={"genre": str, "split": str, "label": np.int64})
+        skipped = pd.read_csv(path / "skipped.csv", dtype=str, keep_default_na=False)
+        mel = np.load(path / "mel.npy", mmap_mode="r")
+        cqt_rows = np.load(path / "cqt.npy", mmap_mode="r")
+        with np.load(path / "stats.npz") as stats_file:
+            stats = {name: stats_file[name] for name in stats_file.files}
+    except (OSError, ValueError, KeyError) as exc:
+        raise CacheError(f"{path}: unreadable feature cache ({exc}); delete the folder and "
+                         "run extract_features again") from None
+    if info.get("format") != FEATURES_FORMAT:
+        raise CacheError(f"{path}: cache format {info.get('format')} but this code reads format "
+                         f"{FEATURES_FORMAT}; delete the folder and run extract_features again")
+    problems = []
+    if path.name != f"features-{info.get('key')}":
+        problems.append(f"folder name does not match its key {info.get('key')}")
+    if not (mel.ndim == cqt_rows.ndim == 3 and mel.dtype == cqt_rows.dtype == np.float16):
+        problems.append("mel.npy and cqt.npy must be 3-D float16 arrays")
+    elif not (len(mel) == len(cqt_rows) == len(index)):
+        problems.append(f"{len(index)} index rows but {len(mel)} mel and {len(cqt_rows)} CQT rows")
+    else:
+        for name, array in (("mel", mel), ("cqt", cqt_rows)):
+            for stat in ("mean", "std"):
+                if stats.get(f"{name}_{stat}", np.empty(0)).shape != (array.shape[1],):
+                    problems.append(f"stats.npz lacks a {name}_{stat} of {array.shape[1]} bands")
+    if problems:
+        raise CacheError(f"{path}: inconsistent feature cache ({'; '.join(problems)}); delete the "
+                         "folder and run extract_features again")
+    return Features(index=index, mel=mel, cqt=cqt_rows, stats=stats, path=path, skipped=skipped)
+
+
+def _available_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _checked_tracks(tracks: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """`tracks` sorted by track_id with a label column; DataError for anything unusable."""
+    missing = {"genre", "split", "path"} - set(tracks.columns)
+    if missing:
+        raise DataError(f"track table lacks column(s) {', '.join(sorted(missing))}; "
+                        "expected genre, split, path (see load_tracks)")
+    if tracks.empty:
+        raise DataError("track table is empty: no audio to extract features from")
+    if tracks.index.has_duplicates:
+        duplicates = tracks.index[tracks.index.duplicated()].unique()[:5].tolist()
+        raise DataError(f"track table has duplicate track ids, e.g. {duplicates}")
+    unknown_genres = sorted(set(tracks["genre"]) - set(cfg.genres), key=str)
+    if unknown_genres:
+        raise DataError(f"track table has genre(s) {unknown_genres} not in cfg.genres {list(cfg.genres)}")
+    unknown_splits = sorted(set(tracks["split"]) - set(SPLITS), key=str)
+    if unknown_splits:
+        raise DataError(f"track table has split(s) {unknown_splits}; expected one of {list(SPLITS)}")
+    if not (tracks["split"] == "training").any():
+        raise DataError("track table has no 'training' track: normalization statistics need some")
+    table = tracks[["genre", "split", "path"]].sort_index()
+    table.index.name = "track_id"
+    table["path"] = [os.path.abspath(p) for p in table["path"]]
+    table["label"] = [cfg.genres.index(genre) for genre in table["genre"]]
+    return table
+
+
+def _features_key(table: pd.DataFrame, cfg: Config) -> str:
+    """Hash of everything that changes the cached result (see features_key)."""
+    import hashlib
+    from importlib.metadata import version
+
+    def file_signature(path: str) -> tuple[int, int]:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return (-1, -1)  # missing now; it will be skipped, and a new key once it appears
+        return (stat.st_size, stat.st_mtime_ns)
+
+    settings = {name: getattr(cfg, name) for name in FEATURE_SETTINGS}
+    rows = [
+        [str(track_id), genre, split, path, *file_signature(path)]
+        for track_id, genre, split, path in table[["genre", "split", "path"]].itertuples()
+    ]
+    text = json.dumps({"format": FEATURES_FORMAT, "librosa": version("librosa"), "settings": settings,
+                       "tracks": rows}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _open_partial(partial: Path, key: str, table: pd.DataFrame, cfg: Config):
+    """The row arrays and done flags of an unfinished cache, resumed if sound, else created."""
+    from numpy.lib.format import open_memmap
+
+    shapes = {"mel": (len(table), cfg.n_mels, cfg.n_frames), "cqt": (len(table), cfg.cqt_bins, cfg.n_frames)}
+    if partial.is_dir():
+        try:
+            mel = open_memmap(partial / "mel.rows.npy", mode="r+")
+            cqt_rows = open_memmap(partial / "cqt.rows.npy", mode="r+")
+            done = open_memmap(partial / "done.npy", mode="r+")
+            if (mel.shape, cqt_rows.shape, done.shape) == (shapes["mel"], shapes["cqt"], (len(table),)):
+                return mel, cqt_rows, done
+        except (OSError, ValueError):
+            pass  # created but never written completely: start this folder afresh
+        import shutil
+
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    (partial / "config.json").write_text(json.dumps(_cache_info(key, cfg), indent=2))
+    mel = open_memmap(partial / "mel.rows.npy", mode="w+", dtype=np.float16, shape=shapes["mel"])
+    cqt_rows = open_memmap(partial / "cqt.rows.npy", mode="w+", dtype=np.float16, shape=shapes["cqt"])
+    done = open_memmap(partial / "done.npy", mode="w+", dtype=np.uint8, shape=(len(table),))
+    done.flush()
+    return mel, cqt_rows, done
+
+
+def _cache_info(key: str, cfg: Config) -> dict:
+    """What config.json of a cache records: format, key, librosa version and feature settings."""
+    from importlib.metadata import version
+
+    settings = {name: getattr(cfg, name) for name in FEATURE_SETTINGS}
+    return {"format": FEATURES_FORMAT, "key": key, "librosa": version("librosa"), "top_db": TOP_DB,
+            "n_frames": cfg.n_frames, "settings": settings}
+
+
+def _init_feature_worker() -> None:
+    """Worker set-up: one math thread per process, since the processes already fill the cores."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
+
+
+def _features_of_file(path: str, cfg: Config) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+    """(mel, cqt, None) as float16 for one audio file, or (None, None, reason) if it is unusable."""
+    try:
+        y = load_audio(path, cfg.sample_rate, cfg.clip_seconds)
+    except AudioError as exc:
+        return None, None, str(exc).removeprefix(f"{path}: ")
+    mel = mel_spectrogram(y, cfg)
+    constant_q = cqt(y, cfg)
+    for name, array in (("mel-spectrogram", mel), ("CQT", constant_q)):
+        if not np.all(np.isfinite(array)):
+            return None, None, f"{name} contains NaN or infinite values"
+    return mel.astype(np.float16), constant_q.astype(np.float16), None
+
+
+def _feature_results(jobs: list[tuple[int, str]], cfg: Config, workers: int):
+    """Yield (row, _features_of_file result) for every (row, path) job, in completion order.
+
+    workers > 1 runs the jobs in that many 'spawn' processes (safe when the caller has imported
+    TensorFlow), with a bounded number in flight so finished arrays never pile up in memory.
+    """
+    workers = min(workers, len(jobs))
+    if workers <= 1:
+        for row, path in jobs:
+            yield row, _features_of_file(path, cfg)
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    pending_jobs = iter(jobs)
+    executor = ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_feature_worker
+    )
+    try:
+        in_flight = {}
+        for row, path in itertools.islice(pending_jobs, 4 * workers):
+            in_flight[executor.submit(_features_of_file, path, cfg)] = row
+        while in_flight:
+            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in finished:
+                row = in_flight.pop(future)
+                yield row, future.result()
+                for next_row, path in itertools.islice(pending_jobs, 1):
+                    in_flight[executor.submit(_features_of_file, path, cfg)] = next_row
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _finish_partial(partial: Path, final: Path, table: pd.DataFrame, done: np.ndarray,
+                    skipped: list[tuple[int, str, str]], key: str, cfg: Config) -> None:
+    """Compact the successful rows, write index, stats and skip list, then rename to `final`."""
+    import shutil
+
+    from numpy.lib.format import open_memmap
+
+    ok_rows = np.flatnonzero(done == 1)
+    skipped_table = pd.DataFrame([(path, reason) for _, path, reason in sorted(skipped)],
+                                 columns=["path", "reason"])
+    if len(ok_rows) == 0:
+        examples = "; ".join(f"{path}: {reason}" for path, reason in skipped_table.head(3).itertuples(index=False))
+        raise DataError(f"none of the {len(table)} audio files could be decoded ({examples})")
+    index = table.iloc[ok_rows][["genre", "split", "label"]]
+    if not (index["split"] == "training").any():
+        raise DataError("every training file was skipped as unreadable: no normalization statistics")
+    stats = {}
+    for name in ("mel", "cqt"):
+        rows_file, out_file = partial / f"{name}.rows.npy", partial / f"{name}.npy"
+        if len(ok_rows) == len(table):
+            os.replace(rows_file, out_file)
+        else:
+            rows = np.load(rows_file, mmap_mode="r")
+            out = open_memmap(out_file, mode="w+", dtype=np.float16, shape=(len(ok_rows), *rows.shape[1:]))
+            for start in range(0, len(ok_rows), 256):
+                out[start:start + 256] = rows[ok_rows[start:start + 256]]
+            out.flush()
+            del rows, out
+            rows_file.unlink()
+        stats[f"{name}_mean"], stats[f"{name}_std"] = _band_stats(
+            np.load(out_file, mmap_mode="r"), np.flatnonzero(index["split"].to_numpy() == "training")
+        )
+    index.to_csv(partial / "index.csv")
+    skipped_table.to_csv(partial / "skipped.csv", index=False)
+    np.savez(partial / "stats.npz", **stats)
+    info = _cache_info(key, cfg) | {"tracks": len(index), "skipped": len(skipped_table)}
+    (partial / "config.json").write_text(json.dumps(info, indent=2))
+    (partial / "done.npy").unlink()
+    try:
+        os.replace(partial, final)
+    except OSError:  # another run finished the same cache first; keep its copy
+        if not final.is_dir():
+            raise
+        shutil.rmtree(partial)
+
+
+def _band_stats(features: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and standard deviation (float32, shape (bands,)) of features[rows] over rows
+    and frames, accumulated in float64 a chunk at a time so a memory map is never loaded whole."""
+    total = np.zeros(features.shape[1])
+    total_sq = np.zeros(features.shape[1])
+    for start in range(0, len(rows), 256):
+        chunk = features[rows[start:start + 256]].astype(np.float64)
+        total += chunk.sum(axis=(0, 2))
+        total_sq += np.square(chunk).sum(axis=(0, 2))
+    count = len(rows) * features.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    return mean.astype(np.float32), std.astype(np.float32)
 
 
 # (features section)

@@ -219,3 +219,14 @@ def test_load_audio_truncated_mp3(tmp_path):
 def test_load_audio_missing_file(tmp_path):
     with pytest.raises(gu.AudioError, match="not found"):
         gu.load_audio(tmp_path / "missing.wav", SR, 1.0)
+
+
+def test_audio_info_reads_headers_and_flags_broken_files(tmp_path):
+    write_sine(tmp_path / "a.wav", 0.5, channels=2)
+    (tmp_path / "b.mp3").write_bytes(b"\xff\xfb" + bytes(30))
+    paths = pd.Series([str(tmp_path / "a.wav"), str(tmp_path / "b.mp3")], index=pd.Index([7, 9], name="track_id"))
+    info = gu.audio_info(paths)
+    assert info.index.name == "track_id"
+    assert info.loc[7, ["sample_rate", "channels", "error"]].tolist() == [SR, 2, ""]
+    assert info.loc[7, "seconds"] == pytest.approx(0.5, abs=1e-3)
+    assert info.loc[9, "error"] == "cannot read the header" and pd.isna(info.loc[9, "sample_rate"])

@@ -14,6 +14,8 @@ import dataclasses
 import itertools
 import json
 import os
+import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,10 +179,640 @@ def load_audio(path: str | os.PathLike, sr: int, duration: float) -> np.ndarray:
     return librosa.util.fix_length(y.astype(np.float32, copy=False), size=n_samples)
 
 
+FMA_SUBSETS = ("small", "medium", "large")  # nested: every small track is also in medium and large
+FMA_REQUIRED_COLUMNS = (("set", "subset"), ("set", "split"), ("track", "genre_top"))
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # training, validation, test shares of the folder-per-genre layout
+
+
+def audio_path(root: str | os.PathLike, track_id: int, subset: str = "small") -> Path:
+    """Where FMA keeps a clip: `<root>/fma_<subset>/000/000002.mp3` for track 2 (FMA's get_audio_path)."""
+    tid = f"{int(track_id):06d}"
+    return Path(root) / f"fma_{subset}" / tid[:3] / f"{tid}.mp3"
+
+
+def read_fma_tracks(path: str | os.PathLike) -> pd.DataFrame:
+    """Read FMA's `tracks.csv` as FMA's own loader does: two-level columns, indexed by track_id.
+
+    ('set', 'subset') becomes an ordered category small < medium < large, so
+    `tracks[tracks["set", "subset"] <= "small"]` selects FMA-small. Raises DataError naming the
+    file when it cannot be parsed, has no two-level header, non-integer track ids or lacks one of
+    the columns set/subset, set/split, track/genre_top.
+    """
+    path = Path(path)
+    try:
+        tracks = pd.read_csv(path, index_col=0, header=[0, 1], low_memory=False)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: cannot read as FMA tracks.csv ({_first_line(exc)})") from None
+    if not isinstance(tracks.columns, pd.MultiIndex):
+        raise DataError(f"{path}: expected FMA's two-level header (e.g. set/subset, track/genre_top)")
+    missing = [col for col in FMA_REQUIRED_COLUMNS if col not in tracks.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {', '.join('/'.join(col) for col in missing)}; "
+            "expected FMA's fma_metadata/tracks.csv with its two-level header"
+        )
+    if not pd.api.types.is_integer_dtype(tracks.index):
+        raise DataError(f"{path}: the first column must hold integer track ids")
+    tracks.index.name = "track_id"
+    tracks["set", "subset"] = tracks["set", "subset"].astype(pd.CategoricalDtype(FMA_SUBSETS, ordered=True))
+    return tracks
+
+
+def load_tracks(root: str | os.PathLike, subset: str = "small", genres=GENRES, *, seed: int = 42) -> pd.DataFrame:
+    """The tracks of a dataset: one row per clip, indexed by track_id.
+
+    Columns: genre (one of `genres`), split (training/validation/test), title, artist (missing
+    values where the layout has none) and path (absolute path of the audio file, str).
+    Two layouts are read:
+    - FMA: `root/fma_metadata/tracks.csv` and `root/fma_<subset>/000/000002.mp3`; the tracks of
+      `subset` (and the smaller subsets it contains) with FMA's official split;
+    - one folder per genre, `root/<genre>/*.mp3|wav|au|flac|ogg` (as GTZAN); folder names match
+      `genres` ignoring case and punctuation ("hiphop" is "Hip-Hop"); track ids number the files
+      in sorted order; a stratified 80/10/10 split, the same for the same files and `seed`.
+    Tracks whose genre is not in `genres`, whose split is not a known one, or whose audio file is
+    missing or empty (0 bytes) are dropped: a warning sums them up and
+    `skipped_tracks(tracks)` lists them (track_id, path, reason). Files that exist but cannot be
+    decoded are only found when decoded (`load_audio` raises AudioError).
+    Raises DataError for a missing root, an unrecognised layout, unreadable metadata or when no
+    track is left; ConfigError for an unknown FMA subset.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(
+            f"{root}: data folder not found. Set GENRE_DATA to the folder holding fma_metadata/ and "
+            "fma_small/ (or one folder per genre), or run `make data` to generate the demo dataset there"
+        )
+    root = root.resolve()
+    if (root / "fma_metadata" / "tracks.csv").is_file():
+        if subset not in FMA_SUBSETS:
+            raise ConfigError(f"unknown FMA subset {subset!r}; choose one of {', '.join(FMA_SUBSETS)}")
+        tracks = _fma_tracks(root, subset)
+    elif genre_folders := _genre_folders(root):
+        tracks = _folder_tracks(genre_folders, seed)
+    else:
+        found = sorted(p.name + "/" * p.is_dir() for p in root.iterdir() if not p.name.startswith("."))
+        raise DataError(
+            f"{root}: no dataset layout recognised. Accepted: FMA (fma_metadata/tracks.csv and "
+            f"fma_{subset}/000/000002.mp3 ...) or one folder per genre holding "
+            f"{'/'.join(AUDIO_EXTENSIONS)} files. Found: {', '.join(found[:12]) or 'nothing'}"
+            + (" ..." if len(found) > 12 else "")
+        )
+    return _drop_unusable(tracks, root, genres)
+
+
+def skipped_tracks(tracks: pd.DataFrame) -> pd.DataFrame:
+    """The tracks `load_tracks` dropped, as a table indexed by track_id with columns path, reason."""
+    records = tracks.attrs.get("skipped", [])
+    return pd.DataFrame.from_records(records, columns=["track_id", "path", "reason"]).set_index("track_id")
+
+
+def audio_info(paths) -> pd.DataFrame:
+    """What the headers of audio files say, without decoding them (fast, even for all of FMA).
+
+    `paths`: a Series of paths (its index, e.g. track_id, is kept) or any sequence of paths.
+    Returns one row per file: sample_rate (Hz), channels, seconds, format, and error ("" when the
+    header was read; otherwise the numbers are missing). Raises nothing for unreadable files.
+    """
+    import soundfile as sf
+
+    paths = paths if isinstance(paths, pd.Series) else pd.Series(list(paths))
+    rows = {}
+    for key, path in paths.items():
+        try:
+            with _silenced_stderr():  # libmpg123 prints its own warnings about broken MP3s
+                info = sf.info(str(path))
+            rows[key] = (info.samplerate, info.channels, info.duration, info.format, "")
+        except (sf.LibsndfileError, RuntimeError, OSError):
+            rows[key] = (pd.NA, pd.NA, np.nan, "", "cannot read the header")
+    columns = ["sample_rate", "channels", "seconds", "format", "error"]
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+    table.index.name = paths.index.name
+    return table.astype({"sample_rate": "Int64", "channels": "Int64", "seconds": float})
+
+
+@contextlib.contextmanager
+def _silenced_stderr():
+    """Discard what C libraries write straight to file descriptor 2 while the block runs."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "wb") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _fma_tracks(root: Path, subset: str) -> pd.DataFrame:
+    """The FMA layout's tracks of one subset, before dropping unusable ones."""
+    raw = read_fma_tracks(root / "fma_metadata" / "tracks.csv")
+    raw = raw[raw["set", "subset"] <= subset]
+
+    def column(name):
+        return raw[name] if name in raw.columns else pd.Series(pd.NA, index=raw.index, dtype="object")
+
+    tracks = pd.DataFrame(
+        {
+            "genre": column(("track", "genre_top")),
+            "split": column(("set", "split")),
+            "title": column(("track", "title")),
+            "artist": column(("artist", "name")),
+            "path": [str(audio_path(root, tid, subset)) for tid in raw.index],
+        },
+        index=raw.index,
+    )
+    return tracks
+
+
+def _genre_key(name: str) -> str:
+    """A genre name reduced to lower-case letters and digits: 'Hip-Hop' and 'hiphop' match."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _genre_folders(root: Path) -> dict[str, list[Path]]:
+    """The sub-folders of `root` that hold audio files, with their sorted audio files."""
+    folders = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+        if files:
+            folders[folder.name] = files
+    return folders
+
+
+def _folder_tracks(folders: dict[str, list[Path]], seed: int) -> pd.DataFrame:
+    """The folder-per-genre layout as a tracks table with a stratified split."""
+    rows = [(name, path) for name, files in folders.items() for path in files]
+    tracks = pd.DataFrame(
+        {
+            "genre": [name for name, _ in rows],
+            "split": "",
+            "title": [path.stem for _, path in rows],
+            "artist": pd.Series([pd.NA] * len(rows), dtype="object"),
+            "path": [str(path) for _, path in rows],
+        },
+        index=pd.RangeIndex(len(rows), name="track_id"),
+    )
+    tracks["split"] = stratified_split(tracks["genre"], seed=seed)
+    return tracks
+
+
+def stratified_split(labels, fractions=SPLIT_FRACTIONS, seed: int = 42) -> np.ndarray:
+    """Assign 'training'/'validation'/'test' to items so that every label is split by `fractions`.
+
+    `labels`: one label per item (any sequence). Within each label the items are shuffled with a
+    generator seeded by `seed` and the label's name, then cut at the rounded fractions (validation
+    and test get `round(n * fraction)` items each). Same labels and seed, same split.
+    """
+    labels = np.asarray(labels, dtype=object)
+    splits = np.empty(len(labels), dtype=object)
+    for label in sorted(set(labels)):
+        rows = np.flatnonzero(labels == label)
+        rows = rows[np.random.default_rng([seed, *str(label).encode()]).permutation(len(rows))]
+        n_val, n_test = (int(round(len(rows) * share)) for share in fractions[1:])
+        n_train = len(rows) - n_val - n_test
+        splits[rows[:n_train]] = SPLITS[0]
+        splits[rows[n_train : n_train + n_val]] = SPLITS[1]
+        splits[rows[n_train + n_val :]] = SPLITS[2]
+    return splits.astype(str)
+
+
+def _drop_unusable(tracks: pd.DataFrame, root: Path, genres) -> pd.DataFrame:
+    """Map genre names onto `genres`, drop what cannot be used, warn and record it in attrs."""
+    canonical = {_genre_key(g): g for g in genres}
+    genre = tracks["genre"].map(lambda g: canonical.get(_genre_key(g)) if isinstance(g, str) else None)
+    reasons = pd.Series("", index=tracks.index, dtype=object)
+    reasons[genre.isna()] = [
+        f"genre {g!r} not in the genres used" if isinstance(g, str) else "no top genre"
+        for g in tracks.loc[genre.isna(), "genre"]
+    ]
+    bad_split = ~tracks["split"].isin(SPLITS) & (reasons == "")
+    reasons[bad_split] = [f"split {s!r} is not one of {'/'.join(SPLITS)}" for s in tracks.loc[bad_split, "split"]]
+    for track_id in reasons.index[reasons == ""]:
+        path = Path(tracks.at[track_id, "path"])
+        if not path.is_file():
+            reasons[track_id] = "audio file not found"
+        elif path.stat().st_size == 0:
+            reasons[track_id] = "audio file is empty (0 bytes)"
+    dropped = reasons != ""
+    kept = tracks[~dropped].assign(genre=genre[~dropped].astype(str))
+    kept["split"] = kept["split"].astype(str)
+    summary = ", ".join(f"{n} {reason}" for reason, n in reasons[dropped].value_counts().items())
+    if kept.empty:
+        raise DataError(f"{root}: no usable track in {len(tracks)} ({summary or 'the table is empty'})")
+    kept.attrs["skipped"] = [
+        {"track_id": int(tid), "path": tracks.at[tid, "path"], "reason": reasons[tid]} for tid in reasons.index[dropped]
+    ]
+    if dropped.any():
+        warnings.warn(
+            f"{root}: skipped {dropped.sum()} of {len(tracks)} tracks ({summary}); "
+            "see genre_utils.skipped_tracks(tracks)",
+            stacklevel=3,
+        )
+    return kept
+
+
 # (data section)
 
 
 # ── Demo data: a miniature FMA of procedurally synthesized music ──
+
+DEMO_VERSION = 1  # bump when the synthesis changes, so old demo datasets are regenerated
+DEMO_MARKER = "demo.json"  # written last: the parameters of a complete demo dataset
+DEMO_MP3 = dict(format="MP3", subtype="MPEG_LAYER_III", bitrate_mode="CONSTANT", compression_level=0.5)  # ~80 kb/s
+
+SCALES = {  # semitones above the key's root
+    "major": (0, 2, 4, 5, 7, 9, 11),
+    "minor": (0, 2, 3, 5, 7, 8, 10),
+    "dorian": (0, 2, 3, 5, 7, 9, 10),
+    "mixolydian": (0, 2, 4, 5, 7, 9, 10),
+    "pentatonic": (0, 2, 4, 7, 9),
+    "hijaz": (0, 1, 4, 5, 7, 8, 10),  # maqam Hijaz
+    "bhairav": (0, 1, 4, 5, 7, 8, 11),  # raga Bhairav
+    "pelog": (0, 1, 3, 7, 8),  # Javanese gamelan
+    "whole_tone": (0, 2, 4, 6, 8, 10),
+    "chromatic": tuple(range(12)),
+}
+PROGRESSIONS = {  # chord roots as scale degrees, one chord per bar; None = a random degree each bar
+    "pop": ((0, 4, 5, 3), (5, 3, 0, 4), (0, 5, 3, 4), (0, 3, 4, 4)),
+    "minor": ((0, 5, 2, 6), (0, 3, 4, 0), (0, 6, 5, 6), (0, 0, 3, 3)),
+    "static": ((0, 0, 0, 0), (0, 1, 0, -1)),
+    "random": (None,),
+}
+DRUM_PATTERNS = {  # 16 steps per bar; x = hit; "?" = hit with probability 1/2
+    "rock": {"kick": "x.......x.x.....", "snare": "....x.......x...", "hat": "x.x.x.x.x.x.x.x."},
+    "pop": {"kick": "x.....x...x.....", "clap": "....x.......x...", "hat": "x.x.x.x.x.x.x.x."},
+    "boom_bap": {"kick": "x.........x..?..", "snare": "....x.......x...", "hat": "x.x.x.x.x.x.x.x?"},
+    "trap": {"kick": "x......x..x.....", "clap": "........x.......", "hat": "xxxxxxx?xxxxx?xx"},
+    "four_floor": {"kick": "x...x...x...x...", "clap": "....x.......x...", "open_hat": "..x...x...x...x."},
+    "breakbeat": {"kick": "x.........x.....", "snare": "....x..?.?..x...", "hat": "x.x.x.x.x.x.x.x."},
+    "world": {"tom_low": "x..x..x...x..x..", "tom_high": "..x..x..x?x..x.x", "shaker": "xxxxxxxxxxxxxxxx"},
+    "brushes": {"kick": "x.......x.......", "shaker": "x.?.x.?.x.?.x.?."},
+    "glitch": {"kick": "????????????????", "hat": "????????????????", "tom_high": "??..??..??..??.."},
+}
+# One recipe per genre; each clip draws every trait at random from its ranges/choices, and borrows
+# each trait group from another genre with probability DEMO_CROSSOVER, so genres overlap.
+# tempo: BPM; drums: pattern or None; swing: delay of every second 16th (fraction of a 16th);
+# bass/chords/lead: (voice, rhythm) or None; drive: guitar distortion; lowpass: master cutoff (Hz);
+# reverb: decay (s); texture: background noise (kind, level range).
+DEMO_GENRE_RECIPES = {
+    "Hip-Hop": dict(tempo=(75, 98), drums=("boom_bap", "trap"), swing=(0.1, 0.35), scales=("minor", "dorian"),
+                    progressions=("minor", "static"), bass=(("sub", "kick"),),
+                    chords=(("piano", "stabs"), ("fm", "stabs"), ("pad", "sustain")), lead=(None, ("flute", 2)),
+                    drive=(0, 0.2), lowpass=(2500, 6000), reverb=(0.1, 0.4), texture=("vinyl", (0.01, 0.04))),
+    "Pop": dict(tempo=(100, 128), drums=("pop", "four_floor"), swing=(0, 0.05), scales=("major",),
+                progressions=("pop",), bass=(("pluck", "eighths"), ("saw", "root")),
+                chords=(("piano", "strum"), ("pad", "sustain"), ("fm", "stabs")), lead=(("fm", 4), ("saw", 4)),
+                drive=(0, 0.1), lowpass=(8000, 11000), reverb=(0.3, 0.8), texture=(None, (0, 0))),
+    "Folk": dict(tempo=(85, 125), drums=(None, None, "brushes"), swing=(0, 0.15), scales=("major", "mixolydian"),
+                 progressions=("pop", "static"), bass=(None, ("pluck", "root")),
+                 chords=(("pluck", "strum"), ("pluck", "arpeggio")), lead=(None, ("flute", 2), ("pluck", 4)),
+                 drive=(0, 0), lowpass=(6000, 10000), reverb=(0.2, 0.6), texture=(None, (0, 0))),
+    "Rock": dict(tempo=(110, 165), drums=("rock", "rock", "breakbeat"), swing=(0, 0.05),
+                 scales=("minor", "mixolydian", "pentatonic"), progressions=("minor", "pop"),
+                 bass=(("saw", "eighths"),), chords=(("guitar", "power"),), lead=(None, ("guitar", 4)),
+                 drive=(0.5, 1.0), lowpass=(5000, 9000), reverb=(0.2, 0.5), texture=(None, (0, 0))),
+    "Experimental": dict(tempo=(60, 160), drums=(None, "glitch", "glitch"), swing=(0, 0.5),
+                         scales=("chromatic", "whole_tone"), progressions=("random",),
+                         bass=(None, ("sub", "root")), chords=(None, ("bell", "sustain"), ("pad", "sustain")),
+                         lead=(("bell", 3), ("fm", 6)), drive=(0, 0.6), lowpass=(3000, 11000),
+                         reverb=(0.8, 2.0), texture=("wind", (0.05, 0.2))),
+    "International": dict(tempo=(90, 135), drums=("world", "world", None), swing=(0, 0.2),
+                          scales=("hijaz", "bhairav", "pelog", "pentatonic"), progressions=("static",),
+                          bass=(("drone", "drone"),), chords=(None, ("pluck", "arpeggio")),
+                          lead=(("sitar", 4), ("flute", 3)), drive=(0, 0.1), lowpass=(6000, 10000),
+                          reverb=(0.3, 0.8), texture=(None, (0, 0))),
+    "Electronic": dict(tempo=(118, 138), drums=("four_floor", "breakbeat"), swing=(0, 0.1),
+                       scales=("minor", "dorian"), progressions=("minor", "static"),
+                       bass=(("saw", "offbeat"), ("sub", "kick")), chords=(("pad", "sustain"), ("saw", "stabs")),
+                       lead=(("saw", 8), ("fm", 8)), drive=(0, 0.3), lowpass=(7000, 11000),
+                       reverb=(0.3, 0.9), texture=(None, (0, 0))),
+    "Instrumental": dict(tempo=(60, 95), drums=(None, None, "brushes"), swing=(0, 0.1),
+                         scales=("major", "minor", "dorian"), progressions=("pop", "minor"),
+                         bass=(None, ("piano", "walking")), chords=(("piano", "arpeggio"), ("pad", "sustain")),
+                         lead=(("piano", 3), ("flute", 2)), drive=(0, 0), lowpass=(5000, 10000),
+                         reverb=(0.8, 1.8), texture=(None, (0, 0))),
+}
+DEMO_CROSSOVER = 0.2  # probability that a clip borrows a trait group from another genre, per group
+DEMO_TRAIT_GROUPS = (("tempo", "swing"), ("drums",), ("scales", "progressions"), ("bass", "chords"), ("lead",),
+                     ("drive", "lowpass", "reverb", "texture"))
+# FMA's own genre ids, and two genres of FMA-medium whose tracks the demo lists without audio
+FMA_GENRE_IDS = {"Hip-Hop": 21, "Pop": 10, "Folk": 17, "Rock": 12, "Experimental": 38, "International": 2,
+                 "Electronic": 15, "Instrumental": 1235, "Blues": 3, "Classical": 5}
+_WORDS = ("Amber Blue Broken Copper Crystal Distant Electric Golden Hollow Lonely Midnight Northern Paper "
+          "Quiet Silver Velvet").split(), ("Anchor Bridge Engine Garden Harbor Lantern Machine Meadow Mirror "
+                                          "Orchard River Signal Static Tide Window Winter").split()
+
+
+def make_demo_dataset(
+    root: str | os.PathLike | None = None,
+    cfg: Config | None = None,
+    *,
+    clips_per_genre: int | None = None,
+    seconds: float | None = None,
+    sr: int | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Write a miniature FMA of synthesized music at `root` (default `cfg.data_root`) and load it.
+
+    Layout and metadata as the real download: `fma_metadata/tracks.csv` (two-level header; the
+    small-subset clips plus a few FMA-medium tracks without audio) and `fma_small/XXX/XXXXXX.mp3`.
+    `clips_per_genre` clips (default cfg.demo_clips_per_genre) of each genre in `cfg.genres`, each
+    `seconds` long (cfg.clip_seconds) at `sr` Hz (cfg.sample_rate), split 80/10/10 per genre; one
+    training clip is a deliberately truncated MP3, like the real set's broken files. Deterministic
+    for a `seed` (cfg.seed). The set is built in a temporary folder renamed into place, so an
+    interrupted run is redone; a complete set with the same parameters is not regenerated, one
+    with other parameters is replaced. Returns `load_tracks(root, "small", cfg.genres)`.
+    Raises DataError when `root` exists and is not a demo dataset (it is never overwritten).
+    """
+    import shutil
+
+    import soundfile as sf
+    from tqdm import tqdm
+
+    cfg = cfg or get_config("demo")
+    root = Path(root or cfg.data_root).expanduser().resolve()
+    params = dict(
+        version=DEMO_VERSION,
+        clips_per_genre=int(clips_per_genre or cfg.demo_clips_per_genre),
+        seconds=float(seconds or cfg.clip_seconds),
+        sample_rate=int(sr or cfg.sample_rate),
+        seed=int(cfg.seed if seed is None else seed),
+        genres=list(cfg.genres),
+    )
+    marker = root / DEMO_MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == params:
+        return load_tracks(root, "small", cfg.genres)
+    if root.is_dir() and any(root.iterdir()) and not marker.is_file():
+        raise DataError(f"{root}: exists and is not a demo dataset; not overwriting it (choose an empty folder)")
+
+    partial = root.with_name(f".{root.name}.partial")  # leftovers of an interrupted run are discarded
+    shutil.rmtree(partial, ignore_errors=True)
+    metadata = _demo_metadata(params)
+    small = metadata[metadata["set", "subset"] == "small"]
+    broken_id = small.index[small["set", "split"] == "training"].min()
+    sr, n_samples = params["sample_rate"], int(round(params["sample_rate"] * params["seconds"]))
+    clips = tqdm(small.iterrows(), total=len(small), desc="demo clips", unit="clip", mininterval=1, disable=not progress)
+    for clip_number, (track_id, row) in enumerate(clips):
+        rng = np.random.default_rng([params["seed"], clip_number])
+        audio = synthesize_clip(row["track", "genre_top"], n_samples, sr, rng)
+        path = audio_path(partial, track_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, audio, sr, **DEMO_MP3)
+        if track_id == broken_id:  # keep the first 64 bytes: a header and no complete frame
+            path.write_bytes(path.read_bytes()[:64])
+    metadata.to_csv(_mkdir(partial / "fma_metadata") / "tracks.csv")
+    (partial / DEMO_MARKER).write_text(json.dumps(params, indent=2) + "\n")
+    if root.exists():
+        shutil.rmtree(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(partial, root)
+    return load_tracks(root, "small", cfg.genres)
+
+
+def _mkdir(path: Path) -> Path:
+    """`path`, created with its parents if needed."""
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _demo_metadata(params: dict) -> pd.DataFrame:
+    """The demo's tracks.csv: FMA's two-level columns, small clips plus FMA-medium tracks without audio."""
+    rng = np.random.default_rng([params["seed"], 2017])
+    genres, per_genre = params["genres"], params["clips_per_genre"]
+    extra = ["Blues", "Classical", *genres[:2]]  # FMA-medium only: load_tracks(subset="small") skips them
+    genre = np.array([g for g in genres for _ in range(per_genre)] + [g for g in extra for _ in range(2)], dtype=object)
+    subset = np.array(["small"] * (len(genres) * per_genre) + ["medium"] * (2 * len(extra)), dtype=object)
+    order = rng.permutation(len(genre))  # genres interleaved along the track ids, as in FMA
+    genre, subset = genre[order], subset[order]
+    n = len(genre)
+    track_ids = np.sort(rng.choice(np.arange(2, 156_000), size=n, replace=False))
+    split = stratified_split([f"{g}/{s}" for g, s in zip(genre, subset)], seed=params["seed"])
+    artist_numbers = rng.integers(0, len(_WORDS[0]), size=n)
+    columns = {
+        ("album", "id"): rng.integers(1, 22_000, size=n),
+        ("album", "title"): [f"{rng.choice(_WORDS[0])} {rng.choice(_WORDS[1])}s" for _ in range(n)],
+        ("artist", "id"): artist_numbers + 100 * np.array([FMA_GENRE_IDS.get(g, 0) for g in genre]),
+        ("artist", "name"): [f"The {_WORDS[0][a]} {g.replace('-', ' ')} Ensemble" for a, g in zip(artist_numbers, genre)],
+        ("set", "split"): split,
+        ("set", "subset"): subset,
+        ("track", "bit_rate"): 80_000,
+        ("track", "date_created"): pd.Timestamp("2008-11-26") + pd.to_timedelta(rng.integers(0, 3000 * 86400, size=n), unit="s"),
+        ("track", "duration"): rng.integers(90, 420, size=n),  # s, the full track's; the clip is an excerpt
+        ("track", "genre_top"): genre,
+        ("track", "genres"): [f"[{FMA_GENRE_IDS.get(g, 0)}]" for g in genre],
+        ("track", "license"): rng.choice(["Attribution-NonCommercial-ShareAlike 3.0 International",
+                                          "Attribution 4.0 International", "Creative Commons Attribution"], size=n),
+        ("track", "listens"): rng.integers(50, 20_000, size=n),
+        ("track", "title"): [f"{rng.choice(_WORDS[0])} {rng.choice(_WORDS[1])}" for _ in range(n)],
+    }
+    table = pd.DataFrame(columns, index=pd.Index(track_ids, name="track_id"))
+    table.columns = pd.MultiIndex.from_tuples(table.columns)
+    return table
+
+
+def synthesize_clip(genre: str, n_samples: int, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """A clip of procedurally composed music in the style of `genre` (a key of DEMO_GENRE_RECIPES).
+
+    Draws tempo, drum pattern, key, scale, chord progression, voices and effects from the genre's
+    recipe (sometimes borrowing a trait group from another genre), renders drums, bass, chords, lead
+    and background texture, mixes them with reverb and a low-pass, and peak-normalizes. Returns
+    `n_samples` float32 samples at `sr` Hz, peak between 0.5 and 0.8. Same generator state, same clip.
+    """
+    from scipy import signal
+
+    recipe = dict(DEMO_GENRE_RECIPES[genre])
+    for group in DEMO_TRAIT_GROUPS:
+        if rng.random() < DEMO_CROSSOVER:
+            donor = DEMO_GENRE_RECIPES[rng.choice([g for g in DEMO_GENRE_RECIPES if g != genre])]
+            recipe.update({trait: donor[trait] for trait in group})
+
+    def pick(choices):
+        return choices[rng.integers(len(choices))]
+
+    step = 60 / rng.uniform(*recipe["tempo"]) / 4  # s per 16th note
+    swing = rng.uniform(*recipe["swing"])
+    n_bars = int(np.ceil(n_samples / sr / (16 * step)))
+    scale = SCALES[pick(recipe["scales"])]
+    key = int(rng.integers(40, 52))  # MIDI note of the bass root, E2..D#3
+    progression = pick(PROGRESSIONS[pick(recipe["progressions"])])
+    chord_roots = [int(rng.integers(-3, 7)) if progression is None else progression[bar % 4] for bar in range(n_bars)]
+
+    def time_of(s):  # onset (s) of 16th number s, swung and humanized
+        return max(0.0, (s + swing * (s % 2)) * step + rng.normal(0, 0.004))
+
+    def midi(degree, octave=0):
+        octaves, index = divmod(degree, len(scale))
+        return key + 12 * (octave + octaves) + scale[index]
+
+    gain = {layer: rng.uniform(0.3, 1.0) for layer in ("drums", "bass", "chords", "lead")}  # the mix
+    mix = np.zeros(n_samples)
+    drums = pick(recipe["drums"])
+    if drums:
+        kit = _drum_kit(sr, rng)
+        for name, pattern in DRUM_PATTERNS[drums].items():
+            for s in range(16 * n_bars):
+                hit = pattern[s % 16]
+                if hit == "x" or (hit == "?" and rng.random() < 0.5):
+                    _add(mix, gain["drums"] * rng.uniform(0.6, 1.0) * kit[name], time_of(s), sr)
+    notes = []  # (voice, start s, duration s, MIDI note, velocity)
+    if bass := pick(recipe["bass"]):
+        voice, rhythm = bass
+        for bar, degree in enumerate(chord_roots):
+            hits = {"root": (0, 8), "eighths": range(0, 16, 2), "offbeat": (2, 6, 10, 14), "kick": (0, 7, 10),
+                    "walking": (0, 4, 8, 12), "drone": (0,)}[rhythm]
+            for i, s in enumerate(hits):
+                length = {"drone": 16, "kick": 5, "root": 8}.get(rhythm, 2 if rhythm != "walking" else 4)
+                note = midi(degree + (i % 3 if rhythm == "walking" else 0))
+                notes.append((voice, time_of(16 * bar + s), length * step, note, gain["bass"]))
+                if rhythm == "drone":  # tanpura-like root and fifth under every bar
+                    notes.append((voice, time_of(16 * bar), 16 * step, midi(0) + 7, 0.7 * gain["bass"]))
+    if chords := pick(recipe["chords"]):
+        voice, rhythm = chords
+        for bar, degree in enumerate(chord_roots):
+            triad = [midi(degree + d, 1) for d in (0, 2, 4)]
+            if rhythm == "power":
+                triad = [midi(degree, 1), midi(degree, 1) + 7, midi(degree, 2)]
+            starts = {"sustain": (0,), "strum": (0, 4, 8, 12), "stabs": (3, 6, 11, 14), "power": range(0, 16, 2),
+                      "arpeggio": range(0, 16, 2)}[rhythm]
+            length = {"sustain": 16, "strum": 6, "stabs": 1.5, "power": 2, "arpeggio": 3}[rhythm]
+            for i, s in enumerate(starts):
+                chord = [triad[i % 3] + 12 * (i % 6 >= 3)] if rhythm == "arpeggio" else triad
+                for j, note in enumerate(chord):  # strums spread the strings by 12 ms
+                    start = time_of(16 * bar + s) + (0.012 * j if rhythm == "strum" else 0)
+                    notes.append((voice, start, length * step, note, gain["chords"] * rng.uniform(0.4, 0.6)))
+    if lead := pick(recipe["lead"]):
+        voice, notes_per_bar = lead
+        degree = int(rng.integers(0, len(scale)))
+        for s in range(0, 16 * n_bars, 16 // notes_per_bar):
+            if rng.random() < 0.25:  # a rest
+                continue
+            leap = rng.integers(-5, 6) if progression is None else rng.choice([-2, -1, -1, 0, 1, 1, 2])
+            degree = int(np.clip(degree + leap, -2, len(scale) + 4))
+            notes.append((voice, time_of(s), 16 // notes_per_bar * step * 0.9, midi(degree, 2), gain["lead"] * rng.uniform(0.5, 0.7)))
+    drive = rng.uniform(*recipe["drive"])
+    for voice, start, duration, note, velocity in notes:
+        freq = 440.0 * 2 ** ((note - 69) / 12)
+        _add(mix, velocity * _voice(voice, freq, int(duration * sr), sr, rng, drive=drive), start, sr)
+
+    texture, levels = recipe["texture"]
+    if texture == "vinyl":  # hiss plus sparse crackles
+        crackle = (rng.random(n_samples) < 3e-4) * rng.normal(0, 8, n_samples)
+        mix += rng.uniform(*levels) * (0.3 * rng.normal(0, 1, n_samples) + crackle) * np.abs(mix).max()
+    elif texture == "wind":  # band-passed noise swelling and fading
+        band = _butter("bandpass", np.sort(rng.uniform(200, 6000, 2)) + [0, 300], sr)
+        swell = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.05, 0.4) * np.arange(n_samples) / sr + rng.uniform(0, 6))
+        mix += rng.uniform(*levels) * 6 * signal.sosfilt(band, rng.normal(0, 1, n_samples)) * swell * max(np.abs(mix).max(), 0.1)
+    reverb_s = rng.uniform(*recipe["reverb"])
+    impulse = rng.normal(0, 1, int(reverb_s * sr)) * np.exp(-6.9 * np.arange(int(reverb_s * sr)) / (reverb_s * sr))
+    wet = signal.fftconvolve(mix, impulse)[:n_samples]
+    mix = mix + rng.uniform(0.15, 0.35) * wet * np.abs(mix).max() / max(np.abs(wet).max(), 1e-9)
+    mix = signal.sosfilt(_butter("lowpass", rng.uniform(*recipe["lowpass"]), sr), mix)
+    peak = np.abs(mix).max()
+    if peak == 0:
+        return np.zeros(n_samples, dtype=np.float32)
+    return (mix * rng.uniform(0.5, 0.8) / peak).astype(np.float32)
+
+
+def _add(mix: np.ndarray, sound: np.ndarray, start: float, sr: int) -> None:
+    """Add `sound` into `mix` from `start` seconds on, cutting what runs past the end."""
+    i = int(start * sr)
+    if i < len(mix):
+        mix[i : i + len(sound)] += sound[: len(mix) - i]
+
+
+def _butter(kind: str, cutoff, sr: int) -> np.ndarray:
+    """Second-order Butterworth filter (second-order sections), cutoffs in Hz kept below Nyquist."""
+    from scipy import signal
+
+    cutoff = np.minimum(np.atleast_1d(cutoff).astype(float), 0.45 * sr)
+    if cutoff.size == 2:
+        cutoff[0] = min(cutoff[0], 0.5 * cutoff[1])
+    return signal.butter(2, cutoff if cutoff.size == 2 else cutoff[0], kind, fs=sr, output="sos")
+
+
+def _drum_kit(sr: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One synthesized hit per drum name of DRUM_PATTERNS, tuned a little differently per clip."""
+    from scipy import signal
+
+    def decay(seconds, tau):
+        t = np.arange(int(seconds * sr)) / sr
+        return t, np.exp(-t / tau)
+
+    def noise(seconds, tau, band):
+        t, env = decay(seconds, tau)
+        sos = _butter("bandpass" if np.ndim(band) else "highpass", band, sr)
+        return signal.sosfilt(sos, rng.normal(0, 1, t.size)) * env
+
+    t, env = decay(0.5, 0.12)
+    kick_hz = rng.uniform(40, 60) + 90 * np.exp(-t / 0.03)  # pitch sweeps down
+    kit = {"kick": np.sin(2 * np.pi * np.cumsum(kick_hz) / sr) * env}
+    t, env = decay(0.25, 0.05)
+    kit["snare"] = 0.5 * np.sin(2 * np.pi * rng.uniform(170, 220) * t) * env + 0.8 * noise(0.25, 0.06, [1500, 7000])
+    clap = noise(0.3, 0.08, [900, 3000])
+    kit["clap"] = sum(np.roll(clap, int(k * 0.011 * sr)) * g for k, g in enumerate((0.6, 0.8, 1.0)))
+    kit["hat"] = 0.35 * noise(0.08, 0.015, 7000)
+    kit["open_hat"] = 0.3 * noise(0.3, 0.09, 6500)
+    kit["shaker"] = 0.2 * noise(0.06, 0.02, [5000, 10000])
+    for name, base in (("tom_low", rng.uniform(90, 140)), ("tom_high", rng.uniform(250, 400))):
+        t, env = decay(0.4, 0.09)
+        kit[name] = np.sin(2 * np.pi * np.cumsum(base * (1 + 0.5 * np.exp(-t / 0.02))) / sr) * env  # tabla-like bend
+    return kit
+
+
+def _voice(name: str, freq: float, n: int, sr: int, rng: np.random.Generator, drive: float = 0.0) -> np.ndarray:
+    """One note of `n` samples of an instrument voice at `freq` Hz, peak about 1, faded out at the end."""
+    n = max(n, 16)
+    t = np.arange(n) / sr
+    if name in ("pluck", "sitar"):
+        tone = _karplus_strong(freq, n, sr, rng, loss=0.998 if name == "sitar" else 0.996)
+        if name == "sitar":  # the buzzing bridge adds harmonics
+            tone = np.tanh(4 * tone)
+    elif name == "piano":  # additive, higher partials slightly sharp and dying faster
+        partials = [k for k in range(1, 9) if k * freq < sr / 2.2]
+        tone = sum(np.sin(2 * np.pi * k * freq * (1 + 0.0004 * k * k) * t) * np.exp(-t * (1.5 + 0.8 * k)) / k for k in partials)
+    elif name in ("fm", "bell"):  # FM: electric piano (ratio 1) or inharmonic bell (ratio 3.5)
+        ratio, env = (1.0, np.exp(-t / 0.6)) if name == "fm" else (3.5, np.exp(-t / 1.2))
+        tone = env * np.sin(2 * np.pi * freq * t + rng.uniform(1, 4) * env * np.sin(2 * np.pi * ratio * freq * t))
+    elif name == "flute":  # sine with vibrato and breath noise
+        vibrato = 1 + 0.006 * np.sin(2 * np.pi * 5 * t)
+        phase = 2 * np.pi * np.cumsum(freq * vibrato) / sr
+        tone = (np.sin(phase) + 0.2 * np.sin(2 * phase) + 0.05 * rng.normal(0, 1, n)) * np.minimum(1, t / 0.08)
+    elif name == "sub":  # 808-style sine bass with a short pitch drop
+        tone = np.sin(2 * np.pi * np.cumsum(freq * (1 + 0.3 * np.exp(-t / 0.03))) / sr) * np.exp(-t / 0.8)
+    elif name == "drone":  # organ-like sustained root
+        tone = sum(np.sin(2 * np.pi * k * freq * t) / k for k in (1, 2, 3, 4)) * np.minimum(1, t / 0.3)
+    else:  # "saw", "pad", "guitar": naive sawtooth(s)
+        detunes = (0.996, 1.0, 1.004) if name == "pad" else (1.0,)
+        tone = sum(2 * ((freq * d * t + rng.random()) % 1) - 1 for d in detunes) / len(detunes)
+        if name == "pad":
+            tone = tone * np.minimum(1, t / (0.3 * t[-1] + 1e-3))
+        elif name == "guitar":
+            tone = np.tanh((2 + 10 * drive) * tone) * np.exp(-t / 1.5)
+        else:
+            tone = tone * np.exp(-t / 0.4)
+    fade = min(n, int(0.01 * sr))
+    tone = np.asarray(tone, dtype=float)
+    tone[-fade:] *= np.linspace(1, 0, fade)
+    return tone
+
+
+def _karplus_strong(freq: float, n: int, sr: int, rng: np.random.Generator, loss: float = 0.996) -> np.ndarray:
+    """A plucked string: a noise burst recirculated through a delay line of one period and an
+    averaging filter. Computed in closed form: period k is the burst filtered k times (via the FFT)."""
+    period = max(2, int(round(sr / freq)))
+    burst = np.fft.rfft(rng.uniform(-1, 1, period))
+    loop = loss * 0.5 * (1 + np.exp(-2j * np.pi * np.arange(burst.size) / period))  # one trip, per harmonic
+    periods = np.arange(-(-n // period))[:, None]
+    return np.fft.irfft(burst * loop**periods, n=period).ravel()[:n]
+
 
 # (demo data section)
 
@@ -1087,4 +1719,38 @@ def export_report(notebooks_dir: str | os.PathLike = ROOT / "notebooks", out_dir
 
 # ── Command line: python genre_utils.py demo-data | extract | train | predict ──
 
+def main(argv: list[str] | None = None) -> int:
+    """The command line: `python genre_utils.py [--profile P] [--data DIR] <command>`; returns the exit status."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="genre_utils.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", help="settings preset (default: $GENRE_PROFILE, else demo)")
+    parser.add_argument("--data", help="data root (default: $GENRE_DATA, else the preset's)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    demo = commands.add_parser("demo-data", help="generate the demo dataset at the data root unless it is complete")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.set_defaults(run=_cli_demo_data)
+    args = parser.parse_args(argv)
+    try:
+        cfg = get_config(args.profile, args.data)
+        args.run(cfg, args)
+    except GenreError as exc:
+        parser.exit(1, f"{parser.prog} {args.command}: error: {exc}\n")
+    return 0
+
+
+def _cli_demo_data(cfg: Config, args) -> None:
+    """`demo-data`: make (or find complete) the demo dataset and say what is there."""
+    tracks = make_demo_dataset(cfg.data_root, cfg, progress=not args.quiet)
+    counts = tracks["split"].value_counts()
+    print(
+        f"demo dataset at {cfg.data_root}: {len(tracks)} clips of {cfg.clip_seconds:g} s, "
+        f"{tracks['genre'].nunique()} genres ({', '.join(f'{counts.get(s, 0)} {s}' for s in SPLITS)})"
+    )
+
+
 # (command line section)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -163,14 +163,19 @@ def load_audio(path: str | os.PathLike, sr: int, duration: float) -> np.ndarray:
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: file is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # librosa's backend fallback warnings; we raise instead
+        # librosa warns when it falls back from soundfile to audioread, and libmpg123 prints its
+        # own warnings about broken MP3s: both are replaced by the AudioError below
+        with warnings.catch_warnings(), _silenced_stderr():
+            warnings.simplefilter("ignore")
             y, native_sr = librosa.load(path, sr=None, mono=False, duration=duration)
             if y.ndim > 1:  # mix down a contiguous copy: same samples as librosa.to_mono, ~5x faster
                 y = np.ascontiguousarray(y).mean(axis=0)
             y = librosa.resample(y, orig_sr=native_sr, target_sr=sr, res_type="soxr_hq")
     except Exception as exc:  # every decoder failure becomes one clear message
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if type(exc).__name__ == "NoBackendError":  # soundfile failed and audioread found no decoder
+            reason = "no decoder can read it: truncated, corrupt or not audio"
+        else:
+            reason = _first_line(exc)
         raise AudioError(f"{path}: cannot decode audio ({reason})") from None
     if y.size == 0:
         raise AudioError(f"{path}: no audio samples decoded (truncated or not audio)")

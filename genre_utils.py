@@ -224,8 +224,9 @@ class Features:
 #   (Schlüter & Böck 2014; Pons & Serra 2017).
 # - cqt: 3x3 kernels, the ordinary image-CNN choice the report made for the CQT.
 # Block b has cfg.filters * min(2**b, 8) channels. Pools are 2x2 with "same" padding, so six of
-# them turn the seed input (128 x 1292 mel, 84 x 1292 CQT) into 2 x 21 and 2 x 21 maps and the demo
-# input (64 x 431) into 1 x 7; global average pooling then lets a clip of any length vote.
+# them turn the seed input (128 x 1292 mel, 84 x 1292 CQT) into 2 x 21 maps and the demo input
+# (64 x 431 mel, 84 x 431 CQT) into 1 x 7 and 2 x 7; global average pooling then lets a clip of
+# any length vote.
 
 MODEL_BLOCKS = {"mel_vertical": (4, 3), "mel_horizontal": (7, 6), "cqt": (7, 6)}  # branch: (convs, pools)
 BRANCH_INPUTS = {"mel_vertical": "mel", "mel_horizontal": "mel", "cqt": "cqt"}
@@ -275,11 +276,13 @@ def build_model(cfg: Config, branches=None):
     "mel_vertical", "mel_horizontal", "cqt"; only the inputs they need are created. Each block is
     conv -> ReLU -> batch norm -> max-pool, all layers named `<branch>_block<b>_<role>`. Output:
     (batch, len(cfg.genres)) float32 probabilities. Raises ConfigError for unknown branches.
-    On a GPU, call after `configure_devices()` (train does) so mixed precision applies.
+    On GPUs the layers compute in mixed precision and the model is mirrored over all of them
+    (see `configure_devices`).
     """
     import keras
     from keras import layers
 
+    configure_devices()
     branches = _check_branches(cfg.branches if branches is None else branches)
     heights = {"mel": cfg.n_mels, "cqt": cfg.cqt_bins}
     with _strategy_scope():
@@ -573,12 +576,13 @@ def train(model, data: Features, cfg: Config, run_dir: str | os.PathLike, *, exc
     Adam at cfg.learning_rate, multiplied by cfg.lr_decay_rate every cfg.lr_decay_epochs epochs
     (smoothly per step), cfg.epochs epochs of cfg.batch_size clips, seeded by cfg.seed. Writes
     into `run_dir`: config.json, versions.json, history.csv, best.keras (best val_accuracy),
-    last.keras, tensorboard/ (when the tensorboard package is installed) and, while running, backup/. If backup/ exists (a killed run), the run
-    resumes after its last finished epoch; otherwise it starts afresh, replacing earlier results.
-    `excerpt_frames`: train on random excerpts of that many frames (see `feature_batches`);
-    `callbacks`: extra Keras callbacks. Returns the history, one row per epoch (epoch, accuracy,
-    loss, val_accuracy, val_loss). Raises ConfigError when resuming a run started
-    with other settings, DataError for an empty split or features that do not fit `cfg`.
+    last.keras, tensorboard/ (when the tensorboard package is installed) and, while running,
+    backup/. If backup/ exists (a killed run), the run resumes after its last finished epoch;
+    otherwise it starts afresh, replacing earlier results. `excerpt_frames`: train on random
+    excerpts of that many frames (see `feature_batches`); `callbacks`: extra Keras callbacks.
+    Returns the history, one row per epoch (epoch, accuracy, loss, val_accuracy, val_loss).
+    Raises ConfigError when resuming a run started with other settings, DataError for an empty
+    split or features that do not fit `cfg`.
     """
     import keras
 
@@ -646,7 +650,11 @@ def _config_from_dict(settings: dict, source: Path) -> Config:
     typed = {}
     for name, value in settings.items():
         default = getattr(defaults, name)
-        typed[name] = Path(value) if isinstance(default, Path) else tuple(value) if isinstance(default, tuple) else value
+        if isinstance(default, Path):
+            value = Path(value)
+        elif isinstance(default, tuple):
+            value = tuple(value)
+        typed[name] = value
     return Config(**typed)
 
 

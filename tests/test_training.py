@@ -27,10 +27,10 @@ def fake_features(cfg=TINY, n_train=24, n_val=8, seed=0) -> gu.Features:
     level = labels[:, None, None] / 4.0
     mel = (rng.normal(size=(n, cfg.n_mels, cfg.n_frames)) + level).astype(np.float16)
     cqt = (rng.normal(size=(n, cfg.cqt_bins, cfg.n_frames)) - level).astype(np.float16)
-    stats = {
-        "mel_mean": mel[:n_train].astype(np.float32).mean(axis=(0, 2)), "mel_std": mel[:n_train].astype(np.float32).std(axis=(0, 2)),
-        "cqt_mean": cqt[:n_train].astype(np.float32).mean(axis=(0, 2)), "cqt_std": cqt[:n_train].astype(np.float32).std(axis=(0, 2)),
-    }
+    stats = {}
+    for name, array in (("mel", mel), ("cqt", cqt)):
+        training = array[:n_train].astype(np.float32)
+        stats[f"{name}_mean"], stats[f"{name}_std"] = training.mean(axis=(0, 2)), training.std(axis=(0, 2))
     return gu.Features(index, mel, cqt, stats)
 
 
@@ -72,7 +72,8 @@ def test_excerpts_are_random_crops_of_the_requested_length(data):
     assert x["mel"].shape == (8, TINY.n_mels, 10, 1)
     full = (data.mel.astype(np.float32) - data.stats["mel_mean"][:, None]) / data.stats["mel_std"][:, None]
     clip = x["mel"][0, :, :, 0]
-    matches = [(r, s) for r in range(24) for s in range(TINY.n_frames - 9) if np.allclose(full[r, :, s:s + 10], clip, atol=1e-5)]
+    matches = [(row, start) for row in range(24) for start in range(TINY.n_frames - 9)
+               if np.allclose(full[row, :, start:start + 10], clip, atol=1e-5)]
     assert len(matches) == 1
     with pytest.raises(gu.ConfigError, match="excerpt_frames"):
         gu.feature_batches(data, data.rows("training"), TINY, excerpt_frames=TINY.n_frames + 1)
@@ -156,7 +157,8 @@ def test_load_run_returns_the_best_model_config_and_history(resumed_run, data):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     accuracy = (probabilities.argmax(axis=1) == data.index["label"].to_numpy()[rows]).mean()
     assert accuracy == pytest.approx(history["val_accuracy"].max(), abs=1e-6)  # best.keras is the best epoch
-    np.testing.assert_allclose(gu.predict_proba(model, data, rows[::-1], cfg), probabilities[::-1], rtol=1e-5, atol=1e-6)
+    reversed_order = gu.predict_proba(model, data, rows[::-1], cfg)
+    np.testing.assert_allclose(reversed_order, probabilities[::-1], rtol=1e-5, atol=1e-6)
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path, data):

@@ -538,6 +538,18 @@ def feature_batches(data: Features, rows, cfg: Config, inputs=("mel", "cqt"), sh
     return _feature_batches_class()(data, rows, inputs, cfg.batch_size, shuffle, excerpt_frames, cfg.seed)
 
 
+def _model_inputs(model, cfg: Config) -> list[str]:
+    """Names of the model's inputs; raises ConfigError when their heights do not match `cfg`."""
+    heights = {"mel": cfg.n_mels, "cqt": cfg.cqt_bins}
+    for tensor in model.inputs:
+        if heights.get(tensor.name) != tensor.shape[1]:
+            raise ConfigError(
+                f"model {model.name}: input {tensor.name!r} is {tensor.shape[1]} bins high but the config "
+                f"({cfg.profile!r}) gives {heights.get(tensor.name)}; build the model with the same config"
+            )
+    return [tensor.name for tensor in model.inputs]
+
+
 def _write_json(path: Path, content: dict) -> None:
     """Write JSON atomically: a killed process never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")
@@ -581,12 +593,22 @@ def train(model, data: Features, cfg: Config, run_dir: str | os.PathLike, *, exc
     otherwise it starts afresh, replacing earlier results. `excerpt_frames`: train on random
     excerpts of that many frames (see `feature_batches`); `callbacks`: extra Keras callbacks.
     Returns the history, one row per epoch (epoch, accuracy, loss, val_accuracy, val_loss).
-    Raises ConfigError when resuming a run started with other settings, DataError for an empty
-    split or features that do not fit `cfg`.
+    Raises ConfigError when resuming a run started with other settings or for a model built with
+    another config, DataError for an empty split or features that do not fit `cfg`.
     """
     import keras
 
     configure_devices()
+    inputs = _model_inputs(model, cfg)  # check everything before touching the run folder
+    splits = {split: data.rows(split) for split in ("training", "validation")}
+    for split, rows in splits.items():
+        if len(rows) == 0:
+            raise DataError(f"{data.path or 'in-memory features'}: no clips in the {split} split")
+    keras.utils.set_random_seed(cfg.seed)
+    train_batches = feature_batches(data, splits["training"], cfg, inputs, shuffle=True,
+                                    excerpt_frames=excerpt_frames)
+    val_batches = feature_batches(data, splits["validation"], cfg, inputs)
+
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     backup_dir, history_path, config_path = run_dir / "backup", run_dir / "history.csv", run_dir / "config.json"
@@ -604,15 +626,6 @@ def train(model, data: Features, cfg: Config, run_dir: str | os.PathLike, *, exc
     _write_json(config_path, settings)
     _write_json(run_dir / "versions.json", _versions())
 
-    inputs = [tensor.name for tensor in model.inputs]
-    splits = {split: data.rows(split) for split in ("training", "validation")}
-    for split, rows in splits.items():
-        if len(rows) == 0:
-            raise DataError(f"{data.path or 'in-memory features'}: no clips in the {split} split")
-    keras.utils.set_random_seed(cfg.seed)
-    train_batches = feature_batches(data, splits["training"], cfg, inputs, shuffle=True,
-                                    excerpt_frames=excerpt_frames)
-    val_batches = feature_batches(data, splits["validation"], cfg, inputs)
     schedule = keras.optimizers.schedules.ExponentialDecay(
         cfg.learning_rate, decay_steps=cfg.lr_decay_epochs * len(train_batches), decay_rate=cfg.lr_decay_rate
     )
@@ -677,11 +690,12 @@ def load_run(run_dir: str | os.PathLike):
 
 def predict_proba(model, data: Features, rows, cfg: Config) -> np.ndarray:
     """Genre probabilities, float32 (len(rows), len(cfg.genres)), for `rows` of `data`, normalised
-    exactly as in training. Raises DataError when the features do not fit `cfg`."""
+    exactly as in training. Raises DataError when the features, ConfigError when the model, do not
+    fit `cfg`."""
     rows = np.asarray(rows, dtype=np.int64)
     if len(rows) == 0:
         return np.zeros((0, len(cfg.genres)), np.float32)
-    batches = feature_batches(data, rows, cfg, [tensor.name for tensor in model.inputs])
+    batches = feature_batches(data, rows, cfg, _model_inputs(model, cfg))
     return np.asarray(model.predict(batches, verbose=0), dtype=np.float32)
 
 

@@ -87,6 +87,15 @@ def test_features_that_do_not_fit_the_config_raise_data_error(data):
         gu.feature_batches(broken, broken.rows("training"), TINY)
 
 
+def test_a_model_built_for_other_input_sizes_is_refused(tmp_path, data):
+    model = gu.build_model(TINY.replace(n_mels=32))
+    with pytest.raises(gu.ConfigError, match="'mel' is 32 bins high"):
+        gu.train(model, data, TINY, tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run").exists()  # nothing written, no earlier result removed
+    with pytest.raises(gu.ConfigError, match="'mel' is 32 bins high"):
+        gu.predict_proba(model, data, data.rows("validation"), TINY)
+
+
 def test_one_training_step_lowers_the_loss_on_a_fixed_batch(data):
     cfg = TINY.replace(dropout=0.0)
     keras.utils.set_random_seed(cfg.seed)

@@ -1,0 +1,183 @@
+"""Training: the batch pipeline, one optimisation step, the run folder, resuming a killed run."""
+
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+import genre_utils as gu
+
+TINY = gu.get_config(
+    "demo", n_mels=16, cqt_bins=12, clip_seconds=1.5, filters=2, dense_units=8, batch_size=8, epochs=2, seed=7
+)
+
+
+def fake_features(cfg=TINY, n_train=24, n_val=8, seed=0) -> gu.Features:
+    """In-memory Features of random float16 spectrograms; every clip's level depends on its genre."""
+    rng = np.random.default_rng(seed)
+    n = n_train + n_val
+    labels = np.arange(n) % len(cfg.genres)
+    index = pd.DataFrame(
+        {"genre": [cfg.genres[i] for i in labels], "split": ["training"] * n_train + ["validation"] * n_val,
+         "label": labels},
+        index=pd.Index(np.arange(100, 100 + n), name="track_id"),
+    )
+    level = labels[:, None, None] / 4.0
+    mel = (rng.normal(size=(n, cfg.n_mels, cfg.n_frames)) + level).astype(np.float16)
+    cqt = (rng.normal(size=(n, cfg.cqt_bins, cfg.n_frames)) - level).astype(np.float16)
+    stats = {}
+    for name, array in (("mel", mel), ("cqt", cqt)):
+        training = array[:n_train].astype(np.float32)
+        stats[f"{name}_mean"], stats[f"{name}_std"] = training.mean(axis=(0, 2)), training.std(axis=(0, 2))
+    return gu.Features(index, mel, cqt, stats)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return fake_features()
+
+
+def test_batches_are_normalised_float32_with_a_channel_axis(data):
+    batches = gu.feature_batches(data, data.rows("training"), TINY)
+    x, y = batches[0]
+    assert x["mel"].shape == (8, TINY.n_mels, TINY.n_frames, 1) and x["mel"].dtype == np.float32
+    assert x["cqt"].shape == (8, TINY.cqt_bins, TINY.n_frames, 1)
+    expected = (data.mel[:8].astype(np.float32) - data.stats["mel_mean"][:, None]) / data.stats["mel_std"][:, None]
+    np.testing.assert_allclose(x["mel"][..., 0], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(y, data.index["label"].to_numpy()[:8])
+    everything = np.concatenate([batches[i][0]["mel"] for i in range(len(batches))])
+    assert abs(everything.mean()) < 0.05 and abs(everything.std() - 1) < 0.05
+
+
+def test_shuffling_visits_every_training_clip_once_per_epoch_in_a_new_order(data):
+    batches = gu.feature_batches(data, data.rows("training"), TINY, inputs=("cqt",), shuffle=True)
+    assert len(batches) == 3
+
+    def epoch_labels_and_firsts():
+        parts = [batches[i] for i in range(len(batches))]
+        return np.concatenate([y for _, y in parts]), np.concatenate([x["cqt"][:, 0, 0, 0] for x, _ in parts])
+
+    labels1, firsts1 = epoch_labels_and_firsts()
+    batches.on_epoch_end()
+    labels2, firsts2 = epoch_labels_and_firsts()
+    assert sorted(labels1) == sorted(labels2) == sorted(data.index["label"].to_numpy()[:24])
+    assert sorted(firsts1) == sorted(firsts2) and not np.array_equal(firsts1, firsts2)
+
+
+def test_excerpts_are_random_crops_of_the_requested_length(data):
+    batches = gu.feature_batches(data, data.rows("training"), TINY, inputs=("mel",), shuffle=True, excerpt_frames=10)
+    x, _ = batches[0]
+    assert x["mel"].shape == (8, TINY.n_mels, 10, 1)
+    full = (data.mel.astype(np.float32) - data.stats["mel_mean"][:, None]) / data.stats["mel_std"][:, None]
+    clip = x["mel"][0, :, :, 0]
+    matches = [(row, start) for row in range(24) for start in range(TINY.n_frames - 9)
+               if np.allclose(full[row, :, start:start + 10], clip, atol=1e-5)]
+    assert len(matches) == 1
+    with pytest.raises(gu.ConfigError, match="excerpt_frames"):
+        gu.feature_batches(data, data.rows("training"), TINY, excerpt_frames=TINY.n_frames + 1)
+
+
+def test_features_that_do_not_fit_the_config_raise_data_error(data):
+    with pytest.raises(gu.DataError, match="mel array has shape"):
+        gu.feature_batches(data, data.rows("training"), TINY.replace(n_mels=32))
+    broken = gu.Features(data.index, data.mel, data.cqt, {k: v for k, v in data.stats.items() if k != "cqt_std"})
+    with pytest.raises(gu.DataError, match="cqt_std"):
+        gu.feature_batches(broken, broken.rows("training"), TINY)
+
+
+def test_a_model_built_for_other_input_sizes_is_refused(tmp_path, data):
+    model = gu.build_model(TINY.replace(n_mels=32))
+    with pytest.raises(gu.ConfigError, match="'mel' is 32 bins high"):
+        gu.train(model, data, TINY, tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run").exists()  # nothing written, no earlier result removed
+    with pytest.raises(gu.ConfigError, match="'mel' is 32 bins high"):
+        gu.predict_proba(model, data, data.rows("validation"), TINY)
+
+
+def test_one_training_step_lowers_the_loss_on_a_fixed_batch(data):
+    cfg = TINY.replace(dropout=0.0)
+    keras.utils.set_random_seed(cfg.seed)
+    model = gu.build_model(cfg)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="sparse_categorical_crossentropy")
+    x, y = gu.feature_batches(data, data.rows("training"), cfg)[0]
+    before = model.train_on_batch(x, y)  # loss of the forward pass before the update
+    after = model.train_on_batch(x, y)
+    assert after < before
+
+
+class KillAfterFirstEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise KeyboardInterrupt("simulated kill")
+
+
+class RecordEpochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory, data):
+    """A 2-epoch run killed after epoch 1, then trained again in the same folder with a new model."""
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    with pytest.raises(KeyboardInterrupt):
+        gu.train(gu.build_model(TINY), data, TINY, run_dir, callbacks=[KillAfterFirstEpoch()], verbose=0)
+    after_kill = pd.read_csv(run_dir / "history.csv")
+    assert (run_dir / "backup").is_dir() and not (run_dir / "last.keras").exists()
+    recorder = RecordEpochs()
+    model = gu.build_model(TINY)
+    history = gu.train(model, data, TINY, run_dir, callbacks=[recorder], verbose=0)
+    return run_dir, after_kill, recorder.epochs, model, history
+
+
+def test_a_killed_run_continues_from_its_last_epoch(resumed_run):
+    run_dir, after_kill, resumed_epochs, model, history = resumed_run
+    assert after_kill["epoch"].tolist() == [0]
+    assert resumed_epochs == [1]
+    assert history["epoch"].tolist() == [0, 1]
+    assert history.loc[0].equals(after_kill.loc[0])
+    assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [0, 1]
+    assert int(model.optimizer.iterations) == 2 * 3  # Adam's step count (and learning-rate decay) continued
+    assert not (run_dir / "backup").exists()
+
+
+def test_the_run_folder_holds_config_versions_history_and_models(resumed_run):
+    run_dir = resumed_run[0]
+    assert all((run_dir / name).is_file() for name in gu.RUN_FILES)
+    assert json.loads((run_dir / "config.json").read_text()) == json.loads(json.dumps(TINY.to_dict()))
+    versions = json.loads((run_dir / "versions.json").read_text())
+    assert {"python", "keras", "backend", "backend_version", "numpy", "librosa", "platform", "devices"} <= set(versions)
+    assert not list(run_dir.glob("*.tmp"))
+
+
+def test_load_run_returns_the_best_model_config_and_history(resumed_run, data):
+    run_dir, *_, history = resumed_run
+    model, cfg, loaded = gu.load_run(run_dir)
+    assert cfg == TINY
+    pd.testing.assert_frame_equal(loaded, history)
+    rows = data.rows("validation")
+    probabilities = gu.predict_proba(model, data, rows, cfg)
+    assert probabilities.shape == (len(rows), len(cfg.genres)) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    accuracy = (probabilities.argmax(axis=1) == data.index["label"].to_numpy()[rows]).mean()
+    assert accuracy == pytest.approx(history["val_accuracy"].max(), abs=1e-6)  # best.keras is the best epoch
+    reversed_order = gu.predict_proba(model, data, rows[::-1], cfg)
+    np.testing.assert_allclose(reversed_order, probabilities[::-1], rtol=1e-5, atol=1e-6)
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, data):
+    with pytest.raises(KeyboardInterrupt):
+        gu.train(gu.build_model(TINY), data, TINY, tmp_path, callbacks=[KillAfterFirstEpoch()], verbose=0)
+    other = TINY.replace(learning_rate=0.01)
+    with pytest.raises(gu.ConfigError, match="config.json: the interrupted run"):
+        gu.train(gu.build_model(other), data, other, tmp_path, verbose=0)
+
+
+def test_load_run_of_an_empty_folder_names_the_missing_file(tmp_path):
+    with pytest.raises(gu.DataError, match="config.json: not found"):
+        gu.load_run(tmp_path)

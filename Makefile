@@ -17,8 +17,8 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	touch $@
 
-data: setup  ## generate the demo dataset (data/demo) unless it is there
-	$(BIN)/python genre_utils.py demo-data
+data: setup  ## generate the demo dataset (data/demo) unless it is there; the tests use it
+	$(BIN)/python genre_utils.py --profile demo --data data/demo demo-data
 
 demo: data  ## execute every notebook in order, in place; writes figures/
 	for nb in $(NOTEBOOKS); do \

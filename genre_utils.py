@@ -29,6 +29,10 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent
 
+# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) would fill every notebook output;
+# set TF_CPP_MIN_LOG_LEVEL yourself to see it
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 # ── Config: every knob in one dataclass, with the report's settings and a small demo preset ──
 
 GENRES = ("Hip-Hop", "Pop", "Folk", "Rock", "Experimental", "International", "Electronic", "Instrumental")
@@ -2206,7 +2210,7 @@ def export_report(notebooks_dir: str | os.PathLike = ROOT / "notebooks", out_dir
 # (plots section)
 
 
-# ── Command line: python genre_utils.py demo-data | extract | train | predict ──
+# ── Command line: python genre_utils.py demo-data | report | predict ──
 
 def main(argv: list[str] | None = None) -> int:
     """The command line: `python genre_utils.py [--profile P] [--data DIR] <command>`; returns the exit status."""
@@ -2219,6 +2223,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo-data", help="generate the demo dataset at the data root unless it is complete")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(run=_cli_demo_data)
+    report = commands.add_parser("report", help="export the executed notebooks as one HTML page in report/")
+    report.set_defaults(run=lambda cfg, args: print(f"report written to {export_report()}"))
     args = parser.parse_args(argv)
     try:
         cfg = get_config(args.profile, args.data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import importlib.util
 import itertools
@@ -159,10 +160,12 @@ def load_audio(path: str | os.PathLike, sr: int, duration: float) -> np.ndarray:
     """Decode a file to mono float32 at `sr` Hz, exactly `round(sr * duration)` samples long.
 
     Longer audio is cropped to its first `duration` seconds; shorter audio is zero-padded at the
-    end. Raises AudioError naming the file when it is missing, empty, not decodable or silent
-    because decoding yielded no samples.
+    end. Raises AudioError naming the file when it is missing, empty, has no audio header (e.g. a
+    text file named .au, which libsndfile would otherwise read as raw samples), is not decodable,
+    or decoding yielded no samples.
     """
     import librosa
+    import soundfile as sf
 
     path = Path(path)
     n_samples = int(round(sr * duration))
@@ -170,6 +173,9 @@ def load_audio(path: str | os.PathLike, sr: int, duration: float) -> np.ndarray:
         raise AudioError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: file is empty (0 bytes)")
+    with contextlib.suppress(sf.LibsndfileError, RuntimeError), _silenced_stderr():
+        if sf.info(str(path)).format == "RAW":  # no header: the "samples" would be the file's bytes
+            raise AudioError(f"{path}: cannot decode audio (no audio header found: not an audio file)")
     try:
         # librosa warns when it falls back from soundfile to audioread, and libmpg123 prints its
         # own warnings about broken MP3s: both are replaced by the AudioError below
@@ -260,6 +266,11 @@ def load_tracks(root: str | os.PathLike, subset: str = "small", genres=GENRES, *
         if subset not in FMA_SUBSETS:
             raise ConfigError(f"unknown FMA subset {subset!r}; choose one of {', '.join(FMA_SUBSETS)}")
         tracks = _fma_tracks(root, subset)
+    elif (root / "fma_metadata").is_dir() or (root / f"fma_{subset}").is_dir():
+        raise DataError(
+            f"{root / 'fma_metadata' / 'tracks.csv'}: not found. FMA's genres and splits come from it: "
+            f"unzip fma_metadata.zip into {root} (or set GENRE_DATA to the folder that holds it)"
+        )
     elif genre_folders := _genre_folders(root):
         tracks = _folder_tracks(genre_folders, seed)
     else:
@@ -350,12 +361,27 @@ def _genre_key(name: str) -> str:
 
 
 def _genre_folders(root: Path) -> dict[str, list[Path]]:
-    """The sub-folders of `root` that hold audio files, with their sorted audio files."""
-    folders = {}
+    """The sub-folders of `root` that hold audio files, with their sorted audio files.
+
+    When some do, a warning names what is ignored: folders without audio, files that are not
+    audio and folders nested in a genre folder (hidden files, as .DS_Store, are ignored silently).
+    """
+    folders, empty, stray, nested = {}, [], [], []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        files = [f for f in entries if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS]
+        nested += [f"{folder.name}/{p.name}/" for p in entries if p.is_dir()]
+        stray += [f"{folder.name}/{p.name}" for p in entries if p.is_file() and p not in files]
         if files:
             folders[folder.name] = files
+        else:
+            empty.append(f"{folder.name}/")
+    ignored = [(empty, "folder(s) without audio files"), (stray, f"file(s) that are not {'/'.join(AUDIO_EXTENSIONS)}"),
+               (nested, "nested folder(s) (audio must sit directly in a genre folder)")]
+    if folders and any(names for names, _ in ignored):
+        details = "; ".join(f"{len(names)} {what}: {', '.join(names[:5])}{' ...' * (len(names) > 5)}"
+                            for names, what in ignored if names)
+        warnings.warn(f"{root}: ignored {details}", stacklevel=3)
     return folders
 
 
@@ -928,9 +954,12 @@ def extract_features(
     process. An unchanged dataset and settings reuse the finished cache without decoding
     anything. Work happens in `features-<key>.partial/`, renamed when complete; an interrupted
     run resumes from the rows already flushed there. Files that cannot be decoded, or give
-    NaN/inf features, are skipped and listed in Features.skipped. Returns the Features of the
-    finished cache (memory-mapped, rows sorted by track_id). Raises DataError for a malformed
-    track table, no training track, or when no file at all can be decoded.
+    NaN/inf features, are skipped, listed in Features.skipped and summed up in a warning when
+    the extraction ends. Returns the Features of the finished cache (memory-mapped, rows sorted
+    by track_id). Raises DataError for a malformed track table, no training track, or when no
+    file at all can be decoded; CacheError naming the folder when the cache cannot be written
+    (disk full, read-only, a file in the way; finished caches are never touched) or a finished
+    cache does not hold cfg's settings.
     """
     from tqdm import tqdm
 
@@ -939,10 +968,11 @@ def extract_features(
     cache_dir = Path(cache_dir if cache_dir is not None else cfg.cache_dir)
     final = cache_dir / f"features-{key}"
     if final.is_dir():
-        return open_features(final)
+        return open_features(final, cfg)
 
     partial = cache_dir / f"features-{key}.partial"
-    mel, cqt_rows, done = _open_partial(partial, key, table, cfg)
+    with _writing_to(cache_dir, CacheError, "cfg.cache_dir"):
+        mel, cqt_rows, done = _open_partial(partial, key, table, cfg)
     todo = np.flatnonzero(done == 0)
     skipped: list[tuple[int, str, str]] = []  # (row, path, reason)
     unflushed: list[int] = []
@@ -962,23 +992,35 @@ def extract_features(
                 mel[row], cqt_rows[row] = mel_row, cqt_row
                 unflushed.append(row)
                 if len(unflushed) >= _FLUSH_ROWS:
-                    flush()
+                    with _writing_to(cache_dir, CacheError, "cfg.cache_dir"):
+                        flush()
             else:
                 skipped.append((row, str(table["path"].iloc[row]), reason))
             progress.update()
     finally:
-        flush()
+        with _writing_to(cache_dir, CacheError, "cfg.cache_dir"):
+            flush()
         progress.close()
     del mel, cqt_rows
-    _finish_partial(partial, final, table, done, skipped, key, cfg)
-    return open_features(final)
+    with _writing_to(cache_dir, CacheError, "cfg.cache_dir"):
+        _finish_partial(partial, final, table, done, skipped, key, cfg)
+    features = open_features(final, cfg)
+    if len(features.skipped):
+        examples = "; ".join(f"{path}: {reason}" for path, reason in features.skipped.head(3).itertuples(index=False))
+        warnings.warn(
+            f"{final}: skipped {len(features.skipped)} of {len(table)} audio files ({examples}"
+            f"{' ...' * (len(features.skipped) > 3)}); all are listed in Features.skipped and skipped.csv",
+            stacklevel=2,
+        )
+    return features
 
 
-def open_features(path: str | os.PathLike) -> Features:
+def open_features(path: str | os.PathLike, cfg: Config | None = None) -> Features:
     """The Features of a finished cache folder `path` (as made by extract_features), memory-mapped.
 
     Raises CacheError naming the folder when it is missing, unfinished (a `.partial` folder or a
-    missing file), from another FEATURES_FORMAT, or when its files disagree with each other.
+    missing file), from another FEATURES_FORMAT, when its files disagree with each other or,
+    given `cfg`, when it was extracted with other FEATURE_SETTINGS than cfg's.
     """
     path = Path(path)
     if path.name.endswith(".partial"):
@@ -1020,6 +1062,14 @@ def open_features(path: str | os.PathLike) -> Features:
     if problems:
         raise CacheError(f"{path}: inconsistent feature cache ({'; '.join(problems)}); delete the "
                          "folder and run extract_features again")
+    if cfg is not None:
+        wanted = json.loads(json.dumps({name: getattr(cfg, name) for name in FEATURE_SETTINGS}))
+        cached = info.get("settings", {})
+        differing = [f"{name} {cached.get(name)!r} (config: {wanted[name]!r})"
+                     for name in FEATURE_SETTINGS if cached.get(name) != wanted[name]]
+        if differing:
+            raise CacheError(f"{path}: features extracted with other settings: {', '.join(differing)}; "
+                             "call extract_features with this config to get matching features")
     return Features(index=index, mel=mel, cqt=cqt_rows, stats=stats, path=path, skipped=skipped)
 
 
@@ -1095,8 +1145,8 @@ def _open_partial(partial: Path, key: str, table: pd.DataFrame, cfg: Config):
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
     (partial / "config.json").write_text(json.dumps(_cache_info(key, cfg), indent=2))
-    mel = open_memmap(partial / "mel.rows.npy", mode="w+", dtype=np.float16, shape=shapes["mel"])
-    cqt_rows = open_memmap(partial / "cqt.rows.npy", mode="w+", dtype=np.float16, shape=shapes["cqt"])
+    mel = _new_memmap(partial / "mel.rows.npy", shapes["mel"])
+    cqt_rows = _new_memmap(partial / "cqt.rows.npy", shapes["cqt"])
     done = open_memmap(partial / "done.npy", mode="w+", dtype=np.uint8, shape=(len(table),))
     done.flush()
     return mel, cqt_rows, done
@@ -1181,27 +1231,31 @@ def _finish_partial(partial: Path, final: Path, table: pd.DataFrame, done: np.nd
     index = table.iloc[ok_rows][["genre", "split", "label"]]
     if not (index["split"] == "training").any():
         raise DataError("every training file was skipped as unreadable: no normalization statistics")
+    # Everything is written beside the row files, which are only renamed or removed at the end:
+    # a failure (disk full) or kill before that leaves a partial folder that still resumes.
     stats = {}
+    training_rows = ok_rows[index["split"].to_numpy() == "training"]
     for name in ("mel", "cqt"):
-        rows_file, out_file = partial / f"{name}.rows.npy", partial / f"{name}.npy"
-        if len(ok_rows) == len(table):
-            os.replace(rows_file, out_file)
-        else:
-            rows = np.load(rows_file, mmap_mode="r")
-            out = open_memmap(out_file, mode="w+", dtype=np.float16, shape=(len(ok_rows), *rows.shape[1:]))
+        rows = np.load(partial / f"{name}.rows.npy", mmap_mode="r")
+        stats[f"{name}_mean"], stats[f"{name}_std"] = _band_stats(rows, training_rows)
+        if len(ok_rows) < len(table):  # compact the successful rows into a new file
+            out = _new_memmap(partial / f"{name}.npy", (len(ok_rows), *rows.shape[1:]))
             for start in range(0, len(ok_rows), 256):
                 out[start:start + 256] = rows[ok_rows[start:start + 256]]
             out.flush()
-            del rows, out
-            rows_file.unlink()
-        stats[f"{name}_mean"], stats[f"{name}_std"] = _band_stats(
-            np.load(out_file, mmap_mode="r"), np.flatnonzero(index["split"].to_numpy() == "training")
-        )
+            del out
+        del rows
     index.to_csv(partial / "index.csv")
     skipped_table.to_csv(partial / "skipped.csv", index=False)
     np.savez(partial / "stats.npz", **stats)
     info = _cache_info(key, cfg) | {"tracks": len(index), "skipped": len(skipped_table)}
     (partial / "config.json").write_text(json.dumps(info, indent=2))
+    for name in ("mel", "cqt"):
+        rows_file = partial / f"{name}.rows.npy"
+        if len(ok_rows) == len(table):
+            os.replace(rows_file, partial / f"{name}.npy")
+        else:
+            rows_file.unlink()
     (partial / "done.npy").unlink()
     try:
         os.replace(partial, final)
@@ -1224,6 +1278,45 @@ def _band_stats(features: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _new_memmap(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A new float16 .npy memory map of `shape` whose disk space is reserved at once, so that a
+    full disk fails here with OSError(ENOSPC) rather than killing the process (SIGBUS) later."""
+    from numpy.lib.format import open_memmap
+
+    array = open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+    if hasattr(os, "posix_fallocate"):  # Linux and most Unixes; not macOS
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # file systems without it: write as we go
+                raise
+        finally:
+            os.close(fd)
+    return array
+
+
+_WRITE_PROBLEMS = {  # errno -> what it means for an output folder
+    errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+    errno.ENOTDIR: "a file is in the way: part of the path is not a folder",
+    errno.EEXIST: "a file is in the way: part of the path is not a folder",
+}
+
+
+@contextlib.contextmanager
+def _writing_to(folder: Path, error: type[GenreError], setting: str):
+    """Turn an OSError raised while writing under `folder` into `error` naming the folder, the
+    reason and the fix (free space, or point `setting` elsewhere)."""
+    try:
+        yield
+    except OSError as exc:
+        reason = _WRITE_PROBLEMS.get(exc.errno, exc.strerror or type(exc).__name__)
+        file = f" (writing {exc.filename})" if exc.filename else ""
+        raise error(f"{folder}: cannot write there: {reason}{file}. Free some space or make the folder "
+                    f"writable, or set {setting} to another folder; finished results are untouched") from None
 
 
 # (features section)
@@ -1475,6 +1568,9 @@ def _check_features(data: Features, cfg: Config, inputs) -> None:
         for key in (f"{name}_mean", f"{name}_std"):
             if key not in data.stats or np.size(data.stats[key]) != heights[name]:
                 raise DataError(f"{where}: normalisation statistic {key} missing or not {heights[name]} values")
+            if not np.all(np.isfinite(data.stats[key])):
+                raise DataError(f"{where}: normalisation statistic {key} holds NaN or infinite values; "
+                                "delete the cache folder and run extract_features again")
     labels = data.index["label"].to_numpy()
     if labels.min(initial=0) < 0 or labels.max(initial=0) >= len(cfg.genres):
         raise DataError(f"{where}: labels outside 0..{len(cfg.genres) - 1}")
@@ -1527,6 +1623,12 @@ def _feature_batches_class():
                     clips = np.stack([array[r, :, s : s + self.excerpt_frames] for r, s in zip(rows, starts)])
                 else:
                     clips = array[rows]
+                finite = np.isfinite(clips).all(axis=(1, 2))
+                if not finite.all():  # a corrupt cache row must never reach the model
+                    track_id = self.data.index.index[rows[np.argmin(finite)]]
+                    where = self.data.path / f"{name}.npy" if self.data.path else f"in-memory {name} features"
+                    raise DataError(f"{where}: track {track_id} holds NaN or infinite values (corrupt cache); "
+                                    "delete the cache folder and run extract_features again")
                 mean, std = self.scale[name]
                 x[name] = ((clips.astype(np.float32) - mean) / std)[..., np.newaxis]
             return x, self.labels[rows]
@@ -1610,8 +1712,9 @@ def train(model, data: Features, cfg: Config, run_dir: str | os.PathLike, *, exc
     otherwise it starts afresh, replacing earlier results. `excerpt_frames`: train on random
     excerpts of that many frames (see `feature_batches`); `callbacks`: extra Keras callbacks.
     Returns the history, one row per epoch (epoch, accuracy, loss, val_accuracy, val_loss).
-    Raises ConfigError when resuming a run started with other settings or for a model built with
-    another config, DataError for an empty split or features that do not fit `cfg`.
+    Raises ConfigError when resuming a run started with other settings, for a model built with
+    another config or when `run_dir` cannot be written (naming it and why); DataError for an empty
+    split, features that do not fit `cfg` or hold NaN/inf values.
     """
     import keras
 
@@ -1627,21 +1730,26 @@ def train(model, data: Features, cfg: Config, run_dir: str | os.PathLike, *, exc
     val_batches = feature_batches(data, splits["validation"], cfg, inputs)
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     backup_dir, history_path, config_path = run_dir / "backup", run_dir / "history.csv", run_dir / "config.json"
     settings = json.loads(json.dumps(cfg.to_dict()))  # as it reads back from JSON
-    resuming = backup_dir.is_dir() and any(backup_dir.iterdir())
+    # Keras writes a backup's weights, then training_metadata.json (keeping the previous pair as
+    # .bkp): without either metadata file, the run was killed while writing its first backup,
+    # whose weights may be half written, and it starts afresh
+    resuming = any((backup_dir / name).is_file() for name in ("training_metadata.json", "training_metadata.json.bkp"))
     if resuming and config_path.is_file() and json.loads(config_path.read_text()) != settings:
         raise ConfigError(
             f"{config_path}: the interrupted run in {run_dir} used other settings; resume it with the "
             "same config or train into a new run folder"
         )
-    if not resuming:
-        for name in ("history.csv", "best.keras", "last.keras"):
-            (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-    _write_json(config_path, settings)
-    _write_json(run_dir / "versions.json", _versions())
+    with _writing_to(run_dir, ConfigError, "the run folder (cfg.runs_dir)"):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            for name in ("history.csv", "best.keras", "last.keras"):
+                (run_dir / name).unlink(missing_ok=True)
+            for name in ("tensorboard", "backup"):
+                shutil.rmtree(run_dir / name, ignore_errors=True)
+        _write_json(config_path, settings)
+        _write_json(run_dir / "versions.json", _versions())
 
     schedule = keras.optimizers.schedules.ExponentialDecay(
         cfg.learning_rate, decay_steps=cfg.lr_decay_epochs * len(train_batches), decay_rate=cfg.lr_decay_rate
@@ -1652,11 +1760,11 @@ def train(model, data: Features, cfg: Config, run_dir: str | os.PathLike, *, exc
     best_so_far = None  # a resumed run's checkpoint only replaces a better earlier epoch
     if resuming and history_path.is_file():
         best_so_far = float(_read_history(history_path)["val_accuracy"].max())
-    logging = [
-        keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
+    logging = [  # an epoch is logged before it is backed up: a kill in between repeats it, never loses it
+        keras.callbacks.CSVLogger(history_path, append=True),
         keras.callbacks.ModelCheckpoint(run_dir / "best.keras", monitor="val_accuracy", mode="max",
                                         save_best_only=True, initial_value_threshold=best_so_far),
-        keras.callbacks.CSVLogger(history_path, append=True),
+        keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
     ]
     if importlib.util.find_spec("tensorboard"):  # optional: `pip install tensorboard` to get tensorboard/ logs
         logging.append(keras.callbacks.TensorBoard(run_dir / "tensorboard"))

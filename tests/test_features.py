@@ -180,7 +180,8 @@ def test_broken_files_are_skipped_and_listed(tracks, cfg, tmp_path):
     garbage.write_bytes(b"this is not an mp3 file" * 100)
     broken = pd.DataFrame({"genre": ["Pop", "Rock"], "split": ["training", "validation"],
                            "path": [empty, garbage]}, index=pd.Index([17, 19], name="track_id"))
-    features = gu.extract_features(pd.concat([tracks, broken]), cfg, workers=1)
+    with pytest.warns(UserWarning, match="skipped 2 of 8 audio files"):
+        features = gu.extract_features(pd.concat([tracks, broken]), cfg, workers=1)
     assert features.index.index.tolist() == [2, 3, 5, 7, 11, 13]
     assert len(features.mel) == len(features.cqt) == 6
     assert features.skipped["path"].tolist() == [str(empty), str(garbage)]
@@ -203,7 +204,8 @@ def test_nan_feature_is_skipped(tracks, cfg, monkeypatch):
         return np.full_like(mel, np.nan) if len(calls) == 2 else mel
 
     monkeypatch.setattr(gu, "mel_spectrogram", nan_on_second_clip)
-    features = gu.extract_features(tracks, cfg, workers=1)
+    with pytest.warns(UserWarning, match="000003.mp3: mel-spectrogram contains NaN"):
+        features = gu.extract_features(tracks, cfg, workers=1)
     assert 3 not in features.index.index  # second in track-id order
     assert Path(features.skipped["path"].iloc[0]).name == "000003.mp3"
     assert "NaN" in features.skipped["reason"].iloc[0]

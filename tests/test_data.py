@@ -1,6 +1,5 @@
 """The data layer: FMA and folder-per-genre track tables, the split, audio loading."""
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +7,6 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import genre_utils as gu  # noqa: E402
 
 SR = 11_025  # Hz, small fixtures

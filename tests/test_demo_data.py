@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import genre_utils as gu  # noqa: E402
 
 SR = 11_025  # Hz

@@ -1,7 +1,6 @@
 """Feature extraction: librosa agreement, cache layout, reuse, invalidation, resume, skipping."""
 
 import shutil
-import sys
 from pathlib import Path
 
 import librosa
@@ -10,7 +9,6 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import genre_utils as gu  # noqa: E402
 
 CLIP_SECONDS = 2.0

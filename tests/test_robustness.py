@@ -17,7 +17,6 @@ import pytest
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 import genre_utils as gu  # noqa: E402
 
 # the fixtures' clips are shorter than the CQT's lowest octave needs; librosa says so, rightly

@@ -460,8 +460,6 @@ def _drop_unusable(tracks: pd.DataFrame, root: Path, genres) -> pd.DataFrame:
     return kept
 
 
-
-
 # ── Demo data: a miniature FMA of procedurally synthesized music ──
 
 DEMO_VERSION = 1  # bump when the synthesis changes, so old demo datasets are regenerated
@@ -573,8 +571,6 @@ def make_demo_dataset(
     with other parameters is replaced. Returns `load_tracks(root, "small", cfg.genres)`.
     Raises DataError when `root` exists and is not a demo dataset (it is never overwritten).
     """
-    import shutil
-
     import soundfile as sf
     from tqdm import tqdm
 
@@ -853,8 +849,6 @@ def _karplus_strong(freq: float, n: int, sr: int, rng: np.random.Generator, loss
     loop = loss * 0.5 * (1 + np.exp(-2j * np.pi * np.arange(burst.size) / period))  # one trip, per harmonic
     periods = np.arange(-(-n // period))[:, None]
     return np.fft.irfft(burst * loop**periods, n=period).ravel()[:n]
-
-
 
 
 # ── Features: mel-spectrogram and CQT, extracted in parallel into an on-disk cache ──
@@ -1409,9 +1403,16 @@ def _clip_statistics_of_file(path: str, cfg: Config) -> tuple[pd.Series | None, 
     return statistics, None
 
 
-
-
 # ── Model: the report's three-branch CNN in backend-neutral Keras 3 ──
+
+def import_keras():
+    """Keras, imported with its backend's C++ start-up messages muted: TensorFlow prints some
+    (CUDA probing, oneDNN notices) before its logging is configured, whatever TF_CPP_MIN_LOG_LEVEL
+    says, and they would fill notebook outputs with timestamps."""
+    with _silenced_stderr():
+        import keras
+    return keras
+
 
 # Filter shapes follow Pons et al. 2017 ("Timbre analysis of music audio signals with CNNs"),
 # whose figure the report's lost one cited; every size is in (frequency bins, time frames):
@@ -1478,8 +1479,8 @@ def build_model(cfg: Config, branches=None):
     On GPUs the layers compute in mixed precision and the model is mirrored over all of them
     (see `configure_devices`).
     """
-    import keras
-    from keras import layers
+    keras = import_keras()
+    layers = keras.layers
 
     configure_devices()
     branches = _check_branches(cfg.branches if branches is None else branches)
@@ -1574,8 +1575,6 @@ def baseline_classifier(kind: str = "svm", seed: int = 42):
     return make_pipeline(StandardScaler(), classifier)
 
 
-
-
 # ── Training: Keras fit with checkpoints, logs and resume, one folder per run ──
 
 RUN_FILES = ("config.json", "versions.json", "stats.npz", "history.csv", "best.keras", "last.keras")
@@ -1586,13 +1585,15 @@ EXCERPT_HOP = 0.5  # prediction excerpts overlap: each starts this share of an e
 @functools.cache
 def gpu_devices() -> tuple[tuple[str, int], ...]:
     """(name, CUDA compute capability major) of each GPU the Keras backend sees."""
-    import keras
+    keras = import_keras()
 
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf  # device query only; model code stays backend-neutral
 
-        details = [tf.config.experimental.get_device_details(d) for d in tf.config.list_physical_devices("GPU")]
+        with _silenced_stderr():  # a machine without CUDA drivers logs a failed cuInit here
+            gpus = tf.config.list_physical_devices("GPU")
+        details = [tf.config.experimental.get_device_details(d) for d in gpus]
         return tuple((d.get("device_name", "GPU"), d.get("compute_capability", (0, 0))[0]) for d in details)
     if backend == "jax":
         import jax
@@ -1618,7 +1619,7 @@ def configure_devices() -> str:
     parallel over all of them (keras.distribution.DataParallel on JAX, MirroredStrategy on
     TensorFlow; the torch backend uses one GPU). CPU: float32, nothing changes.
     """
-    import keras
+    keras = import_keras()
 
     gpus = gpu_devices()
     if not gpus:
@@ -1640,7 +1641,7 @@ def _mirrored_strategy():
 def _strategy_scope():
     """Context in which models are built and compiled: MirroredStrategy on several GPUs under
     TensorFlow, else nothing (JAX distributes through keras.distribution)."""
-    import keras
+    keras = import_keras()
 
     if len(gpu_devices()) > 1 and keras.backend.backend() == "tensorflow":
         return _mirrored_strategy().scope()
@@ -1650,7 +1651,7 @@ def _strategy_scope():
 def describe_devices() -> str:
     """One line saying what training runs on: Keras backend and version, GPUs or CPU cores,
     precision policy and data parallelism."""
-    import keras
+    keras = import_keras()
 
     policy = configure_devices()
     backend = keras.backend.backend()
@@ -1693,7 +1694,7 @@ def _check_features(data: Features, cfg: Config, inputs) -> None:
 @functools.cache
 def _feature_batches_class():
     """keras.utils.PyDataset subclass, created on first use so keras is not imported with the module."""
-    import keras
+    keras = import_keras()
 
     class FeatureBatches(keras.utils.PyDataset):
         """Batches ({input: float32 (batch, bins, frames, 1)}, labels (batch,)) read from memory maps."""
@@ -1800,7 +1801,7 @@ def _write_json(path: Path, content: dict) -> None:
 
 
 def _versions() -> dict:
-    import keras
+    keras = import_keras()
     import librosa
 
     backend = keras.backend.backend()
@@ -1841,7 +1842,7 @@ def train(model, data: Features, cfg: Config, run_dir: str | os.PathLike, *, cal
     for a model built with another config or when `run_dir` cannot be written (naming it and why);
     DataError for an empty split, features that do not fit `cfg` or hold NaN/inf values.
     """
-    import keras
+    keras = import_keras()
 
     configure_devices()
     inputs = _model_inputs(model, cfg)  # check everything before touching the run folder
@@ -1932,7 +1933,7 @@ def load_run(run_dir: str | os.PathLike):
 
     Raises DataError naming the missing file when the folder holds no finished run.
     """
-    import keras
+    keras = import_keras()
 
     run_dir = Path(run_dir)
     for name in RUN_FILES:
@@ -2019,7 +2020,7 @@ def load_run_stats(run_dir: str | os.PathLike) -> dict[str, np.ndarray]:
 @functools.cache
 def _epoch_timer_class():
     """keras Callback adding epoch_seconds to each epoch's logs (created on first use, see above)."""
-    import keras
+    keras = import_keras()
 
     class EpochTimer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -2034,7 +2035,7 @@ def _epoch_timer_class():
 @functools.cache
 def _clip_validation_class():
     """keras Callback that validates clip by clip with `predict_proba` (chunked training)."""
-    import keras
+    keras = import_keras()
 
     class ClipValidation(keras.callbacks.Callback):
         """Adds val_loss (cross-entropy) and val_accuracy of the averaged excerpt predictions."""
@@ -2078,8 +2079,6 @@ def predict_file(path: str | os.PathLike, model, cfg: Config, stats: dict[str, n
     )
     proba = predict_proba(model, features, np.arange(len(windows)), cfg)
     return pd.DataFrame(proba, index=index.index, columns=list(cfg.genres))
-
-
 
 
 # ── Evaluation: accuracy, per-genre scores and confusion matrix ──
@@ -2286,7 +2285,7 @@ def cnn_experiment(name: str, cfg: Config, features: Features, run_dir: str | os
     EXPERIMENT_COLUMNS: model, input, parameters, epochs, train_seconds (sum of the logged epoch
     times), val_accuracy, test_accuracy. Raises what `train` and `evaluate` raise.
     """
-    import keras
+    keras = import_keras()
 
     run_dir = Path(run_dir)
     if not _finished_run(run_dir, cfg):
@@ -2339,8 +2338,6 @@ def baseline_experiment(name: str, statistics: pd.DataFrame, index: pd.DataFrame
         "val_accuracy": float((pipeline.predict(x["validation"]) == y["validation"]).mean()),
         "test_accuracy": float((pipeline.predict(x["test"]) == y["test"]).mean()),
     }, name=name)
-
-
 
 
 # ── Plots: one style, one export helper for every figure, and the notebooks as one HTML report ──
@@ -2669,8 +2666,6 @@ def plot_prediction_timeline(windows: pd.DataFrame, title: str = ""):
     return fig
 
 
-
-
 # ── Command line: python genre_utils.py demo-data | report | predict ──
 
 def main(argv: list[str] | None = None) -> int:
@@ -2744,8 +2739,6 @@ def _cli_predict(cfg: Config, args) -> int:
             fig.savefig(plot, dpi=FIGURE_DPI, bbox_inches="tight")
             print(f"  timeline: {plot}")
     return 1 if failed else 0
-
-
 
 
 if __name__ == "__main__":

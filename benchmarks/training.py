@@ -24,7 +24,7 @@ import genre_utils as gu  # noqa: E402
 
 def measure(cfg: gu.Config, device: str, policy: str, steps: int, batch: int) -> float:
     """Clips per second of `steps` training steps on `device` under a dtype `policy`, after a warm-up step."""
-    import keras
+    keras = gu.import_keras()
 
     keras.mixed_precision.set_global_policy(policy)
     rng = np.random.default_rng(cfg.seed)
@@ -52,7 +52,7 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", default="seed", choices=sorted(gu.PRESETS), help="model and input size")
     parser.add_argument("--branches", nargs="+", default=None, choices=gu.BRANCHES, help="model branches")
     args = parser.parse_args(argv)
-    import keras
+    keras = gu.import_keras()
 
     cfg = gu.get_config(args.profile)
     if args.branches:

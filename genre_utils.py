@@ -128,8 +128,8 @@ PRESETS = {
         n_mels=64,
         filters=8,
         dense_units=64,
-        epochs=12,
-        lr_decay_epochs=5.0,
+        epochs=20,
+        lr_decay_epochs=8.0,
     ),
 }
 

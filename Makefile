@@ -23,7 +23,7 @@ data: setup  ## generate the demo dataset (data/demo) unless it is there; the te
 demo: data  ## execute every notebook in order, in place; writes figures/
 	for nb in $(NOTEBOOKS); do \
 		$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
-			--ExecutePreprocessor.timeout=-1 "$$nb" || exit 1; \
+			--ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.record_timing=False "$$nb" || exit 1; \
 	done
 
 test: data  ## unit tests, then the notebooks re-executed and compared by nbval

@@ -331,6 +331,18 @@ def _silenced_stderr():
         os.close(saved)
 
 
+@contextlib.contextmanager
+def _atomic_path(path: Path):
+    """A temporary file next to `path`, renamed onto it when the block succeeds and removed when it
+    fails: readers, and a later run after a kill, never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type when it has none."""
     text = str(exc).strip()
@@ -996,7 +1008,7 @@ def extract_features(
         with _writing_to(cache_dir, CacheError, "cfg.cache_dir"):
             flush()
         progress.close()
-    del mel, cqt_rows
+    mel = cqt_rows = None  # close the memory maps before the folder is compacted and renamed
     with _writing_to(cache_dir, CacheError, "cfg.cache_dir"):
         _finish_partial(partial, final, table, done, skipped, key, cfg)
     features = open_features(final, cfg)
@@ -1135,8 +1147,6 @@ def _open_partial(partial: Path, key: str, table: pd.DataFrame, cfg: Config):
                 return mel, cqt_rows, done
         except (OSError, ValueError):
             pass  # created but never written completely: start this folder afresh
-        import shutil
-
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
     (partial / "config.json").write_text(json.dumps(_cache_info(key, cfg), indent=2))
@@ -1213,10 +1223,6 @@ def _feature_results(jobs: list[tuple[int, str]], cfg: Config, workers: int, com
 def _finish_partial(partial: Path, final: Path, table: pd.DataFrame, done: np.ndarray,
                     skipped: list[tuple[int, str, str]], key: str, cfg: Config) -> None:
     """Compact the successful rows, write index, stats and skip list, then rename to `final`."""
-    import shutil
-
-    from numpy.lib.format import open_memmap
-
     ok_rows = np.flatnonzero(done == 1)
     skipped_table = pd.DataFrame([(path, reason) for _, path, reason in sorted(skipped)],
                                  columns=["path", "reason"])
@@ -1385,9 +1391,8 @@ def extract_clip_statistics(
     frame = pd.DataFrame.from_dict(results, orient="index").sort_index()
     frame.index.name = "track_id"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    frame.to_csv(tmp)
-    os.replace(tmp, path)
+    with _atomic_path(path) as tmp:
+        frame.to_csv(tmp)
     return pd.read_csv(path, index_col="track_id")  # as later runs will read it, to the last digit
 
 
@@ -1795,9 +1800,8 @@ def _model_inputs(model, cfg: Config) -> list[str]:
 
 def _write_json(path: Path, content: dict) -> None:
     """Write JSON atomically: a killed process never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    with _atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(content, indent=2, default=str) + "\n")
 
 
 def _versions() -> dict:
@@ -2001,10 +2005,8 @@ def excerpt_starts(total: int, length: int, hop: int | None = None) -> np.ndarra
 
 def _write_stats(path: Path, stats: dict[str, np.ndarray]) -> None:
     """Write normalisation statistics as .npz atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as file:
+    with _atomic_path(path) as tmp, open(tmp, "wb") as file:  # a file object: np.savez adds no suffix
         np.savez(file, **stats)
-    os.replace(tmp, path)
 
 
 def load_run_stats(run_dir: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -2638,9 +2640,8 @@ def export_report(notebooks_dir: str | os.PathLike = ROOT / "notebooks", out_dir
     html, _ = exporter.from_notebook_node(_merged_notebook(notebooks), resources={"metadata": {"path": str(notebooks_dir)}})
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / "index.html"
-    partial = out_dir / f".index.html.{os.getpid()}.partial"
-    partial.write_text(html, encoding="utf-8")
-    os.replace(partial, target)
+    with _atomic_path(target) as tmp:
+        tmp.write_text(html, encoding="utf-8")
     return target
 
 

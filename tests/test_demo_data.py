@@ -1,7 +1,6 @@
 """The demo dataset: a miniature FMA of synthesized music, written in FMA's own format."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -152,7 +152,7 @@ def test_the_run_folder_holds_config_versions_history_and_models(resumed_run):
     assert json.loads((run_dir / "config.json").read_text()) == json.loads(json.dumps(TINY.to_dict()))
     versions = json.loads((run_dir / "versions.json").read_text())
     assert {"python", "keras", "backend", "backend_version", "numpy", "librosa", "platform", "devices"} <= set(versions)
-    assert not list(run_dir.glob("*.tmp"))
+    assert not list(run_dir.glob(".*.partial"))
 
 
 def test_load_run_returns_the_best_model_config_and_history(resumed_run, data):

@@ -1,0 +1,201 @@
+"""Real recordings: every method cross-validated on the same stratified folds, one table.
+
+Reads any folder-per-genre set of audio (`DIR/<genre>/*.mp3|wav|...`, any genre names), extracts the
+features once (cached), runs the chosen methods on k stratified folds (`genre_utils.cross_validate`)
+and prints one row per method: parameters, training time per fold, accuracy +- standard error over
+folds, macro F1 and the gap to the SVM baseline measured in the same run. Saves the table as CSV
+(columns method, accuracy_mean, accuracy_se, macro_f1, train_seconds, parameters), as markdown, and
+the per-fold numbers, into --out.
+
+    python benchmarks/real_music.py --list                       # the methods
+    python benchmarks/real_music.py --methods svm,logistic       # baselines only, in seconds
+    python benchmarks/real_music.py --folds 3 --out /tmp/screen  # a quicker, rougher screening
+    python benchmarks/real_music.py --data /data/gtzan           # another dataset
+
+Methods are registered with `@register(name, description)` on a factory taking the `Inputs` (cfg,
+tracks, cached features and statistics) and returning a `cross_validate` method; the CNN methods
+are the `demo` preset (the report's recipe at demo size), the `recipe` preset, and the recipe with
+one ingredient removed or added (ABLATIONS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import genre_utils as gu  # noqa: E402
+
+DEFAULT_DATA = gu.ROOT.parent / "shared" / "realmusic"  # ../shared/realmusic from the project root
+DEFAULT_OUT = gu.ROOT / "benchmarks" / "results" / "real_music"
+DEFAULT_METHODS = ("svm", "logistic", "cnn-report", "cnn-recipe")
+
+
+@dataclass
+class Inputs:
+    """What the method factories close over: the dataset, its config and its cached inputs."""
+
+    tracks: pd.DataFrame  # load_tracks output
+    cfg: gu.Config  # the `demo` preset's features, this dataset's genres and data root
+
+    @functools.cached_property
+    def features(self) -> gu.Features:
+        return gu.extract_features(self.tracks, self.cfg)
+
+    @functools.cached_property
+    def statistics(self) -> pd.DataFrame:
+        return gu.extract_clip_statistics(self.tracks, self.cfg)
+
+    def preset(self, profile: str, **changes) -> gu.Config:
+        """A preset with this dataset's data root, genres and cache (same feature settings as cfg)."""
+        return gu.get_config(profile, self.cfg.data_root, genres=self.cfg.genres, cache_dir=self.cfg.cache_dir,
+                             runs_dir=self.cfg.runs_dir, seed=self.cfg.seed, **changes)
+
+
+METHODS: dict[str, tuple[str, callable]] = {}  # name -> (description, factory(Inputs) -> method)
+
+
+def register(name: str, description: str):
+    """Add a method factory to METHODS under `name` (decorator)."""
+
+    def decorator(factory):
+        METHODS[name] = (description, factory)
+        return factory
+
+    return decorator
+
+
+@register("svm", "baseline: MFCC/spectral statistics + SVM (RBF)")
+def _svm(inputs: Inputs):
+    return gu.baseline_method(inputs.statistics, inputs.tracks, "svm", inputs.cfg.seed)
+
+
+@register("logistic", "baseline: MFCC/spectral statistics + logistic regression")
+def _logistic(inputs: Inputs):
+    return gu.baseline_method(inputs.statistics, inputs.tracks, "logistic", inputs.cfg.seed)
+
+
+@register("cnn-report", "CNN, the report's recipe (demo preset: whole clips, 20 epochs)")
+def _cnn_report(inputs: Inputs):
+    return gu.cnn_method(inputs.features, inputs.preset("demo"))
+
+
+@register("cnn-recipe", "CNN, the improved recipe (recipe preset)")
+def _cnn_recipe(inputs: Inputs):
+    return gu.cnn_method(inputs.features, inputs.preset("recipe"))
+
+
+# The ablation: the recipe preset with one ingredient removed (or added), everything else equal
+ABLATIONS = {
+    "recipe-whole-clips": ("recipe without random excerpts (whole clips)", dict(train_mode="full")),
+    "recipe-no-mixup": ("recipe without mixup", dict(mixup_alpha=0.0)),
+    "recipe-no-masks": ("recipe without SpecAugment masks", dict(time_masks=0, freq_masks=0)),
+    "recipe-no-smoothing": ("recipe without label smoothing", dict(label_smoothing=0.0)),
+    "recipe-no-weight-decay": ("recipe without weight decay (Adam)", dict(weight_decay=0.0)),
+    "recipe-step-schedule": ("recipe with the report's step schedule, no warm-up",
+                             dict(lr_schedule="step", warmup_epochs=0.0)),
+    "recipe-no-early-stopping": ("recipe without early stopping, best val_accuracy checkpoint",
+                                 dict(early_stopping=0, monitor="val_accuracy")),
+    "recipe-gain": ("recipe plus random gain (+-6 dB)", dict(gain_db=6.0)),
+    "recipe-wide": ("recipe with twice the width (filters 16, dense 128)", dict(filters=16, dense_units=128)),
+    "report-chunked": ("the report's recipe on random excerpts only (demo preset, chunked)", None),
+}
+
+
+def _ablation_factory(name: str, changes: dict | None):
+    def factory(inputs: Inputs):
+        cfg = inputs.preset("demo", train_mode="chunked") if changes is None else inputs.preset("recipe", **changes)
+        return gu.cnn_method(inputs.features, cfg)
+
+    return factory
+
+
+for _name, (_description, _changes) in ABLATIONS.items():
+    register(_name, _description)(_ablation_factory(_name, _changes))
+
+
+def markdown_table(summary: pd.DataFrame, descriptions: dict[str, str]) -> str:
+    """The summary as a markdown table: method, parameters, training time, accuracy +- SE, macro F1."""
+    lines = ["| method | parameters | training (s per fold, CPU) | accuracy ± SE | macro F1 |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for row in summary.itertuples():
+        lines.append(f"| {descriptions.get(row.method, row.method)} (`{row.method}`) | {row.parameters:,} | "
+                     f"{row.train_seconds:.1f} | {row.accuracy_mean:.3f} ± {row.accuracy_se:.3f} | {row.macro_f1:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=None,
+                        help=f"folder-per-genre dataset (default {DEFAULT_DATA} when it exists)")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated method names (see --list; default {','.join(DEFAULT_METHODS)}; "
+                             "'all' runs every one)")
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the folds and the models (default 42)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
+    parser.add_argument("--list", action="store_true", help="list the methods and exit")
+    args = parser.parse_args(argv)
+
+    if args.list:
+        for name, (description, _) in METHODS.items():
+            print(f"{name:<26} {description}")
+        return 0
+    names = list(METHODS) if args.methods == "all" else [n.strip() for n in args.methods.split(",") if n.strip()]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names:
+        parser.error(f"unknown method(s) {', '.join(unknown) or '(none given)'}; --list shows them")
+    data = args.data or DEFAULT_DATA
+    if args.data is None and not DEFAULT_DATA.is_dir():
+        parser.error(f"no dataset at {DEFAULT_DATA}; pass --data DIR (a folder holding one folder of audio per genre)")
+    try:
+        genres = gu.folder_genres(data)
+        cfg = gu.get_config("demo", data, genres=genres, seed=args.seed)
+        tracks = gu.load_tracks(cfg.data_root, genres=genres, seed=args.seed)
+        inputs = Inputs(tracks, cfg)
+        methods = {name: METHODS[name][1](inputs) for name in names}
+        labels = tracks["genre"]
+        if any(name not in ("svm", "logistic") for name in names):  # clips whose features exist
+            labels = labels[labels.index.isin(inputs.features.index.index)]
+        print(f"{len(labels)} clips of {len(genres)} genres ({', '.join(genres)}) in {cfg.data_root}, "
+              f"first {cfg.clip_seconds:g} s of each; {args.folds}-fold cross-validation, seed {args.seed}")
+        result = gu.cross_validate(methods, labels, cfg, folds=args.folds, seed=args.seed,
+                                   out_dir=args.out / "folds")
+    except gu.GenreError as exc:
+        parser.exit(1, f"{parser.prog}: error: {exc}\n")
+
+    summary = result.summary
+    descriptions = {name: METHODS[name][0] for name in names}
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(args.out / "summary.csv", index=False, float_format="%.6g")
+    result.folds.to_csv(args.out / "per_fold.csv", index=False, float_format="%.6g")
+    header = (f"Real recordings: {len(labels)} clips of {len(genres)} genres ({', '.join(genres)}), "
+              f"{args.folds}-fold stratified cross-validation (seed {args.seed}), {date.today().isoformat()}.\n\n")
+    (args.out / "summary.md").write_text(header + markdown_table(summary, descriptions))
+    (args.out / "run.json").write_text(json.dumps({
+        "data": str(cfg.data_root), "clips": len(labels), "genres": list(genres), "folds": args.folds,
+        "seed": args.seed, "date": date.today().isoformat(), "methods": descriptions,
+    }, indent=2) + "\n")
+
+    baseline = summary.set_index("method")["accuracy_mean"].get("svm")
+    print(f"\n{'method':<26} {'parameters':>10} {'train s/fold':>12} {'accuracy ± SE':>15} {'macro F1':>8}"
+          f"{'  vs SVM':>9}")
+    for row in summary.itertuples():
+        gap = f"{100 * (row.accuracy_mean - baseline):+8.1f}" if baseline is not None else ""
+        print(f"{row.method:<26} {row.parameters:>10,} {row.train_seconds:>12.1f} "
+              f"{row.accuracy_mean:>8.3f} ± {row.accuracy_se:.3f} {row.macro_f1:>8.3f} {gap}")
+    if baseline is not None:
+        print("(vs SVM: accuracy points above the SVM baseline of this run)")
+    print(f"\nwritten: {args.out / 'summary.csv'}, summary.md, per_fold.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

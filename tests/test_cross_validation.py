@@ -1,0 +1,241 @@
+"""Cross-validation: the folds, the method interface, the baselines, and the training recipe's pieces."""
+
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from test_training import TINY, fake_features
+
+import genre_utils as gu
+
+
+def genre_labels(counts: dict[str, int], first_id: int = 10) -> pd.Series:
+    """Genre per track_id, `counts[genre]` clips of each, genres interleaved along the ids."""
+    genres = [g for g, n in counts.items() for _ in range(n)]
+    order = np.random.default_rng(3).permutation(len(genres))
+    return pd.Series(np.asarray(genres)[order], index=pd.Index(np.arange(first_id, first_id + len(genres)),
+                                                              name="track_id"), name="genre")
+
+
+LABELS = genre_labels({"rock": 20, "pop": 15, "jazz": 10})
+
+
+@pytest.fixture(scope="module")
+def folds():
+    return gu.cross_validation_folds(LABELS, folds=5, seed=42)
+
+
+def test_every_clip_is_tested_exactly_once_and_test_sets_are_disjoint(folds):
+    assert list(folds.columns) == [0, 1, 2, 3, 4] and folds.index.equals(LABELS.index)
+    assert ((folds == "test").sum(axis=1) == 1).all()
+    assert set(np.unique(folds.to_numpy())) == {"training", "validation", "test"}
+
+
+def test_folds_keep_the_class_balance(folds):
+    for fold in folds.columns:
+        test = LABELS[folds[fold] == "test"].value_counts()
+        expected = LABELS.value_counts() / 5
+        assert (abs(test - expected) <= 1).all(), (fold, test.to_dict())
+        validation = LABELS[folds[fold] == "validation"].value_counts()
+        assert set(validation.index) == set(LABELS), "every genre in every validation split"
+
+
+def test_validation_is_carved_from_the_training_folds_and_never_overlaps_test(folds):
+    n_validation = round(0.1 * len(LABELS))
+    for fold in folds.columns:
+        column = folds[fold]
+        assert (column == "validation").sum() == n_validation
+        assert (column == "training").sum() == len(LABELS) - n_validation - (column == "test").sum()
+        training = set(column.index[column == "training"])
+        assert training.isdisjoint(column.index[column == "test"])
+        assert training.isdisjoint(column.index[column == "validation"])
+
+
+def test_same_seed_same_folds_other_seed_other_folds(folds):
+    pd.testing.assert_frame_equal(folds, gu.cross_validation_folds(LABELS, folds=5, seed=42))
+    assert not folds.equals(gu.cross_validation_folds(LABELS, folds=5, seed=7))
+    tracks = LABELS.to_frame()  # a tracks table works as well as a Series
+    pd.testing.assert_frame_equal(folds, gu.cross_validation_folds(tracks, folds=5, seed=42))
+
+
+def test_too_few_clips_of_a_genre_for_the_folds_raise():
+    with pytest.raises(gu.GenreError, match="'jazz' has 3"):
+        gu.cross_validation_folds(genre_labels({"rock": 10, "jazz": 3}), folds=5)
+    with pytest.raises(gu.GenreError, match="folds=1"):
+        gu.cross_validation_folds(LABELS, folds=1)
+
+
+class Counting:
+    """A fake method: predicts the genre of the training clips' majority ... except it cheats on
+    `known` clips, whose true genre it returns; counts its calls."""
+
+    def __init__(self, genres, known=()):
+        self.genres, self.known, self.calls = list(genres), set(known), 0
+        self.settings = {"fake": 1}
+
+    def __call__(self, split, run_dir):
+        self.calls += 1
+        assert run_dir.is_dir()
+        test = split.index[split == "test"]
+        majority = LABELS[split[split == "training"].index].value_counts().idxmax()
+        guesses = [LABELS[t] if t in self.known else majority for t in test]
+        proba = pd.DataFrame([[float(g == genre) for genre in self.genres] for g in guesses], index=test,
+                             columns=self.genres)
+        return gu.MethodResult(proba, parameters=3, train_seconds=0.5)
+
+
+def test_cross_validate_scores_every_method_on_the_same_folds_and_resumes(tmp_path):
+    cfg = TINY.replace(genres=("jazz", "pop", "rock"))
+    oracle = Counting(cfg.genres, known=LABELS.index)
+    majority = Counting(cfg.genres)
+    result = gu.cross_validate({"oracle": oracle, "majority": majority}, LABELS, cfg, folds=3, seed=1,
+                               out_dir=tmp_path, progress=False)
+    assert list(result.summary.columns) == list(gu.CV_COLUMNS)
+    assert result.summary["method"].tolist() == ["oracle", "majority"]
+    summary = result.summary.set_index("method")
+    assert summary.at["oracle", "accuracy_mean"] == 1.0 and summary.at["oracle", "accuracy_se"] == 0.0
+    assert summary.at["oracle", "macro_f1"] == 1.0
+    per_fold = result.folds[result.folds["method"] == "majority"]
+    assert per_fold["clips"].sum() == len(LABELS)
+    expected_mean = per_fold["accuracy"].mean()
+    assert summary.at["majority", "accuracy_mean"] == pytest.approx(expected_mean)
+    assert summary.at["majority", "accuracy_se"] == pytest.approx(per_fold["accuracy"].std() / np.sqrt(3))
+    assert summary.at["majority", "accuracy_mean"] < 0.6
+    assert (summary["parameters"] == 3).all() and (summary["train_seconds"] == 0.5).all()
+    assert result.proba["oracle"].index.equals(LABELS.index.sort_values())  # every clip once
+    assert (tmp_path / "oracle" / "fold-2" / "proba.csv").is_file() and (tmp_path / "folds.csv").is_file()
+
+    again = gu.cross_validate({"oracle": oracle, "majority": majority}, LABELS, cfg, folds=3, seed=1,
+                              out_dir=tmp_path, progress=False)
+    assert oracle.calls == majority.calls == 3, "finished folds are read back, not rerun"
+    pd.testing.assert_frame_equal(again.summary, result.summary)
+    majority.settings = {"fake": 2}  # other settings: its folds are rerun
+    gu.cross_validate({"majority": majority}, LABELS, cfg, folds=3, seed=1, out_dir=tmp_path, progress=False)
+    assert majority.calls == 6
+
+
+def test_a_method_that_misses_test_clips_or_genres_is_named(tmp_path):
+    cfg = TINY.replace(genres=("jazz", "pop", "rock"))
+
+    def lazy(split, run_dir):
+        test = split.index[split == "test"][:-1]
+        return gu.MethodResult(pd.DataFrame(1 / 3, index=test, columns=cfg.genres), 0, 0.0)
+
+    with pytest.raises(gu.GenreError, match="method 'lazy': probabilities for"):
+        gu.cross_validate({"lazy": lazy}, LABELS, cfg, folds=3, out_dir=tmp_path, progress=False)
+    with pytest.raises(gu.GenreError, match=r"genre\(s\) \['jazz'\] not in cfg.genres"):
+        gu.cross_validate({"lazy": lazy}, LABELS, TINY.replace(genres=("pop", "rock")), folds=3, out_dir=tmp_path)
+
+
+def test_baseline_method_fits_the_non_test_clips_and_predicts_the_test_clips(tmp_path):
+    rng = np.random.default_rng(0)
+    centres = {"jazz": -2.0, "pop": 0.0, "rock": 2.0}
+    statistics = pd.DataFrame(rng.normal(size=(len(LABELS), 4)) * 0.3 + LABELS.map(centres).to_numpy()[:, None],
+                              index=LABELS.index, columns=[f"s{k}" for k in range(4)])
+    cfg = TINY.replace(genres=("jazz", "pop", "rock"))
+    methods = {kind: gu.baseline_method(statistics, LABELS, kind) for kind in gu.BASELINE_KINDS}
+    result = gu.cross_validate(methods, LABELS, cfg, folds=3, out_dir=tmp_path, progress=False)
+    summary = result.summary.set_index("method")
+    assert (summary["accuracy_mean"] > 0.9).all()  # well separated clusters
+    assert summary.at["logistic", "parameters"] == 3 * 4 + 3
+    assert np.allclose(result.proba["logistic"].sum(axis=1), 1.0)
+    assert set(np.unique(result.proba["svm"].to_numpy())) == {0.0, 1.0}
+    with pytest.raises(gu.ConfigError, match="baseline kind 'tree'"):
+        gu.baseline_method(statistics, LABELS, "tree")
+
+
+def test_folder_genres_are_the_sub_folders_holding_audio(tmp_path):
+    for name in ("Rock", "jazz", "notes"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "Rock" / "a.mp3").write_bytes(b"x")
+    (tmp_path / "jazz" / "b.wav").write_bytes(b"x")
+    (tmp_path / "notes" / "readme.txt").write_text("not audio")
+    assert gu.folder_genres(tmp_path) == ("Rock", "jazz")
+    with pytest.raises(gu.DataError, match="no sub-folder holds"):
+        gu.folder_genres(tmp_path / "notes")
+
+
+# ── The training recipe's pieces ──
+
+def test_spec_augment_masks_stripes_while_training_only():
+    layer = gu._spec_augment_class()(time_masks=2, time_mask_frames=5, freq_masks=1, freq_mask_bins=3, seed=1)
+    x = np.ones((16, 12, 40, 1), np.float32)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
+    masked = keras.ops.convert_to_numpy(layer(x, training=True))[..., 0] == 0
+    assert masked.any() and not masked.all()
+    for example in masked:
+        frames_masked = example.all(axis=0).sum()  # whole columns (time stripes)
+        rows_masked = example.all(axis=1).sum()  # whole rows (frequency stripes)
+        assert frames_masked <= 2 * 5 and rows_masked <= 3
+        stray = example & ~example.all(axis=0)[None, :] & ~example.all(axis=1)[:, None]
+        assert not stray.any(), "masks are whole stripes"
+
+
+def test_mixup_blends_inputs_and_one_hot_labels_of_a_batch():
+    data = fake_features()
+    cfg = TINY.replace(mixup_alpha=0.4)
+    inner = gu.feature_batches(data, data.rows("training"), cfg)
+    batches, _, loss = gu._recipe_batches(inner, None, data, cfg)
+    x, y = batches[0]
+    assert y.shape == (8, len(cfg.genres)) and np.allclose(y.sum(axis=1), 1.0)
+    assert ((y > 0).sum(axis=1) <= 2).all() and ((y > 0) & (y < 1)).any()
+    assert x["mel"].shape == inner[0][0]["mel"].shape
+    assert isinstance(loss, keras.losses.CategoricalCrossentropy)
+    plain, _, plain_loss = gu._recipe_batches(inner, None, data, TINY)
+    assert plain is inner and plain_loss == "sparse_categorical_crossentropy"
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(lr_schedule="linear"), "lr_schedule 'linear'"),
+    (dict(monitor="loss"), "monitor 'loss'"),
+    (dict(warmup_epochs=2.0), "warmup_epochs needs"),
+])
+def test_bad_recipe_settings_raise_config_error(changes, message):
+    with pytest.raises(gu.ConfigError, match=message):
+        gu._optimizer(TINY.replace(**changes), 10)
+
+
+def test_cosine_schedule_warms_up_then_decays_and_weight_decay_uses_adamw():
+    cfg = TINY.replace(lr_schedule="cosine", warmup_epochs=2.0, epochs=10, weight_decay=0.01)
+    optimizer = gu._optimizer(cfg, steps_per_epoch=5)
+    assert isinstance(optimizer, keras.optimizers.AdamW)
+    rate = [float(optimizer.learning_rate if not callable(optimizer._learning_rate) else
+                  optimizer._learning_rate(step)) for step in (0, 5, 10, 30, 50)]
+    assert rate[0] < rate[1] < rate[2] == pytest.approx(cfg.learning_rate)
+    assert rate[2] > rate[3] > rate[4] >= 0
+
+
+def test_the_seed_preset_stays_the_reports_recipe():
+    seed = gu.get_config("seed")
+    assert (seed.mixup_alpha, seed.time_masks, seed.freq_masks, seed.gain_db, seed.label_smoothing,
+            seed.weight_decay, seed.warmup_epochs, seed.early_stopping) == (0, 0, 0, 0, 0, 0, 0, 0)
+    assert (seed.lr_schedule, seed.monitor, seed.train_mode) == ("step", "val_accuracy", "full")
+    recipe = gu.get_config("recipe")
+    features = {name: getattr(recipe, name) for name in gu.FEATURE_SETTINGS}
+    assert features == {name: getattr(gu.get_config("demo"), name) for name in gu.FEATURE_SETTINGS}
+    assert all(getattr(recipe, name) == value for name, value in gu.RECIPE_SETTINGS.items())
+
+
+def test_a_cnn_method_trains_one_fold_with_the_recipe_and_its_model_reloads(tmp_path):
+    data = fake_features(n_train=24, n_val=8)
+    labels = data.index["genre"]
+    cfg = TINY.replace(**{**gu.RECIPE_SETTINGS, "epochs": 1, "chunk_seconds": 0.5, "time_mask_frames": 4,
+                          "freq_mask_bins": 2, "gain_db": 3.0, "warmup_epochs": 0.5})
+    method = gu.cnn_method(data, cfg)
+    assignment = gu.cross_validation_folds(labels, folds=4, seed=0)
+    split = assignment[0]
+    result = method(split, tmp_path)
+    test_ids = split.index[split == "test"]
+    assert sorted(result.proba.index) == sorted(test_ids) and list(result.proba.columns) == list(cfg.genres)
+    assert np.allclose(result.proba.sum(axis=1), 1.0, atol=1e-5)
+    model = gu.load_model(tmp_path / "best.keras")
+    assert model.count_params() == result.parameters
+    assert {"mel_spec_augment", "cqt_spec_augment"} <= {layer.name for layer in model.layers}
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert len(history) == 1 and np.isfinite(history["val_loss"]).all()
+    stats = np.load(tmp_path / "stats.npz")
+    training = data.mel[np.flatnonzero(split.reindex(data.index.index).to_numpy() == "training")]
+    np.testing.assert_allclose(stats["mel_mean"], training.astype(np.float64).mean(axis=(0, 2)), rtol=1e-4)
+    assert json.loads((tmp_path / "config.json").read_text())["mixup_alpha"] == cfg.mixup_alpha

@@ -317,12 +317,29 @@ AUDIO_EXTENSIONS = (".mp3", ".wav", ".au", ".flac", ".ogg")
 
 
 def load_audio(path: str | os.PathLike, sr: int, duration: float | None) -> np.ndarray:
-    """Decode a file to mono float32 at `sr` Hz, exactly `round(sr * duration)` samples long.
+    """Decode an audio file to mono float32 samples at `sr` Hz.
 
-    Longer audio is cropped to its first `duration` seconds; shorter audio is zero-padded at the
-    end; duration=None decodes the whole file at its own length. Raises AudioError naming the file
-    when it is missing, empty, has no audio header (e.g. a text file named .au, which libsndfile
-    would otherwise read as raw samples), is not decodable, or decoding yielded no samples.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Audio file in a format soundfile or, failing that, audioread can decode (WAV, FLAC, OGG, MP3 ...).
+    sr : int
+        Sample rate of the result, Hz; the audio is resampled (soxr_hq) from its own rate.
+    duration : float or None
+        Seconds to return: longer audio is cropped to its first `duration` seconds, shorter audio is
+        zero-padded at the end. None decodes the whole file at its own length.
+
+    Returns
+    -------
+    np.ndarray [shape=(round(sr * duration),), or (samples,) for duration=None; dtype=float32]
+        Mono samples (the channels' mean), all finite.
+
+    Raises
+    ------
+    AudioError
+        Naming the file when it is missing, empty, has no audio header (e.g. a text file named .au,
+        which libsndfile would otherwise read as raw samples), cannot be decoded, or decoding yields no
+        samples or NaN/infinite ones.
     """
     import librosa
     import soundfile as sf
@@ -365,7 +382,13 @@ SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # training, validation, test shares of the fo
 
 
 def audio_path(root: str | os.PathLike, track_id: int, subset: str = "small") -> Path:
-    """Where FMA keeps a clip: `<root>/fma_<subset>/000/000002.mp3` for track 2 (FMA's get_audio_path)."""
+    """Where FMA keeps a clip: `<root>/fma_<subset>/000/000002.mp3` for track 2 (FMA's get_audio_path).
+
+    >>> audio_path("data/fma", 2).as_posix()
+    'data/fma/fma_small/000/000002.mp3'
+    >>> audio_path("data/fma", 155066, subset="large").as_posix()
+    'data/fma/fma_large/155/155066.mp3'
+    """
     tid = f"{int(track_id):06d}"
     return Path(root) / f"fma_{subset}" / tid[:3] / f"{tid}.mp3"
 
@@ -401,20 +424,49 @@ def read_fma_tracks(path: str | os.PathLike) -> pd.DataFrame:
 def load_tracks(root: str | os.PathLike, subset: str = "small", genres=GENRES, *, seed: int = 42) -> pd.DataFrame:
     """The tracks of a dataset: one row per clip, indexed by track_id.
 
-    Columns: genre (one of `genres`), split (training/validation/test), title, artist (missing
-    values where the layout has none) and path (absolute path of the audio file, str).
     Two layouts are read:
+
     - FMA: `root/fma_metadata/tracks.csv` and `root/fma_<subset>/000/000002.mp3`; the tracks of
-      `subset` (and the smaller subsets it contains) with FMA's official split;
+      `subset` (and of the smaller subsets it contains) with FMA's official split;
     - one folder per genre, `root/<genre>/*.mp3|wav|au|flac|ogg` (as GTZAN); folder names match
-      `genres` ignoring case and punctuation ("hiphop" is "Hip-Hop"); track ids number the files
-      in sorted order; a stratified 80/10/10 split, the same for the same files and `seed`.
+      `genres` ignoring case and punctuation ("hiphop" is "Hip-Hop"); track ids number the files in
+      sorted order; a stratified 80/10/10 split (`stratified_split`), the same for the same files and
+      `seed`.
+
     Tracks whose genre is not in `genres`, whose split is not a known one, or whose audio file is
-    missing or empty (0 bytes) are dropped: a warning sums them up and
-    `skipped_tracks(tracks)` lists them (track_id, path, reason). Files that exist but cannot be
-    decoded are only found when decoded (`load_audio` raises AudioError).
-    Raises DataError for a missing root, an unrecognised layout, unreadable metadata or when no
-    track is left; ConfigError for an unknown FMA subset.
+    missing or empty (0 bytes) are dropped: a warning sums them up and `skipped_tracks(tracks)` lists
+    them (track_id, path, reason). Files that exist but cannot be decoded are only found when decoded
+    (`load_audio` raises AudioError).
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        The dataset folder (`~` is expanded).
+    subset : str
+        FMA subset, one of FMA_SUBSETS; the folder-per-genre layout ignores it.
+    genres : sequence of str
+        Genres kept, default GENRES (FMA-small's eight).
+    seed : int
+        Seed of the folder-per-genre layout's split.
+
+    Returns
+    -------
+    pd.DataFrame
+        Indexed by track_id; columns genre (one of `genres`), split (training/validation/test), title,
+        artist (missing values where the layout has none) and path (absolute path of the audio file,
+        str).
+
+    Raises
+    ------
+    DataError
+        For a missing root, an unrecognised layout, unreadable metadata, or when no track is left.
+    ConfigError
+        For an unknown FMA subset.
+
+    References
+    ----------
+    M. Defferrard, K. Benzi, P. Vandergheynst and X. Bresson, "FMA: A Dataset for Music Analysis",
+    ISMIR 2017 (the FMA layout, metadata and split).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -549,6 +601,15 @@ def stratified_split(labels, fractions=SPLIT_FRACTIONS, seed: int = 42) -> np.nd
     `labels`: one label per item (any sequence). Within each label the items are shuffled with a
     generator seeded by `seed` and the label's name, then cut at the rounded fractions (validation
     and test get `round(n * fraction)` items each). Same labels and seed, same split.
+
+    >>> labels = ["Rock"] * 10 + ["Pop"] * 20
+    >>> splits = stratified_split(labels)
+    >>> [int((splits[:10] == split).sum()) for split in SPLITS]  # the ten Rock items
+    [8, 1, 1]
+    >>> [int((splits[10:] == split).sum()) for split in SPLITS]  # the twenty Pop items
+    [16, 2, 2]
+    >>> bool((stratified_split(labels) == splits).all())
+    True
     """
     labels = np.asarray(labels, dtype=object)
     splits = np.empty(len(labels), dtype=object)
@@ -686,18 +747,44 @@ def extract_features(
 ) -> Features:
     """Mel-spectrograms and CQTs of every track, computed once into `<cache_dir>/features-<key>/`.
 
-    tracks: DataFrame indexed by track_id with columns genre (one of cfg.genres), split
-    ('training', 'validation' or 'test') and path (audio file). cache_dir defaults to
-    cfg.cache_dir, workers (processes) to every available core; workers=1 computes in this
-    process. An unchanged dataset and settings reuse the finished cache without decoding
-    anything. Work happens in `features-<key>.partial/`, renamed when complete; an interrupted
-    run resumes from the rows already flushed there. Files that cannot be decoded, or give
-    NaN/inf features, are skipped, listed in Features.skipped and summed up in a warning when
-    the extraction ends. Returns the Features of the finished cache (memory-mapped, rows sorted
-    by track_id). Raises DataError for a malformed track table, no training track, or when no
-    file at all can be decoded; CacheError naming the folder when the cache cannot be written
-    (disk full, read-only, a file in the way; finished caches are never touched) or a finished
-    cache does not hold cfg's settings.
+    An unchanged dataset with unchanged settings reuses the finished cache without decoding anything.
+    Work happens in `features-<key>.partial/`, renamed when complete; an interrupted run resumes from
+    the rows already flushed there. Files that cannot be decoded, or give NaN/inf features, are
+    skipped, listed in Features.skipped and summed up in a warning when the extraction ends.
+
+    Parameters
+    ----------
+    tracks : pd.DataFrame
+        Indexed by track_id, with columns genre (one of cfg.genres), split ('training', 'validation'
+        or 'test') and path (audio file), as `load_tracks` returns it.
+    cfg : Config
+        The audio and feature settings (FEATURE_SETTINGS); they and the tracks make the cache key
+        (`features_key`).
+    cache_dir : str or os.PathLike, optional
+        Folder of the caches, default cfg.cache_dir.
+    workers : int, optional
+        Processes, default every available core; 1 computes in this process.
+
+    Returns
+    -------
+    Features
+        The finished cache, memory-mapped, rows sorted by track_id.
+
+    Writes
+    ------
+    `<cache_dir>/features-<key>/`
+        mel.npy and cqt.npy (float16, one row per decoded clip), index.csv (genre, split, label),
+        stats.npz (per-band mean and standard deviation of the training split), skipped.csv (path,
+        reason) and config.json (format, key, librosa version, feature settings). A finished cache is
+        never modified.
+
+    Raises
+    ------
+    DataError
+        For a malformed track table, no training track, or when no file at all can be decoded.
+    CacheError
+        Naming the folder when the cache cannot be written (disk full, read-only, a file in the way),
+        or when a finished cache does not hold cfg's settings.
     """
     from tqdm import tqdm
 
@@ -1176,14 +1263,40 @@ def _check_branches(branches) -> tuple[str, ...]:
 def build_model(cfg: Config, branches=None):
     """The report's three-branch CNN as a functional keras.Model, compiled by `train`.
 
-    Inputs "mel" (batch, cfg.n_mels, frames, 1) and/or "cqt" (batch, cfg.cqt_bins, frames, 1), any
-    number of frames >= 1, already normalised per band (the data pipeline does it, see
-    `feature_batches`). `branches` (default cfg.branches) is a non-empty subset of
-    "mel_vertical", "mel_horizontal", "cqt"; only the inputs they need are created. Each block is
-    conv -> ReLU -> batch norm -> max-pool, all layers named `<branch>_block<b>_<role>`. Output:
-    (batch, len(cfg.genres)) float32 probabilities. Raises ConfigError for unknown branches.
-    On GPUs the layers compute in mixed precision and the model is mirrored over all of them
-    (see `configure_devices`).
+    Each block is conv -> ReLU -> batch norm -> max-pool, every layer named `<branch>_block<b>_<role>`;
+    MODEL_BLOCKS gives each branch's (convolutions, pools), the comment above it in the source the
+    filter shapes. Each branch ends in global average pooling, so a clip of any length votes; the
+    branches (concatenated when there are several) feed a dense layer, dropout and a softmax. On
+    GPUs the layers compute in mixed precision and the model is mirrored over all of them (see
+    `configure_devices`).
+
+    Parameters
+    ----------
+    cfg : Config
+        Input heights (n_mels, cqt_bins), filters, dense_units, dropout and the genres.
+    branches : sequence of str, optional
+        A non-empty subset of BRANCHES ("mel_vertical", "mel_horizontal", "cqt"), default
+        cfg.branches; only the inputs they need are created.
+
+    Returns
+    -------
+    keras.Model
+        Inputs "mel" (batch, cfg.n_mels, frames, 1) and/or "cqt" (batch, cfg.cqt_bins, frames, 1),
+        any number of frames >= 1, already normalised per band (`feature_batches` does it); output
+        "genre" (batch, len(cfg.genres)) float32 probabilities.
+
+    Raises
+    ------
+    ConfigError
+        For unknown branches.
+
+    References
+    ----------
+    J. Pons, O. Slizovskaia, R. Gong, E. Gómez and X. Serra, "Timbre analysis of music audio signals
+    with convolutional neural networks", EUSIPCO 2017 (mel_vertical's filter shapes).
+    J. Pons and X. Serra, "Designing efficient architectures for modeling temporal features with
+    convolutional neural networks", ICASSP 2017, and J. Schlüter and S. Böck, "Improved musical onset
+    detection with convolutional neural networks", ICASSP 2014 (mel_horizontal's).
     """
     keras = import_keras()
     layers = keras.layers
@@ -1386,7 +1499,15 @@ EXCERPT_HOP = 0.5  # prediction excerpts overlap: each starts this share of an e
 def chunk_frames(cfg: Config, n_frames: int | None = None) -> int:
     """Frames of one excerpt of chunked training: cfg.chunk_seconds of audio (1 + samples // hop,
     as for whole clips). `n_frames`: the clips' length in frames (default cfg.n_frames); raises
-    ConfigError when the excerpt would be longer or shorter than one frame."""
+    ConfigError when chunk_seconds is not positive or the excerpt is longer than the clips.
+
+    >>> chunk_frames(Config(chunk_seconds=3.0))  # 22,050 Hz, hop 512: 1 + 66,150 // 512
+    130
+    >>> chunk_frames(Config(chunk_seconds=40.0))
+    Traceback (most recent call last):
+        ...
+    genre_utils.ConfigError: chunk_seconds=40: excerpts must be longer than 0 s and fit in the clips (1292 frames, 30 s)
+    """
     n_frames = cfg.n_frames if n_frames is None else n_frames
     frames = 1 + int(round(cfg.sample_rate * cfg.chunk_seconds)) // cfg.hop_length
     if cfg.chunk_seconds <= 0 or frames > n_frames:
@@ -1401,6 +1522,13 @@ def excerpt_starts(total: int, length: int, hop: int | None = None) -> np.ndarra
     Excerpts start every `hop` (default EXCERPT_HOP of an excerpt, at least 1); the last one ends
     with `total`, so every position lies in at least one excerpt. A `total` no longer than `length`
     gives the single start 0.
+
+    >>> excerpt_starts(10, 4)  # hop: half an excerpt
+    array([0, 2, 4, 6])
+    >>> excerpt_starts(11, 4)  # the last excerpt ends with the total
+    array([0, 2, 4, 6, 7])
+    >>> excerpt_starts(3, 4)
+    array([0])
     """
     hop = max(1, int(length * EXCERPT_HOP)) if hop is None else hop
     if total <= length:
@@ -1613,18 +1741,48 @@ def train(model, data: Features, cfg: Config, run_dir: str | os.PathLike, *, cal
     """Fit `model` on the training split of `data`, validating on the validation split.
 
     Adam at cfg.learning_rate, multiplied by cfg.lr_decay_rate every cfg.lr_decay_epochs epochs
-    (smoothly per step), cfg.epochs epochs of cfg.batch_size clips, seeded by cfg.seed. Writes
-    into `run_dir`: config.json, versions.json, stats.npz (the input normalisation, for predicting
-    new audio), history.csv, best.keras (best val_accuracy), last.keras, tensorboard/ and, while
-    running, backup/. If backup/ exists (a killed run), the run resumes after its last finished
-    epoch; otherwise it starts afresh, replacing earlier results. cfg.train_mode "full" trains on
-    whole clips; "chunked" on one random excerpt of cfg.chunk_seconds per clip and epoch (see
-    `chunk_frames`), validated clip by clip with the averaged prediction of excerpts covering each
-    clip (as `predict_proba` predicts). `callbacks`: extra Keras callbacks. Returns the history, one
-    row per epoch (epoch, accuracy, loss, val_accuracy, val_loss, epoch_seconds: wall time of the
-    epoch and its validation). Raises ConfigError when resuming a run started with other settings,
-    for a model built with another config or when `run_dir` cannot be written (naming it and why);
-    DataError for an empty split, features that do not fit `cfg` or hold NaN/inf values.
+    (smoothly per step), cfg.epochs epochs of cfg.batch_size clips, seeded by cfg.seed.
+    cfg.train_mode "full" trains on whole clips; "chunked" on one random excerpt of cfg.chunk_seconds
+    per clip and epoch (see `chunk_frames`), validated clip by clip with the averaged prediction of
+    excerpts covering each clip (as `predict_proba` predicts). If `run_dir` holds backup/ (a killed
+    run), the run resumes after its last finished epoch; otherwise it starts afresh, replacing earlier
+    results.
+
+    Parameters
+    ----------
+    model : keras.Model
+        From `build_model` with the same `cfg`; compiled here.
+    data : Features
+        From `extract_features` or `open_features` with the same `cfg`.
+    cfg : Config
+        The training settings.
+    run_dir : str or os.PathLike
+        The run folder, created if needed.
+    callbacks : sequence of keras.callbacks.Callback
+        Extra Keras callbacks.
+    verbose : "auto", 0, 1 or 2
+        Passed to `model.fit`.
+
+    Returns
+    -------
+    pd.DataFrame
+        The history, one row per epoch: epoch, accuracy, loss, val_accuracy, val_loss, epoch_seconds
+        (wall time of the epoch and its validation).
+
+    Writes
+    ------
+    `run_dir/`
+        config.json, versions.json, stats.npz (the input normalisation, for predicting new audio:
+        `load_run_stats`), history.csv, best.keras (best val_accuracy), last.keras, tensorboard/ and,
+        while running, backup/. `load_run` reads the run back.
+
+    Raises
+    ------
+    ConfigError
+        When resuming a run started with other settings, for a model built with another config, or
+        when `run_dir` cannot be written (naming it and why).
+    DataError
+        For an empty split, or features that do not fit `cfg` or hold NaN/inf values.
     """
     keras = import_keras()
 
@@ -1763,15 +1921,34 @@ def predict_proba(model, data: Features, rows, cfg: Config) -> np.ndarray:
 
 
 def predict_file(path: str | os.PathLike, model, cfg: Config, stats: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Genre probabilities of one audio file of any length, in any format librosa reads.
+    """Genre probabilities of one audio file of any length, in any format `load_audio` reads.
 
     The file is decoded whole at cfg.sample_rate and cut into windows as long as the training clips
-    (cfg.clip_seconds), each starting half a window after the previous, the last ending with the file;
-    a shorter file is zero-padded to one window, as in training. Each window gets the training
-    features and `predict_proba`'s prediction (a chunked model averages its excerpts). `stats`: the
-    run's input normalisation (`load_run_stats`). Returns a DataFrame with one row per window,
-    indexed by its start in seconds (start_s), one column of probabilities per genre; its `.mean()`
-    is the file's prediction. Raises AudioError naming the file when it cannot be decoded.
+    (cfg.clip_seconds), each starting half a window after the previous (`excerpt_starts`), the last
+    ending with the file; a shorter file is zero-padded to one window, as in training. Each window gets
+    the training features and `predict_proba`'s prediction (a chunked model averages its excerpts).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The audio file.
+    model : keras.Model
+        A trained model, e.g. from `load_run`.
+    cfg : Config
+        The run's settings.
+    stats : dict of str to np.ndarray
+        The run's input normalisation (`load_run_stats`).
+
+    Returns
+    -------
+    pd.DataFrame
+        One row per window, indexed by its start in seconds (start_s), one column of probabilities per
+        genre; its `.mean()` is the file's prediction.
+
+    Raises
+    ------
+    AudioError
+        Naming the file when it cannot be decoded.
     """
     y = load_audio(path, cfg.sample_rate, None)
     y = np.pad(y, (0, max(0, cfg.n_samples - len(y))))
@@ -1867,10 +2044,30 @@ def classification_scores(y_true, proba, genres=GENRES) -> Scores:
 def evaluate(model, features: Features, cfg: Config, split: str = "validation") -> Scores:
     """Scores of `model` on one split of `features`, with one prediction row per clip.
 
-    Predicts with `predict_proba` (the training section's, so inputs are normalised as in training).
-    `Scores.predictions` has columns track_id, genre (true), predicted, confidence (probability of the
-    predicted genre, 0-1) and correct. Raises GenreError for an unknown split and DataError when the
-    split has no clips in `features`.
+    Parameters
+    ----------
+    model : keras.Model
+        A trained model, e.g. the best checkpoint from `load_run`.
+    features : Features
+        Features extracted with `cfg`.
+    cfg : Config
+        The run's settings (train_mode decides how clips are predicted).
+    split : str
+        One of SPLITS.
+
+    Returns
+    -------
+    Scores
+        Accuracy, per-genre scores and confusion matrices of `predict_proba`'s probabilities (inputs
+        normalised as in training); `Scores.predictions` has columns track_id, genre (true),
+        predicted, confidence (probability of the predicted genre, 0-1) and correct.
+
+    Raises
+    ------
+    GenreError
+        For an unknown split.
+    DataError
+        When the split has no clips in `features`.
     """
     if split not in SPLITS:
         raise GenreError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")

@@ -33,7 +33,7 @@ Experiments: one results row per CNN variant or classical baseline, and cross-va
     EXPERIMENT_COLUMNS, cnn_experiment, baseline_experiment, cnn_method, baseline_method
 Plots: one style and one export helper for every figure
     FIGURE_DPI, set_plot_style, save_figure, plot_learning_curves, plot_confusion_matrix,
-    plot_genre_scores, plot_comparison, plot_prediction_timeline
+    plot_genre_scores, plot_comparison, plot_cross_validation, plot_prediction_timeline
 Report: the executed notebooks as one browsable HTML page
     export_report
 Demo data: a miniature FMA of procedurally synthesized music, self-contained
@@ -103,7 +103,7 @@ __all__ = [
     "EXPERIMENT_COLUMNS", "cnn_experiment", "baseline_experiment", "cnn_method", "baseline_method",
     # Plots
     "FIGURE_DPI", "set_plot_style", "save_figure", "plot_learning_curves", "plot_confusion_matrix",
-    "plot_genre_scores", "plot_comparison", "plot_prediction_timeline",
+    "plot_genre_scores", "plot_comparison", "plot_cross_validation", "plot_prediction_timeline",
     # Report
     "export_report",
     # Demo data
@@ -2483,7 +2483,7 @@ def cross_validation_folds(labels, folds: int = 5, seed: int = 42, validation: f
 
 def cross_validate(methods: dict, labels, cfg: Config, folds: int = 5, seed: int = 42,
                    out_dir: str | os.PathLike | None = None, validation: float = 0.1,
-                   progress: bool = True) -> CrossValidation:
+                   progress: bool = True, max_folds: int | None = None) -> CrossValidation:
     """Run every method on every fold of `cross_validation_folds(labels, folds, seed, validation)`.
 
     Parameters
@@ -2500,6 +2500,11 @@ def cross_validate(methods: dict, labels, cfg: Config, folds: int = 5, seed: int
         As for `cross_validation_folds`.
     out_dir : path, optional
         Where each fold's result is kept (default cfg.runs_dir / "cross-validation").
+    progress : bool
+        Show a progress bar.
+    max_folds : int, optional
+        Run only the first `max_folds` folds of the `folds`-fold split (quick screening, scored on
+        those folds only); default all.
 
     Returns
     -------
@@ -2545,12 +2550,13 @@ def cross_validate(methods: dict, labels, cfg: Config, folds: int = 5, seed: int
         })
     codes = {genre: k for k, genre in enumerate(cfg.genres)}
     rows, pooled = [], {}
-    bar = tqdm(total=len(methods) * folds, desc="cross-validation", unit="fold", disable=not progress)
+    n_run = folds if max_folds is None else max(1, min(folds, int(max_folds)))
+    bar = tqdm(total=len(methods) * n_run, desc="cross-validation", unit="fold", disable=not progress)
     with bar:
         for name, method in methods.items():
             parts = []
-            for fold in range(folds):
-                bar.set_postfix_str(f"{name}, fold {fold + 1}/{folds}")
+            for fold in range(n_run):
+                bar.set_postfix_str(f"{name}, fold {fold + 1}/{n_run}")
                 split = assignment[fold].rename("split")
                 result = _fold_result(name, method, split, out_dir / _safe_name(name) / f"fold-{fold}", cfg)
                 y_true = labels[result.proba.index].map(codes).to_numpy()
@@ -3002,6 +3008,48 @@ def plot_comparison(
         ax.grid(axis="y", visible=False)
         if ax.get_legend_handles_labels()[0]:
             fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, frameon=False)
+    return fig
+
+
+def plot_cross_validation(summary: pd.DataFrame, per_fold: pd.DataFrame | None = None, baseline: str | None = "svm",
+                          labels: dict[str, str] | None = None):
+    """Mean cross-validated accuracy per method with its standard error, each fold as a dot; returns the Figure.
+
+    summary: `CrossValidation.summary` (or its CSV): method, accuracy_mean, accuracy_se. per_fold:
+    `CrossValidation.folds` (method, accuracy), drawn as dots when given. `baseline`: the method
+    whose mean is drawn as a dashed line (None or absent: no line). `labels`: readable names per
+    method for the axis (default the method names). Raises GenreError for missing columns or an
+    empty summary.
+    """
+    import matplotlib.pyplot as plt
+
+    _require_columns(summary, ["method", "accuracy_mean", "accuracy_se"], "the cross-validation summary")
+    if len(summary) == 0:
+        raise GenreError("the cross-validation summary is empty")
+    labels = labels or {}
+    methods = summary["method"].tolist()
+    positions = np.arange(len(methods))
+    with _plot_style():
+        fig, ax = plt.subplots(figsize=(8, 1.4 + 0.55 * len(methods)), layout="constrained")
+        ax.barh(positions, summary["accuracy_mean"], xerr=summary["accuracy_se"], color="C0", alpha=0.75,
+                capsize=3, label="mean ± standard error over folds")
+        if per_fold is not None:
+            _require_columns(per_fold, ["method", "accuracy"], "the per-fold table")
+            for position, method in zip(positions, methods):
+                accuracy = per_fold.loc[per_fold["method"] == method, "accuracy"].to_numpy(dtype=float)
+                ax.plot(accuracy, np.full(len(accuracy), position), "o", color="0.15", markersize=3.5,
+                        label="one fold" if position == 0 else None)
+        if baseline in methods:
+            level = float(summary.loc[summary["method"] == baseline, "accuracy_mean"].iloc[0])
+            ax.axvline(level, color="C3", linestyle="--", label=f"{labels.get(baseline, baseline)}: {level:.3f}")
+        for position, (mean, se) in enumerate(zip(summary["accuracy_mean"], summary["accuracy_se"])):
+            ax.text(min(mean + se + 0.02, 0.9), position, f"{mean:.3f} ± {se:.3f}", va="center",
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+        ax.set_yticks(positions, [labels.get(m, m) for m in methods])
+        ax.invert_yaxis()
+        ax.set(xlim=(0, 1.05), xlabel="Test accuracy (cross-validated)", title="Cross-validated accuracy by method")
+        ax.grid(axis="y", visible=False)
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=3, frameon=False)
     return fig
 
 

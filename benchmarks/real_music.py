@@ -9,7 +9,7 @@ the per-fold numbers, into --out.
 
     python benchmarks/real_music.py --list                       # the methods
     python benchmarks/real_music.py --methods svm,logistic       # baselines only, in seconds
-    python benchmarks/real_music.py --folds 3 --out /tmp/screen  # a quicker, rougher screening
+    python benchmarks/real_music.py --methods all --max-folds 2 --out /tmp/screen  # a quicker screening
     python benchmarks/real_music.py --data /data/gtzan           # another dataset
 
 Methods are registered with `@register(name, description)` on a factory taking the `Inputs` (cfg,
@@ -34,8 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import genre_utils as gu  # noqa: E402
 
 DEFAULT_DATA = gu.ROOT.parent / "shared" / "realmusic"  # ../shared/realmusic from the project root
-DEFAULT_OUT = gu.ROOT / "benchmarks" / "results" / "real_music"
+DEFAULT_OUT = gu.ROOT / "benchmarks" / "results" / "real_music"  # the tables (small, committed)
+DEFAULT_WORK = gu.ROOT / "runs" / "real_music"  # per-fold runs: models, logs, probabilities
 DEFAULT_METHODS = ("svm", "logistic", "cnn-report", "cnn-recipe")
+DEFAULT_LABEL = "real recordings of 4 genres (Emotify excerpts of the Magnatune catalogue)"  # the default data
 
 
 @dataclass
@@ -127,7 +129,8 @@ def markdown_table(summary: pd.DataFrame, descriptions: dict[str, str]) -> str:
              "| --- | ---: | ---: | ---: | ---: |"]
     for row in summary.itertuples():
         lines.append(f"| {descriptions.get(row.method, row.method)} (`{row.method}`) | {row.parameters:,} | "
-                     f"{row.train_seconds:.1f} | {row.accuracy_mean:.3f} ± {row.accuracy_se:.3f} | {row.macro_f1:.3f} |")
+                     f"{row.train_seconds:.1f} | {row.accuracy_mean:.3f} ± {row.accuracy_se:.3f} | "
+                     f"{row.macro_f1:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -139,8 +142,14 @@ def main(argv=None) -> int:
                         help=f"comma-separated method names (see --list; default {','.join(DEFAULT_METHODS)}; "
                              "'all' runs every one)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    parser.add_argument("--max-folds", type=int, default=None,
+                        help="run only the first N folds of the split (quick screening; default all)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the folds and the models (default 42)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
+                        help=f"folder of the per-fold runs and results, reused when rerun (default {DEFAULT_WORK})")
+    parser.add_argument("--label", help="how tables name the data (default: the default data's description, "
+                                        "else the folder's name)")
     parser.add_argument("--list", action="store_true", help="list the methods and exit")
     args = parser.parse_args(argv)
 
@@ -167,7 +176,7 @@ def main(argv=None) -> int:
         print(f"{len(labels)} clips of {len(genres)} genres ({', '.join(genres)}) in {cfg.data_root}, "
               f"first {cfg.clip_seconds:g} s of each; {args.folds}-fold cross-validation, seed {args.seed}")
         result = gu.cross_validate(methods, labels, cfg, folds=args.folds, seed=args.seed,
-                                   out_dir=args.out / "folds")
+                                   out_dir=args.work, max_folds=args.max_folds)
     except gu.GenreError as exc:
         parser.exit(1, f"{parser.prog}: error: {exc}\n")
 
@@ -176,12 +185,17 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(args.out / "summary.csv", index=False, float_format="%.6g")
     result.folds.to_csv(args.out / "per_fold.csv", index=False, float_format="%.6g")
-    header = (f"Real recordings: {len(labels)} clips of {len(genres)} genres ({', '.join(genres)}), "
-              f"{args.folds}-fold stratified cross-validation (seed {args.seed}), {date.today().isoformat()}.\n\n")
+    label = args.label or (DEFAULT_LABEL if data == DEFAULT_DATA else
+                           f"folder-per-genre set '{Path(data).name}' of {len(genres)} genres")
+    scope = f"the first {args.max_folds} folds of " if args.max_folds and args.max_folds < args.folds else ""
+    header = (f"{label[0].upper() + label[1:]}: {len(labels)} clips ({', '.join(genres)}), "
+              f"{scope}{args.folds}-fold stratified cross-validation (seed {args.seed}), "
+              f"{date.today().isoformat()}.\n\n")
     (args.out / "summary.md").write_text(header + markdown_table(summary, descriptions))
     (args.out / "run.json").write_text(json.dumps({
-        "data": str(cfg.data_root), "clips": len(labels), "genres": list(genres), "folds": args.folds,
-        "seed": args.seed, "date": date.today().isoformat(), "methods": descriptions,
+        "data": str(cfg.data_root), "label": label, "clips": len(labels), "genres": list(genres), "folds": args.folds,
+        "max_folds": args.max_folds, "seed": args.seed, "date": date.today().isoformat(),
+        "methods": descriptions,
     }, indent=2) + "\n")
 
     baseline = summary.set_index("method")["accuracy_mean"].get("svm")

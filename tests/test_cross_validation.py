@@ -239,3 +239,20 @@ def test_a_cnn_method_trains_one_fold_with_the_recipe_and_its_model_reloads(tmp_
     training = data.mel[np.flatnonzero(split.reindex(data.index.index).to_numpy() == "training")]
     np.testing.assert_allclose(stats["mel_mean"], training.astype(np.float64).mean(axis=(0, 2)), rtol=1e-4)
     assert json.loads((tmp_path / "config.json").read_text())["mixup_alpha"] == cfg.mixup_alpha
+
+
+def test_cross_validation_plot_has_a_bar_per_method_a_dot_per_fold_and_the_baseline_line():
+    import matplotlib.pyplot as plt
+
+    summary = pd.DataFrame({"method": ["svm", "cnn"], "accuracy_mean": [0.6, 0.7], "accuracy_se": [0.02, 0.03]})
+    per_fold = pd.DataFrame({"method": ["svm"] * 3 + ["cnn"] * 3, "accuracy": [0.58, 0.6, 0.62, 0.65, 0.7, 0.75]})
+    fig = gu.plot_cross_validation(summary, per_fold, baseline="svm", labels={"cnn": "the CNN"})
+    ax = fig.axes[0]
+    assert [label.get_text() for label in ax.get_yticklabels()] == ["svm", "the CNN"]
+    assert [patch.get_width() for patch in ax.patches] == pytest.approx([0.6, 0.7])
+    dots = [line for line in ax.lines if line.get_marker() == "o"]
+    assert sorted(x for line in dots for x in line.get_xdata()) == pytest.approx(sorted(per_fold["accuracy"]))
+    assert any(line.get_linestyle() == "--" and line.get_xdata()[0] == pytest.approx(0.6) for line in ax.lines)
+    plt.close(fig)
+    with pytest.raises(gu.GenreError, match="accuracy_se"):
+        gu.plot_cross_validation(summary.drop(columns="accuracy_se"))

@@ -3044,8 +3044,11 @@ def plot_cross_validation(summary: pd.DataFrame, per_fold: pd.DataFrame | None =
         if baseline in methods:
             level = float(summary.loc[summary["method"] == baseline, "accuracy_mean"].iloc[0])
             ax.axvline(level, color="C3", linestyle="--", label=f"{labels.get(baseline, baseline)}: {level:.3f}")
-        for position, (mean, se) in enumerate(zip(summary["accuracy_mean"], summary["accuracy_se"])):
-            ax.text(min(mean + se + 0.02, 0.9), position, f"{mean:.3f} ± {se:.3f}", va="center",
+        for position, (method, mean, se) in enumerate(zip(methods, summary["accuracy_mean"], summary["accuracy_se"])):
+            right = np.nan_to_num(mean + se)  # the label goes right of the error bar and the dots
+            if per_fold is not None:
+                right = max([right, *per_fold.loc[per_fold["method"] == method, "accuracy"]])
+            ax.text(min(right + 0.02, 0.82), position, f"{mean:.3f} ± {se:.3f}", va="center",
                     bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
         ax.set_yticks(positions, [labels.get(m, m) for m in methods])
         ax.invert_yaxis()

@@ -1580,6 +1580,529 @@ def baseline_classifier(kind: str = "svm", seed: int = 42):
     return make_pipeline(StandardScaler(), classifier)
 
 
+# ── Pretrained network: musicnn (Pons et al. 2018) ported to Keras 3 ──
+# musicnn's MSD model (Pons & Serra 2019), trained to tag ~200,000 songs of the Million Song Dataset with
+# their 50 most frequent last.fm tags, rebuilt layer for layer as a frozen feature extractor. Its weights
+# come from the `musicnn` package on PyPI (ISC licence), converted once at set-up (`make musicnn`).
+
+MUSICNN_SAMPLE_RATE = 16_000  # Hz
+MUSICNN_N_FFT = 512  # samples
+MUSICNN_HOP = 256  # samples between frames (16 ms)
+MUSICNN_MELS = 96  # mel bands
+MUSICNN_PATCH_FRAMES = 187  # frames of one input patch (3 s); a clip is cut into consecutive patches
+MUSICNN_TAGS = (
+    "rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s", "alternative rock",
+    "jazz", "beautiful", "metal", "chillout", "male vocalists", "classic rock", "soul", "indie rock", "Mellow",
+    "electronica", "80s", "folk", "90s", "chill", "instrumental", "punk", "oldies", "blues", "hard rock", "ambient",
+    "acoustic", "experimental", "female vocalist", "guitar", "Hip-Hop", "70s", "party", "country",
+    "easy listening", "sexy", "catchy", "funk", "electro", "heavy metal", "Progressive rock", "60s", "rnb",
+    "indie pop", "sad", "House", "happy",
+)  # the MSD model's outputs, in order
+MUSICNN_PACKAGE = "musicnn==0.1.0"  # the PyPI release whose wheel ships the TF1 checkpoints
+MUSICNN_WHEEL_SHA256 = "f38a4890c648c1ddbb141c5d96d2b0a8cfcd36746002d896989f7b88beb65cfa"
+MUSICNN_WEIGHTS = ROOT / "cache" / "musicnn" / "msd_musicnn.npz"  # converted weights, written by `make musicnn`
+MUSICNN_LAYERS = ("penultimate", "mean_pool", "max_pool", "taggram")  # outputs, sizes 200, 753, 753, 50
+EMBEDDINGS_FORMAT = 1  # version of the embeddings cache recipe; part of its file name
+EMBEDDING_KINDS = ("logistic", "svm", "mlp")
+# checkpoint variable scope -> Keras layer of build_musicnn (tf.compat.v1.layers numbered them in creation order)
+_MUSICNN_CHECKPOINT_LAYERS = {
+    "batch_normalization": "input_norm",
+    "conv2d": "frontend_timbral_7x38", "batch_normalization_1": "frontend_timbral_7x38_norm",
+    "conv2d_1": "frontend_timbral_7x67", "batch_normalization_2": "frontend_timbral_7x67_norm",
+    "conv2d_2": "frontend_temporal_128", "batch_normalization_3": "frontend_temporal_128_norm",
+    "conv2d_3": "frontend_temporal_64", "batch_normalization_4": "frontend_temporal_64_norm",
+    "conv2d_4": "frontend_temporal_32", "batch_normalization_5": "frontend_temporal_32_norm",
+    "conv2d_5": "midend_conv1", "batch_normalization_6": "midend_conv1_norm",
+    "conv2d_6": "midend_conv2", "batch_normalization_7": "midend_conv2_norm",
+    "conv2d_7": "midend_conv3", "batch_normalization_8": "midend_conv3_norm",
+    "batch_normalization_9": "backend_pool_norm",
+    "dense": "backend_dense", "batch_normalization_10": "penultimate",
+    "dense_1": "tag_logits",
+}
+
+
+def musicnn_patches(y: np.ndarray) -> np.ndarray:
+    """musicnn's input: the log-mel patches of a mono clip `y` (float32 samples at 16 kHz).
+
+    As the original's `batch_data`: a 96-band mel power spectrogram (n_fft 512, hop 256), cast to
+    float16, log10(1 + 10000 * mel) in float16, cut into consecutive 187-frame patches (3 s; the
+    incomplete last patch is dropped). Where the original's float16 product overflows (loud bins of
+    real music give inf there), the value is computed in float32 instead, so patches are always finite.
+    A clip shorter than one patch is zero-padded to one. Returns float16 (patches, 187, 96), (time, mel).
+    """
+    import librosa
+
+    y = np.pad(y, (0, max(0, (MUSICNN_PATCH_FRAMES - 1) * MUSICNN_HOP - len(y))))
+    mel = librosa.feature.melspectrogram(y=y, sr=MUSICNN_SAMPLE_RATE, n_fft=MUSICNN_N_FFT,
+                                         hop_length=MUSICNN_HOP, n_mels=MUSICNN_MELS).T.astype(np.float16)
+    with np.errstate(over="ignore"):
+        log_mel = np.log10(10000 * mel + 1)
+    overflow = ~np.isfinite(log_mel)
+    log_mel[overflow] = np.log10(10000 * mel[overflow].astype(np.float32) + 1)
+    n_patches = len(log_mel) // MUSICNN_PATCH_FRAMES
+    return log_mel[:n_patches * MUSICNN_PATCH_FRAMES].reshape(n_patches, MUSICNN_PATCH_FRAMES, MUSICNN_MELS)
+
+
+def build_musicnn():
+    """The MSD_musicnn network of Pons et al. (2018) as a functional Keras 3 model, weights untrained.
+
+    Input: log-mel patches (batch, 187, 96) from `musicnn_patches`. Front-end (musically motivated
+    filters over the batch-normalised input): two timbral convolutions 7 frames x 38 and 67 bands
+    (40 % and 70 % of the mel axis, 204 filters each) and three temporal ones of 128, 64 and 32 frames
+    x 1 band (51 filters each), each followed by batch norm and a max over frequency: 561 features per
+    frame. Mid-end: three 7-frame convolutions of 64 filters with residual connections, densely
+    concatenated with the front-end: 753 features per frame. Back-end: max and mean over time (753
+    each), batch norm, a 200-unit dense layer and batch norm (the penultimate layer), 50 sigmoid tags.
+    Returns a Model named "msd_musicnn" with dict outputs taggram (50), penultimate (200), mean_pool
+    and max_pool (753 each); `load_musicnn` gives it the trained weights.
+
+    References
+    ----------
+    J. Pons, O. Nieto, M. Prockup, E. M. Schmidt, A. F. Ehmann and X. Serra, "End-to-end learning for
+    music audio tagging at scale", ISMIR 2018. J. Pons and X. Serra, "musicnn: pre-trained convolutional
+    neural networks for music audio tagging", ISMIR late-breaking demo 2019.
+    """
+    keras = import_keras()
+    layers = keras.layers
+
+    frames, bands = MUSICNN_PATCH_FRAMES, MUSICNN_MELS
+    patches = keras.Input((frames, bands), name="log_mel")
+    image = layers.Reshape((frames, bands, 1), name="add_channel")(patches)
+    normalized = layers.BatchNormalization(name="input_norm")(image)
+    padded = layers.ZeroPadding2D(((3, 3), (0, 0)), name="frontend_timbral_pad")(normalized)
+    frontend = []
+    for height in (38, 67):  # int(0.4 * 96), int(0.7 * 96) bands: timbre (spectral envelopes)
+        name = f"frontend_timbral_7x{height}"
+        x = layers.Conv2D(204, (7, height), activation="relu", name=name)(padded)
+        frontend.append(_max_over_frequency(layers.BatchNormalization(name=f"{name}_norm")(x), name))
+    for length in (128, 64, 32):  # frames (2 s, 1 s, 0.5 s) x 1 band: rhythm and tempo
+        name = f"frontend_temporal_{length}"
+        x = layers.ZeroPadding2D((((length - 1) // 2, length // 2), (0, 0)), name=f"{name}_pad")(normalized)
+        x = layers.Conv2D(51, (length, 1), activation="relu", name=name)(x)  # TF's "same" padding, made explicit
+        frontend.append(_max_over_frequency(layers.BatchNormalization(name=f"{name}_norm")(x), name))
+    frontend = layers.Concatenate(name="frontend")(frontend)
+    midend = [frontend]
+    x = frontend
+    for number in (1, 2, 3):  # 7-frame convolutions over all features; the 2nd and 3rd add a residual
+        name = f"midend_conv{number}"
+        conv = layers.Conv1D(64, 7, activation="relu", name=name)(layers.ZeroPadding1D(3, name=f"{name}_pad")(x))
+        conv = layers.BatchNormalization(name=f"{name}_norm")(conv)
+        x = conv if number == 1 else layers.Add(name=f"midend_residual{number}")([conv, x])
+        midend.append(x)
+    midend = layers.Concatenate(name="midend")(midend)
+    max_pool = layers.GlobalMaxPooling1D(name="max_pool")(midend)
+    mean_pool = layers.GlobalAveragePooling1D(name="mean_pool")(midend)
+    x = layers.Concatenate(name="backend_pool")([max_pool, mean_pool])
+    x = layers.Dropout(0.5, name="backend_pool_dropout")(layers.BatchNormalization(name="backend_pool_norm")(x))
+    x = layers.Dense(200, activation="relu", name="backend_dense")(x)
+    penultimate = layers.BatchNormalization(name="penultimate")(x)
+    logits = layers.Dense(len(MUSICNN_TAGS), name="tag_logits")(layers.Dropout(0.5, name="backend_dropout")(penultimate))
+    taggram = layers.Activation("sigmoid", name="taggram")(logits)
+    outputs = {"taggram": taggram, "penultimate": penultimate, "mean_pool": mean_pool, "max_pool": max_pool}
+    return keras.Model(patches, outputs, name="msd_musicnn")
+
+
+def _max_over_frequency(x, name: str):
+    """(batch, time, bands, filters) -> (batch, time, filters): the strongest response at any band."""
+    layers = import_keras().layers
+    pooled = layers.MaxPooling2D((1, x.shape[2]), name=f"{name}_pool")(x)
+    return layers.Reshape((x.shape[1], x.shape[3]), name=f"{name}_squeeze")(pooled)
+
+
+def load_musicnn(weights: str | os.PathLike = MUSICNN_WEIGHTS):
+    """`build_musicnn()` with the converted MSD weights from `weights` (see `fetch_musicnn_weights`), frozen.
+
+    Raises CacheError naming the file and the command that makes it when it is missing, and when it
+    does not fit the network (delete it and run the command again).
+    """
+    path = Path(weights)
+    if not path.is_file():
+        raise CacheError(f"{path}: musicnn weights not found; run `make musicnn` (or `python genre_utils.py "
+                         "musicnn-weights`) once, with access to PyPI, to download and convert them")
+    model = build_musicnn()
+    try:
+        with np.load(path) as arrays:
+            for layer in model.layers:
+                if layer.weights:
+                    layer.set_weights([arrays[f"{layer.name}/{w.path.rsplit('/', 1)[-1]}"] for w in layer.weights])
+    except (OSError, ValueError, KeyError) as exc:
+        raise CacheError(f"{path}: not musicnn weights for this network ({_first_line(exc)}); delete it and run "
+                         "`make musicnn` again") from None
+    model.trainable = False
+    return model
+
+
+def fetch_musicnn_weights(path: str | os.PathLike = MUSICNN_WEIGHTS) -> Path:
+    """Download musicnn's wheel from PyPI and convert its MSD_musicnn checkpoint into `path` (set-up, once).
+
+    Runs `pip download --no-deps musicnn==0.1.0` (the package itself cannot be installed here: it pins
+    numpy < 1.17), checks the wheel's SHA-256, reads the TF1 checkpoint with TensorFlow and writes its
+    weights as an .npz keyed `<Keras layer>/<weight>` in build_musicnn's shapes, atomically. Does
+    nothing when `path` exists. musicnn is by Jordi Pons, ISC licence (free use with the copyright notice).
+    Returns `path`. Raises CacheError when the download, the check or the conversion fails, or `path`
+    cannot be written.
+
+    Writes
+    ------
+    `path` (3.2 MB), and nothing else: the wheel lives in a temporary folder.
+    """
+    import hashlib
+    import subprocess
+    import tempfile
+    import zipfile
+
+    path = Path(path)
+    if path.is_file():
+        return path
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", MUSICNN_PACKAGE,
+                               "--dest", str(tmp)], capture_output=True, text=True)
+        wheels = sorted(tmp.glob("musicnn-*.whl"))
+        if done.returncode or not wheels:
+            raise CacheError(f"pip download {MUSICNN_PACKAGE} failed ({(done.stderr.strip() or 'no wheel')[-300:]}); "
+                             "the musicnn weights need PyPI once")
+        digest = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
+        if digest != MUSICNN_WHEEL_SHA256:
+            raise CacheError(f"{wheels[0].name}: SHA-256 {digest}, expected {MUSICNN_WHEEL_SHA256}; not the "
+                             "musicnn release these weights were checked against")
+        with zipfile.ZipFile(wheels[0]) as wheel:  # the checkpoint's prefix is empty: name it
+            for suffix in (".index", ".data-00000-of-00001"):
+                (tmp / f"msd_musicnn{suffix}").write_bytes(wheel.read(f"musicnn/MSD_musicnn/{suffix}"))
+        arrays = _converted_musicnn_checkpoint(tmp / "msd_musicnn")
+        with _writing_to(path.parent, CacheError, "the weights path"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with _atomic_path(path) as partial:
+                with open(partial, "wb") as file:
+                    np.savez(file, **arrays)
+    return path
+
+
+def _converted_musicnn_checkpoint(prefix: Path) -> dict[str, np.ndarray]:
+    """The weights of musicnn's TF1 checkpoint `prefix`, keyed and shaped for build_musicnn."""
+    with _silenced_stderr():
+        import tensorflow as tf  # set-up code: reads the original's checkpoint format
+
+    reader = tf.train.load_checkpoint(str(prefix))
+    arrays = {}
+    for scope, layer in _MUSICNN_CHECKPOINT_LAYERS.items():
+        names = ("gamma", "beta", "moving_mean", "moving_variance") if "batch_norm" in scope else ("kernel", "bias")
+        for name in names:
+            arrays[f"{layer}/{name}"] = reader.get_tensor(f"{scope}/{name}").astype(np.float32)
+    for layer in ("midend_conv1", "midend_conv2", "midend_conv3"):  # a conv2d spanning all features = Conv1D
+        kernel = arrays[f"{layer}/kernel"]
+        arrays[f"{layer}/kernel"] = kernel.reshape(kernel.shape[0], kernel.shape[1], kernel.shape[3])
+    # The original flattens (753 features, [max, mean]) interleaved; build_musicnn concatenates all maxima,
+    # then all means: reorder what reads that vector
+    order = np.arange(2 * 753).reshape(753, 2).T.reshape(-1)
+    for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+        arrays[f"backend_pool_norm/{name}"] = arrays[f"backend_pool_norm/{name}"][order]
+    arrays["backend_dense/kernel"] = arrays["backend_dense/kernel"][order]
+    return arrays
+
+
+def musicnn_outputs(patches: np.ndarray, model, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """The network's MUSICNN_LAYERS outputs for log-mel `patches` (n, 187, 96): float32 (n, size) each."""
+    outputs = {name: [] for name in MUSICNN_LAYERS}
+    for start in range(0, len(patches), batch_size):
+        batch = model(np.asarray(patches[start:start + batch_size], dtype=np.float32), training=False)
+        for name in MUSICNN_LAYERS:
+            outputs[name].append(np.asarray(batch[name], dtype=np.float32))
+    return {name: np.concatenate(arrays) for name, arrays in outputs.items()}
+
+
+def musicnn_tags(y: np.ndarray, model) -> pd.DataFrame:
+    """What the frozen MSD network hears in a clip `y` (mono float32 at 16 kHz): the tag probabilities
+    of each 3 s patch, one row per patch (indexed by its start in seconds), one column per MSD tag."""
+    taggram = musicnn_outputs(musicnn_patches(y), model)["taggram"]
+    starts = np.arange(len(taggram)) * MUSICNN_PATCH_FRAMES * MUSICNN_HOP / MUSICNN_SAMPLE_RATE
+    return pd.DataFrame(taggram, index=pd.Index(starts, name="start_s"), columns=list(MUSICNN_TAGS))
+
+
+def musicnn_embedding(y: np.ndarray, model) -> np.ndarray:
+    """One clip's pooled embedding: mean and max over its 3 s patches of every MUSICNN_LAYERS output,
+    float32, in the order of `_embedding_columns()` (3,512 values)."""
+    outputs = musicnn_outputs(musicnn_patches(y), model)
+    return np.concatenate([pooled for name in MUSICNN_LAYERS
+                           for pooled in (outputs[name].mean(axis=0), outputs[name].max(axis=0))])
+
+
+@functools.cache
+def _embedding_columns() -> tuple[str, ...]:
+    """Names of musicnn_embedding's values: `<layer>_<mean|max>_<unit>`."""
+    sizes = {"penultimate": 200, "mean_pool": 753, "max_pool": 753, "taggram": len(MUSICNN_TAGS)}
+    return tuple(f"{name}_{pool}_{unit:03d}" for name in MUSICNN_LAYERS for pool in ("mean", "max")
+                 for unit in range(sizes[name]))
+
+
+def pretrained_embeddings(tracks: pd.DataFrame, cfg: Config, layers=("penultimate",),
+                          cache_dir: str | os.PathLike | None = None, workers: int | None = None,
+                          weights: str | os.PathLike = MUSICNN_WEIGHTS) -> pd.DataFrame:
+    """musicnn embeddings of every track, computed once into `<cache_dir>/musicnn-embeddings-v<N>-<key>.npz`.
+
+    Parameters
+    ----------
+    tracks : pd.DataFrame
+        As for `extract_features` (track_id index; genre, split, path columns).
+    cfg : Config
+        cfg.clip_seconds of each file are used (cropped or zero-padded as in `load_audio`), resampled
+        to 16 kHz; cfg.cache_dir is the default cache_dir; the cache key is `features_key`'s.
+    layers : tuple of str
+        Which MUSICNN_LAYERS to return, each pooled over the clip's 3 s patches by mean and max.
+        The default, the penultimate layer, transfers best to genre on the real-music set.
+    cache_dir, workers
+        As for `extract_features`; each worker process builds its own network, on one thread.
+    weights : path
+        The converted weights (`make musicnn`).
+
+    Returns
+    -------
+    pd.DataFrame
+        float32, indexed by track_id (sorted), columns `<layer>_<mean|max>_<unit>`; tracks whose audio
+        cannot be decoded are left out, with a warning.
+
+    Writes
+    ------
+    Each finished clip at once into `musicnn-embeddings-v<N>-<key>.partial/` (an interrupted run
+    resumes from there), then the whole table atomically into the .npz, and the partial folder is removed.
+
+    Raises
+    ------
+    CacheError
+        When the weights are missing (naming `make musicnn`) or the cache cannot be written.
+    DataError
+        For a malformed track table, or when no file at all can be decoded.
+    """
+    from tqdm import tqdm
+
+    unknown = sorted(set(layers) - set(MUSICNN_LAYERS))
+    if unknown or not layers:
+        raise ConfigError(f"musicnn layers {unknown or '()'}: choose from {', '.join(MUSICNN_LAYERS)}")
+    if not Path(weights).is_file():
+        load_musicnn(weights)  # raises the error that says how to get them
+    table = _checked_tracks(tracks, cfg)
+    key = _features_key(table, cfg)
+    cache_dir = Path(cache_dir if cache_dir is not None else cfg.cache_dir)
+    path = cache_dir / f"musicnn-embeddings-v{EMBEDDINGS_FORMAT}-{key}.npz"
+    if not path.is_file():
+        partial = path.with_suffix(".partial")
+        with _writing_to(cache_dir, CacheError, "cfg.cache_dir"):
+            partial.mkdir(parents=True, exist_ok=True)
+        jobs = [(int(track_id), str(audio)) for track_id, audio in table["path"].items()
+                if not (partial / f"{track_id}.npy").is_file()]
+        reasons = []
+        progress = tqdm(total=len(table), initial=len(table) - len(jobs), desc=f"musicnn embeddings {key}",
+                        unit="clip", mininterval=1)
+        with progress:
+            for track_id, (embedding, reason) in _feature_results(jobs, _EmbeddingJob(cfg.clip_seconds, str(weights)),
+                                                                  workers or _available_cores(),
+                                                                  _musicnn_embedding_of_file):
+                if reason is None:
+                    with _writing_to(cache_dir, CacheError, "cfg.cache_dir"), \
+                            _atomic_path(partial / f"{track_id}.npy") as tmp, open(tmp, "wb") as file:
+                        np.save(file, embedding)
+                else:
+                    reasons.append(f"{table.at[track_id, 'path']}: {reason}")
+                progress.update()
+        done = sorted(int(file.stem) for file in partial.glob("*.npy") if int(file.stem) in table.index)
+        if not done:
+            raise DataError(f"none of the {len(table)} audio files could be decoded ({'; '.join(reasons[:3])})")
+        if reasons:
+            warnings.warn(f"{path}: skipped {len(reasons)} of {len(table)} audio files ({'; '.join(reasons[:3])}"
+                          f"{' ...' * (len(reasons) > 3)})", stacklevel=2)
+        values = np.stack([np.load(partial / f"{track_id}.npy") for track_id in done])
+        with _writing_to(cache_dir, CacheError, "cfg.cache_dir"), _atomic_path(path) as tmp, open(tmp, "wb") as file:
+            np.savez(file, track_id=np.array(done), values=values)
+        shutil.rmtree(partial, ignore_errors=True)
+    with np.load(path) as cached:
+        frame = pd.DataFrame(cached["values"], index=pd.Index(cached["track_id"], name="track_id"),
+                             columns=list(_embedding_columns()))
+    return frame[[column for column in frame.columns if column.rsplit("_", 2)[0] in layers]]
+
+
+@dataclass(frozen=True)
+class _EmbeddingJob:
+    """What a worker needs to embed a file (stands in for the Config that _feature_results passes)."""
+
+    clip_seconds: float
+    weights: str
+
+
+@functools.cache
+def _worker_musicnn(weights: str):
+    """The network of this process, built once; a worker process computes on one thread."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:  # the worker processes already fill the cores
+        for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
+    return load_musicnn(weights)
+
+
+def _musicnn_embedding_of_file(path: str, job: _EmbeddingJob) -> tuple[np.ndarray | None, str | None]:
+    """(musicnn_embedding, None) of one audio file, or (None, reason) if it is unusable."""
+    try:
+        y = load_audio(path, MUSICNN_SAMPLE_RATE, job.clip_seconds)
+    except AudioError as exc:
+        return None, str(exc).removeprefix(f"{path}: ")
+    return musicnn_embedding(y, _worker_musicnn(job.weights)), None
+
+
+def embedding_classifier(kind: str = "logistic", seed: int = 42):
+    """An unfitted scikit-learn Pipeline for pooled embeddings: StandardScaler, then a classifier.
+
+    kind "logistic": multinomial LogisticRegression (a linear probe); "svm": RBF-kernel SVC whose
+    scores become probabilities by Platt scaling fitted on 3-fold cross-validated scores; "mlp": one hidden layer of 256 ReLU units with L2 penalty. `seed`
+    fixes their randomness. Raises ConfigError for an unknown kind.
+    """
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    classifiers = {
+        "logistic": lambda: LogisticRegression(C=1.0, max_iter=5000, random_state=seed),
+        "svm": lambda: CalibratedClassifierCV(SVC(kernel="rbf", C=1.0, random_state=seed), cv=3, ensemble=False),
+        "mlp": lambda: MLPClassifier(hidden_layer_sizes=(256,), alpha=1e-2, max_iter=1000, random_state=seed),
+    }
+    if kind not in classifiers:
+        raise ConfigError(f"embedding classifier kind {kind!r}: choose one of {', '.join(EMBEDDING_KINDS)}")
+    return make_pipeline(StandardScaler(), classifiers[kind]())
+
+
+EMBEDDING_RUN_FILES = ("config.json", "versions.json", "classifier.json", "classifier.joblib")
+
+
+def train_embedding_classifier(embeddings: pd.DataFrame, labels, cfg: Config, run_dir: str | os.PathLike,
+                               kind: str = "logistic", seed: int = 42):
+    """Fit `embedding_classifier(kind, seed)` on every clip of `embeddings` and save it as a run folder.
+
+    embeddings: `pretrained_embeddings` output (indexed by track_id); labels: genre per track_id (a
+    Series, or a tracks table with a genre column); clips without a label are left out. cfg: the
+    settings the embeddings were made with (its clip_seconds is the window `predict` cuts files into).
+    Returns the fitted Pipeline. Raises DataError when no clip has both an embedding and a label.
+
+    Writes
+    ------
+    Into `run_dir`: config.json (cfg), versions.json, classifier.json (kind, seed, musicnn layers,
+    embedding columns, clips) and classifier.joblib (the Pipeline), each atomically; `genre_utils.py
+    predict --run run_dir` then predicts with it.
+    """
+    import joblib
+
+    genres = _label_series(labels).reindex(embeddings.index).dropna()
+    if genres.empty:
+        raise DataError("no clip has both an embedding and a genre label")
+    pipeline = embedding_classifier(kind, seed)
+    pipeline.fit(embeddings.loc[genres.index].to_numpy(), genres.to_numpy())
+    run_dir = Path(run_dir)
+    layers = sorted({column.rsplit("_", 2)[0] for column in embeddings.columns}, key=MUSICNN_LAYERS.index)
+    with _writing_to(run_dir, ConfigError, "the run folder"):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run_dir / "config.json", cfg.to_dict())
+        _write_json(run_dir / "versions.json", _versions())
+        _write_json(run_dir / "classifier.json", {
+            "embedding": "musicnn MSD_musicnn (musicnn==0.1.0, Pons & Serra 2019)", "kind": kind, "seed": seed,
+            "layers": layers, "columns": list(embeddings.columns), "clips": len(genres),
+        })
+        with _atomic_path(run_dir / "classifier.joblib") as tmp:
+            joblib.dump(pipeline, tmp)
+    return pipeline
+
+
+def load_embedding_run(run_dir: str | os.PathLike):
+    """(fitted Pipeline, Config, classifier.json dict) of a run folder written by `train_embedding_classifier`.
+
+    Raises DataError naming the missing file when the folder holds no such run.
+    """
+    import joblib
+
+    run_dir = Path(run_dir)
+    for name in EMBEDDING_RUN_FILES:
+        if not (run_dir / name).is_file():
+            raise DataError(f"{run_dir / name}: not found; train an embedding classifier into {run_dir} first "
+                            "(train_embedding_classifier, notebook 07)")
+    cfg = _config_from_dict(json.loads((run_dir / "config.json").read_text()), run_dir / "config.json")
+    return joblib.load(run_dir / "classifier.joblib"), cfg, json.loads((run_dir / "classifier.json").read_text())
+
+
+def predict_file_embeddings(path: str | os.PathLike, classifier, cfg: Config, info: dict, model) -> pd.DataFrame:
+    """Genre probabilities of one audio file with an embedding classifier, in `predict_file`'s format.
+
+    The file is decoded whole at 16 kHz and cut into windows of cfg.clip_seconds as `predict_file`
+    does; each window's musicnn embedding (`model`: `load_musicnn()`) goes through `classifier`
+    (columns as recorded in `info`, from `load_embedding_run`). Returns one row per window indexed by
+    start_s, one column per genre of cfg.genres. Raises AudioError naming the file when it cannot be decoded.
+    """
+    y = load_audio(path, MUSICNN_SAMPLE_RATE, None)
+    window = int(round(MUSICNN_SAMPLE_RATE * cfg.clip_seconds))
+    y = np.pad(y, (0, max(0, window - len(y))))
+    starts = excerpt_starts(len(y), window)
+    positions = [list(_embedding_columns()).index(column) for column in info["columns"]]
+    embeddings = np.stack([musicnn_embedding(y[start:start + window], model)[positions] for start in starts])
+    proba = pd.DataFrame(classifier.predict_proba(embeddings), columns=list(classifier.classes_))
+    proba = proba.reindex(columns=list(cfg.genres), fill_value=0.0)
+    proba.index = pd.Index(starts / MUSICNN_SAMPLE_RATE, name="start_s")
+    return proba
+
+
+def embedding_method(embeddings: pd.DataFrame, labels, cfg: Config, kind: str = "logistic", seed: int = 42):
+    """A cross-validation method (`method(split, run_dir) -> MethodResult`) over pooled musicnn embeddings.
+
+    Per fold, `train_embedding_classifier` fits the fold's training and validation clips together (a
+    scikit-learn classifier has no checkpoint to choose) into run_dir, which is then a run folder that
+    `predict` can use, and the fitted classifier gives the test clips' genre probabilities.
+    Raises ConfigError for an unknown kind.
+    """
+    embedding_classifier(kind, seed)  # checks the kind now
+    genres = _label_series(labels)
+
+    def method(split: pd.Series, run_dir: Path) -> MethodResult:
+        fit = split.index[split.isin(["training", "validation"])].intersection(embeddings.index)
+        test = split.index[split == "test"].intersection(embeddings.index)
+        if fit.empty or test.empty:
+            raise DataError("no clips with embeddings in the fold's training or test split")
+        start = time.perf_counter()
+        pipeline = train_embedding_classifier(embeddings.loc[fit], genres, cfg, run_dir, kind, seed)
+        seconds = time.perf_counter() - start
+        proba = pd.DataFrame(pipeline.predict_proba(embeddings.loc[test].to_numpy()), index=test,
+                             columns=list(pipeline.classes_))
+        return MethodResult(proba, _fitted_numbers(pipeline[-1]), seconds)
+
+    method.settings = {"method": "musicnn embeddings", "kind": kind, "seed": seed, "columns": list(embeddings.columns)}
+    return method
+
+
+def _fitted_numbers(classifier) -> int:
+    """Numbers a fitted scikit-learn classifier stores (weights, support vectors, coefficients)."""
+    if hasattr(classifier, "calibrated_classifiers_"):  # the SVC and its sigmoid per class
+        calibrated = classifier.calibrated_classifiers_[0]
+        return _fitted_numbers(calibrated.estimator) + 2 * len(calibrated.calibrators)
+    names = ("coef_", "intercept_", "support_vectors_", "dual_coef_", "coefs_", "intercepts_")
+    arrays = [getattr(classifier, name) for name in names if hasattr(classifier, name)]
+    return int(sum(np.size(a) for array in arrays for a in (array if isinstance(array, list) else [array])))
+
+
+def _label_series(labels) -> pd.Series:
+    """Genre per track_id from a Series or a tracks table with a genre column."""
+    if isinstance(labels, pd.DataFrame):
+        if "genre" not in labels.columns:
+            raise DataError("the tracks table has no genre column; pass load_tracks output or a Series of genres")
+        labels = labels["genre"]
+    return pd.Series(labels)
+
+
+@dataclass
+class MethodResult:  # belongs to the evaluation section (the cross-validation contract); one copy is kept
+    """What one method returns for one fold."""
+
+    proba: pd.DataFrame  # genre probabilities, index: the fold's test track_ids, columns: cfg.genres
+    parameters: int  # numbers the fitted method stores (weights, support vectors, ...)
+    train_seconds: float  # wall time of fitting (not of feature extraction)
+
+
 # ── Training: Keras fit with checkpoints, logs and resume, one folder per run ──
 
 RUN_FILES = ("config.json", "versions.json", "stats.npz", "history.csv", "best.keras", "last.keras")
@@ -2667,7 +3190,7 @@ def plot_prediction_timeline(windows: pd.DataFrame, title: str = ""):
     return fig
 
 
-# ── Command line: python genre_utils.py demo-data | report | predict ──
+# ── Command line: python genre_utils.py demo-data | report | predict | musicnn-weights ──
 
 def main(argv: list[str] | None = None) -> int:
     """The command line: `python genre_utils.py [--profile P] [--data DIR] <command>`; returns the exit status."""
@@ -2690,6 +3213,10 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--top", type=int, default=3, help="genres to list per file (default 3)")
     predict.add_argument("--plot", help="save a timeline of the window predictions to this image file")
     predict.set_defaults(run=_cli_predict)
+    weights = commands.add_parser(
+        "musicnn-weights", help="download musicnn (ISC licence) from PyPI and convert its MSD weights, once"
+    )
+    weights.set_defaults(run=_cli_musicnn_weights)
     args = parser.parse_args(argv)
     try:
         cfg = get_config(args.profile, args.data)
@@ -2713,14 +3240,26 @@ def _cli_demo_data(cfg: Config, args) -> None:
     )
 
 
+def _cli_musicnn_weights(cfg: Config, args) -> None:
+    """`musicnn-weights`: fetch and convert musicnn's MSD weights unless they are there."""
+    print(f"musicnn MSD weights (musicnn 0.1.0 by Jordi Pons, ISC licence): {fetch_musicnn_weights()}")
+
+
 def _cli_predict(cfg: Config, args) -> int:
-    """`predict`: the top genres of each file with a trained run; returns 1 if a file failed."""
-    model, run_cfg, _ = load_run(args.run_dir)
-    stats = load_run_stats(args.run_dir)
+    """`predict`: the top genres of each file with a trained run (a CNN's, or a classifier of musicnn
+    embeddings); returns 1 if a file failed."""
+    if (Path(args.run_dir) / "classifier.joblib").is_file():
+        classifier, run_cfg, info = load_embedding_run(args.run_dir)
+        network = load_musicnn()
+        predict = functools.partial(predict_file_embeddings, classifier=classifier, cfg=run_cfg, info=info,
+                                    model=network)
+    else:
+        model, run_cfg, _ = load_run(args.run_dir)
+        predict = functools.partial(predict_file, model=model, cfg=run_cfg, stats=load_run_stats(args.run_dir))
     failed = 0
     for song in args.songs:
         try:
-            windows = predict_file(song, model, run_cfg, stats)
+            windows = predict(song)
         except AudioError as exc:
             print(f"genre_utils.py predict: error: {exc}", file=sys.stderr)
             failed += 1

@@ -21,8 +21,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import genre_utils as gu  # noqa: E402
 from features import synthesize_clips  # noqa: E402
+
+import genre_utils as gu  # noqa: E402
 
 
 def plain_embedding(path: Path, model, seconds: float) -> np.ndarray:

@@ -1683,8 +1683,12 @@ def pretrained_embeddings(tracks: pd.DataFrame, cfg: Config, layers=("penultimat
     layers : tuple of str
         Which MUSICNN_LAYERS to return, each pooled over the clip's 3 s patches by mean and max.
         The default, the penultimate layer, transfers best to genre on the real-music set.
-    cache_dir, workers
-        As for `extract_features`; each worker process builds its own network, on one thread.
+    cache_dir : path, optional
+        As for `extract_features`.
+    workers : int, optional
+        Processes; default 1, this one, whose network already computes on every core. More processes
+        each build their own network on one thread: worth it only on many cores (on two cores, two
+        processes ran at 0.7x the speed of one, see benchmarks/embeddings.py).
     weights : path
         The converted weights (`make musicnn`).
 
@@ -1728,7 +1732,7 @@ def pretrained_embeddings(tracks: pd.DataFrame, cfg: Config, layers=("penultimat
                         unit="clip", mininterval=1)
         with progress:
             for track_id, (embedding, reason) in _feature_results(jobs, _EmbeddingJob(cfg.clip_seconds, str(weights)),
-                                                                  workers or _available_cores(),
+                                                                  workers or 1,
                                                                   _musicnn_embedding_of_file):
                 if reason is None:
                     with _writing_to(cache_dir, CacheError, "cfg.cache_dir"), \

@@ -2,8 +2,9 @@
 
 Compares (a) the plain per-file loop (one network in this process; for each file librosa.load at
 16 kHz, `musicnn_patches`, the network on the file's patches, mean and max of the penultimate layer)
-with (b) `pretrained_embeddings` in one process and (c) `pretrained_embeddings` on every core, checks
-that all three give the same embeddings, and prints the ratios against (a) measured in the same run.
+with (b) `pretrained_embeddings` in one process (its default: the network itself uses every core) and
+(c) `pretrained_embeddings` in one process per core, each network on one thread; checks that all three
+give the same embeddings, and prints the ratios against (a) measured in the same run.
 Needs the converted weights (`make musicnn`).
 
     .venv/bin/python benchmarks/embeddings.py --clips 8            # synthesized 30 s MP3s

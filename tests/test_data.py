@@ -5,11 +5,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile as sf
 
 import genre_utils as gu  # noqa: E402
-
-SR = 11_025  # Hz, small fixtures
+from conftest import SR, write_tone  # noqa: E402
 
 
 def write_tracks_csv(root: Path, rows: dict[int, dict], drop: tuple = ()) -> Path:
@@ -26,15 +24,6 @@ def write_tracks_csv(root: Path, rows: dict[int, dict], drop: tuple = ()) -> Pat
 def fma_row(genre, split="training", subset="small", title="A Song", artist="An Artist"):
     return {("artist", "name"): artist, ("set", "split"): split, ("set", "subset"): subset,
             ("track", "genre_top"): genre, ("track", "title"): title}
-
-
-def write_sine(path: Path, seconds: float, channels: int = 1, freq: float = 440.0) -> np.ndarray:
-    t = np.arange(int(SR * seconds)) / SR
-    y = 0.5 * np.sin(2 * np.pi * freq * t)
-    data = np.stack([y, 0.5 * y], axis=1) if channels == 2 else y
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, data, SR)
-    return data
 
 
 @pytest.fixture
@@ -173,13 +162,13 @@ def test_stratified_split_fractions():
 
 def test_load_audio_pads_crops_and_mixes_down(tmp_path):
     short = tmp_path / "short.wav"
-    write_sine(short, 0.5)
+    write_tone(short, 0.5)
     y = gu.load_audio(short, SR, 1.0)
     assert y.dtype == np.float32 and y.shape == (SR,)
     assert np.abs(y[: SR // 2 - 10]).max() > 0.4 and not y[SR // 2 + 10 :].any()
 
     long = tmp_path / "long.wav"
-    write_sine(long, 2.0, channels=2)
+    write_tone(long, 2.0, channels=2)
     y = gu.load_audio(long, SR, 1.0)
     assert y.shape == (SR,)
     assert np.abs(y).max() == pytest.approx(0.375, abs=0.01)  # mean of the two channels (0.5 and 0.25)
@@ -187,7 +176,7 @@ def test_load_audio_pads_crops_and_mixes_down(tmp_path):
 
 def test_load_audio_resamples_mp3(tmp_path):
     path = tmp_path / "clip.mp3"
-    write_sine(path, 1.0)
+    write_tone(path, 1.0)
     y = gu.load_audio(path, 8000, 1.0)
     assert y.shape == (8000,)
     spectrum = np.abs(np.fft.rfft(y))
@@ -208,7 +197,7 @@ def test_load_audio_bad_files(tmp_path, content, message):
 
 def test_load_audio_truncated_mp3(tmp_path):
     path = tmp_path / "truncated.mp3"
-    write_sine(path, 1.0)
+    write_tone(path, 1.0)
     path.write_bytes(path.read_bytes()[:64])
     with pytest.raises(gu.AudioError, match="truncated.mp3"):
         gu.load_audio(path, SR, 1.0)
@@ -220,7 +209,7 @@ def test_load_audio_missing_file(tmp_path):
 
 
 def test_audio_info_reads_headers_and_flags_broken_files(tmp_path):
-    write_sine(tmp_path / "a.wav", 0.5, channels=2)
+    write_tone(tmp_path / "a.wav", 0.5, channels=2)
     (tmp_path / "b.mp3").write_bytes(b"\xff\xfb" + bytes(30))
     paths = pd.Series([str(tmp_path / "a.wav"), str(tmp_path / "b.mp3")], index=pd.Index([7, 9], name="track_id"))
     info = gu.audio_info(paths)

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 import genre_utils as gu
-
-TINY = gu.get_config("demo", n_mels=16, cqt_bins=12, clip_seconds=1.5, filters=2, dense_units=8)
+from conftest import TINY
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ def test_filter_shapes_are_vertical_horizontal_and_square():
     assert widths[0] == 32 and widths == sorted(widths) and max(widths) == 8 * 32
 
 
-def test_he_initialisation_and_dropout_rate(model):
+def test_hidden_layers_use_he_initialisation_and_the_configs_dropout(model):
     hidden = [l for l in model.layers if l.name.endswith("_conv")] + [model.get_layer("dense")]
     assert all(isinstance(layer.kernel_initializer, keras.initializers.HeNormal) for layer in hidden)
     assert model.get_layer("dropout").rate == TINY.dropout == 0.5

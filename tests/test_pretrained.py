@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 
 import genre_utils as gu
+from conftest import SR, write_tone
 
 FIXTURES = Path(__file__).with_name("fixtures")
 
@@ -77,11 +78,11 @@ def test_missing_weights_name_the_command_that_fetches_them(tmp_path):
 
 
 def _clips(folder: Path, count: int = 8, seconds: float = 3.5):
-    """A tracks table of `count` short WAV files at 22,050 Hz in two genres: low tones vs noise bursts."""
+    """A tracks table of `count` short WAV files at SR in two genres: low tones vs noise bursts."""
     rng = np.random.default_rng(0)
     rows = {}
     for track_id in range(count):
-        t = np.arange(int(seconds * 22_050)) / 22_050
+        t = np.arange(int(seconds * SR)) / SR
         if track_id % 2:
             y = 0.1 * rng.standard_normal(len(t)) * (np.sin(2 * np.pi * 2 * t) > 0)
             genre = "Rock"
@@ -89,7 +90,7 @@ def _clips(folder: Path, count: int = 8, seconds: float = 3.5):
             y = 0.2 * np.sin(2 * np.pi * (110 + 20 * track_id) * t)
             genre = "Folk"
         path = folder / f"{track_id}.wav"
-        sf.write(path, y.astype(np.float32), 22_050)
+        sf.write(path, y.astype(np.float32), SR)
         rows[100 + track_id] = (genre, "training", str(path))
     return pd.DataFrame.from_dict(rows, orient="index", columns=["genre", "split", "path"])
 
@@ -155,9 +156,7 @@ def test_predict_command_uses_an_embedding_run_like_a_cnn_run(embedded, tmp_path
     tracks, cfg, embeddings = embedded
     run_dir = tmp_path / "run"
     gu.train_embedding_classifier(embeddings, tracks, cfg, run_dir, "logistic")
-    song = tmp_path / "song.wav"
-    t = np.arange(int(6 * 22_050)) / 22_050
-    sf.write(song, (0.2 * np.sin(2 * np.pi * 150 * t)).astype(np.float32), 22_050)
+    song = write_tone(tmp_path / "song.wav", 6.0, 150, amplitude=0.2)
     result = subprocess.run([sys.executable, str(gu.ROOT / "genre_utils.py"), "predict", str(song), "--run",
                              str(run_dir), "--top", "2"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

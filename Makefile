@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 export GENRE_PROFILE ?= demo
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup data demo test report lab clean
+.PHONY: setup fma data demo test report lab clean
 
 setup: $(VENV)/.installed
 
@@ -16,6 +16,9 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	touch $@
+
+fma: setup  ## download, verify and unpack FMA-small and its metadata into $GENRE_DATA (default data/fma), then check it
+	$(BIN)/python genre_utils.py download metadata small
 
 data: setup  ## generate the demo dataset (data/demo) unless it is there; the tests use it
 	$(BIN)/python genre_utils.py --profile demo --data data/demo demo-data

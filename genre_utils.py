@@ -1702,6 +1702,17 @@ def _finish_partial(partial: Path, final: Path, table: pd.DataFrame, done: np.nd
         shutil.rmtree(partial)
 
 
+def band_means(features: np.ndarray, rows=None, chunk_rows: int = 256) -> np.ndarray:
+    """Each clip's mean over frames, per band: float32 (len(rows), bands) for `rows` (default all)
+    of a (clips, bands, frames) array such as Features.mel. Reads `chunk_rows` clips at a time, so
+    a memory map is never loaded whole (FMA-small's training mels are 4 GB as float32)."""
+    rows = np.arange(len(features)) if rows is None else np.asarray(rows)
+    means = np.empty((len(rows), features.shape[1]), dtype=np.float32)
+    for start in range(0, len(rows), chunk_rows):
+        means[start:start + chunk_rows] = features[rows[start:start + chunk_rows]].astype(np.float32).mean(axis=2)
+    return means
+
+
 def _band_stats(features: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-band mean and standard deviation (float32, shape (bands,)) of features[rows] over rows
     and frames, accumulated in float64 a chunk at a time so a memory map is never loaded whole."""

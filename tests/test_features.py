@@ -259,3 +259,26 @@ def test_open_features_names_the_problem(tracks, cfg, tmp_path):
 def test_bad_track_table_raises_data_error(tracks, cfg, change, message):
     with pytest.raises(gu.DataError, match=message):
         gu.extract_features(change(tracks), cfg, workers=1)
+
+
+class ChunkOnlyArray:
+    """A (clips, bands, frames) array that refuses to hand out more than `limit` clips at once."""
+
+    def __init__(self, array, limit):
+        self.array, self.limit, self.shape = array, limit, array.shape
+
+    def __len__(self):
+        return len(self.array)
+
+    def __getitem__(self, rows):
+        assert len(np.atleast_1d(rows)) <= self.limit, "read more clips at once than one chunk"
+        return self.array[rows]
+
+
+def test_band_means_reads_a_chunk_at_a_time_and_match_the_whole_array_mean():
+    array = np.random.default_rng(0).normal(-40, 10, (7, 3, 5)).astype(np.float16)
+    rows = np.array([6, 0, 3, 2, 5])
+    means = gu.band_means(ChunkOnlyArray(array, 2), rows, chunk_rows=2)
+    assert means.dtype == np.float32
+    np.testing.assert_array_equal(means, array[rows].astype(np.float32).mean(axis=2))
+    assert gu.band_means(array).shape == (7, 3)

@@ -1,0 +1,196 @@
+"""Rehearsal of a real FMA-small run at full scale, on synthetic data: time, memory and disk per step.
+
+Generates a demo dataset with FMA-small's shape (8 genres x N clips of 30 s at 22,050 Hz in FMA's
+layout, split 80/10/10), then runs the seed preset through the real path, each step in its own
+child process so that its peak memory is its own:
+
+    data      make_demo_dataset, every core (stands in for `make fma`: download and unpack)
+    check     check_dataset: every file's header read, as after `make fma`
+    features  extract_features: mel + CQT of every clip into the cache, every core
+    train     one epoch of the report's model on the training split, validated on the validation split
+
+For each step it prints the wall time, peak memory (RSS of the step's own process from getrusage;
+and the sum over it and its worker processes, sampled with psutil: all of it, and the anonymous
+part, without the file pages of memory maps, which the kernel can drop at will) and the disk used
+after it; then the same extrapolated linearly to FMA-small's 1,000 clips per genre (time and disk
+grow with the clips; memory does not, as every step streams: see the table's note).
+
+    python benchmarks/rehearsal.py --clips-per-genre 125    # 1/8 of FMA-small
+    python benchmarks/rehearsal.py                          # FMA-small's size: 1,000 per genre
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import genre_utils as gu  # noqa: E402
+
+FMA_SMALL_CLIPS_PER_GENRE = 1000
+STEPS = ("data", "check", "features", "train")
+
+
+def config(work: Path) -> gu.Config:
+    """The seed preset, with every folder under `work`."""
+    return gu.get_config("seed", work / "fma", cache_dir=work / "cache", runs_dir=work / "runs")
+
+
+def run_step(step: str, work: Path, clips_per_genre: int) -> dict:
+    """Run one step in this process; returns what it measured beyond time and memory."""
+    cfg = config(work)
+    if step == "data":
+        tracks = gu.make_demo_dataset(cfg.data_root, cfg, clips_per_genre=clips_per_genre, progress=False)
+        return {"clips": len(tracks)}
+    if step == "check":
+        check = gu.check_dataset(cfg)
+        return {"clips": len(check.tracks), "problems": len(check.problems)}
+    tracks = gu.load_tracks(cfg.data_root, seed=cfg.seed)
+    if step == "features":
+        timings = {}
+        for name in ("_finish_partial", "_band_stats"):  # time the finishing work inside extraction
+            original = getattr(gu, name)
+
+            def timed(*args, _original=original, _name=name, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    timings[_name] = timings.get(_name, 0.0) + time.perf_counter() - start
+
+            setattr(gu, name, timed)
+        features = gu.extract_features(tracks, cfg)
+        return {"clips": len(features.index), "finish_seconds": round(timings.get("_finish_partial", 0), 1),
+                "stats_seconds": round(timings.get("_band_stats", 0), 1)}
+    if step == "train":
+        features = gu.extract_features(tracks, cfg)
+        model = gu.build_model(cfg)
+        history = gu.train(model, features, cfg.replace(epochs=1), cfg.runs_dir / "rehearsal", verbose=0)
+        clips = len(features.rows("training"))
+        return {"clips": clips, "epoch_seconds": round(float(history["epoch_seconds"].iloc[-1]), 1),
+                "val_accuracy": round(float(history["val_accuracy"].iloc[-1]), 3)}
+    raise ValueError(step)
+
+
+def child_main(step: str, work: Path, clips_per_genre: int) -> None:
+    """Entry point of a step's child process: run it, print its measures as one JSON line."""
+    start = time.perf_counter()
+    measured = run_step(step, work, clips_per_genre)
+    measured["step_seconds"] = round(time.perf_counter() - start, 1)
+    measured["self_peak_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
+    measured["worker_peak_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+    print("RESULT " + json.dumps(measured), flush=True)
+
+
+def tree_memory(process) -> tuple[int, int]:
+    """(RSS, anonymous RSS) in bytes of a process and all its descendants."""
+    import psutil
+
+    total = anonymous = 0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            info = member.memory_info()
+        except psutil.Error:  # ended meanwhile
+            continue
+        total += info.rss
+        anonymous += info.rss - getattr(info, "shared", 0)  # shared: file-backed and shared-memory pages
+    return total, anonymous
+
+
+def measure(step: str, work: Path, clips_per_genre: int) -> dict:
+    """Run `step` in a child process, sampling the memory of its process tree; returns its measures."""
+    command = [sys.executable, __file__, "--child", step, "--work", str(work), "--clips-per-genre", str(clips_per_genre)]
+    start = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = peak_anonymous = 0
+    try:
+        import psutil
+
+        process = psutil.Process(child.pid)
+        while child.poll() is None:
+            total, anonymous = tree_memory(process)
+            peak, peak_anonymous = max(peak, total), max(peak_anonymous, anonymous)
+            time.sleep(0.2)
+    except ImportError:  # without psutil only the getrusage peaks are known
+        child.wait()
+    out, err = child.communicate()
+    wall = time.perf_counter() - start
+    results = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    if child.returncode or not results:
+        raise SystemExit(f"step {step} failed (exit {child.returncode}):\n{err[-3000:]}")
+    measured = json.loads(results[-1].removeprefix("RESULT "))
+    measured.update(wall_seconds=round(wall, 1), tree_peak_mib=round(peak / 2**20),
+                    tree_anonymous_peak_mib=round(peak_anonymous / 2**20))
+    return measured
+
+
+def disk_use(folder: Path) -> int:
+    """Bytes allocated on disk under `folder`."""
+    return sum(path.stat().st_blocks * 512 for path in folder.rglob("*") if path.is_file()) if folder.exists() else 0
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips-per-genre", type=int, default=FMA_SMALL_CLIPS_PER_GENRE,
+                        help=f"clips per genre (default {FMA_SMALL_CLIPS_PER_GENRE}, FMA-small's)")
+    parser.add_argument("--work", type=Path, default=ROOT / "data" / "rehearsal",
+                        help="folder for the dataset, cache and run (default data/rehearsal; emptied first)")
+    parser.add_argument("--keep-data", action="store_true", help="reuse a dataset generated by an earlier rehearsal")
+    parser.add_argument("--child", choices=STEPS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child_main(args.child, args.work, args.clips_per_genre)
+        return
+
+    work = args.work.resolve()
+    for folder in ("cache", "runs") if args.keep_data else ("fma", "cache", "runs"):
+        shutil.rmtree(work / folder, ignore_errors=True)
+    scale = FMA_SMALL_CLIPS_PER_GENRE / args.clips_per_genre
+    cores = gu._available_cores()
+    print(f"rehearsal: seed preset, 8 genres x {args.clips_per_genre} clips of 30 s in {work}; {cores} cores, "
+          f"load average {os.getloadavg()[0]:.1f} at the start")
+    header = (f"{'step':<9} {'wall s':>8} {'clips/s':>8} {'peak RSS MiB':>12} {'all procs':>10} "
+              f"{'anonymous':>10} {'disk GiB':>9}")
+    rows = []
+    for step in STEPS:
+        if step == "data" and args.keep_data and (work / "fma" / gu.DEMO_MARKER).is_file():
+            continue
+        measured = measure(step, work, args.clips_per_genre)
+        disk = sum(disk_use(work / folder) for folder in ("fma", "cache", "runs"))
+        rows.append((step, measured, disk))
+        print(f"  {step}: {json.dumps(measured)}; disk {disk / 2**30:.2f} GiB", flush=True)
+
+    def table(factor: float) -> None:
+        print(header)
+        for step, measured, disk in rows:
+            seconds = measured["wall_seconds"] * factor
+            rate = measured["clips"] * factor / seconds
+            print(f"{step:<9} {seconds:>8.0f} {rate:>8.1f} {measured['self_peak_mib']:>12} "
+                  f"{measured['tree_peak_mib']:>10} {measured['tree_anonymous_peak_mib']:>10} "
+                  f"{disk * factor / 2**30:>9.2f}")
+
+    print(f"\nmeasured, {args.clips_per_genre} clips per genre:")
+    table(1.0)
+    if scale != 1:
+        print(f"\nextrapolated to FMA-small ({FMA_SMALL_CLIPS_PER_GENRE} per genre, x{scale:g}): wall time and disk "
+              "x{0:g} (each step's work is per clip; its fixed start-up, imports and model building, is scaled too, "
+              "so times are slight overestimates); memory as measured (no step holds more than a batch or a clip "
+              "per process; the memory maps' file pages, counted in 'all procs', are the kernel's page cache)"
+              .format(scale))
+        table(scale)
+    train = next((measured for step, measured, _ in rows if step == "train"), None)
+    if train:
+        print(f"\ntraining: {train['clips'] / train['epoch_seconds']:.1f} clips/s in the epoch "
+              f"({train['clips']} clips in {train['epoch_seconds']} s with validation)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1416,8 +1416,9 @@ def extract_features(
     partial = cache_dir / f"features-{key}.partial"
     with _writing_to(cache_dir, CacheError, "cfg.cache_dir"):
         mel, cqt_rows, done = _open_partial(partial, key, table, cfg)
-    todo = np.flatnonzero(done == 0)
-    skipped: list[tuple[int, str, str]] = []  # (row, path, reason)
+    journal = _compaction_journal(partial)  # a run killed while compacting: every file was tried
+    todo = np.flatnonzero(done == 0) if journal is None else np.empty(0, dtype=np.int64)
+    skipped: list[tuple[int, str, str]] = [] if journal is None else [tuple(item) for item in journal["skipped"]]
     unflushed: list[int] = []
 
     def flush() -> None:  # data first, then the flags that vouch for it
@@ -1658,7 +1659,7 @@ def _feature_results(jobs: list[tuple[int, str]], cfg: Config, workers: int, com
 
 def _finish_partial(partial: Path, final: Path, table: pd.DataFrame, done: np.ndarray,
                     skipped: list[tuple[int, str, str]], key: str, cfg: Config) -> None:
-    """Compact the successful rows, write index, stats and skip list, then rename to `final`."""
+    """Compact the successful rows in place, write index, stats and skip list, then rename to `final`."""
     ok_rows = np.flatnonzero(done == 1)
     skipped_table = pd.DataFrame([(path, reason) for _, path, reason in sorted(skipped)],
                                  columns=["path", "reason"])
@@ -1668,19 +1669,15 @@ def _finish_partial(partial: Path, final: Path, table: pd.DataFrame, done: np.nd
     index = table.iloc[ok_rows][["genre", "split", "label"]]
     if not (index["split"] == "training").any():
         raise DataError("every training file was skipped as unreadable: no normalization statistics")
-    # Everything is written beside the row files, which are only renamed or removed at the end:
+    # Everything is written beside the row files, which are only cut short and renamed at the end:
     # a failure (disk full) or kill before that leaves a partial folder that still resumes.
+    if len(ok_rows) < len(table):
+        _compact_rows(partial, ok_rows, skipped)
     stats = {}
-    training_rows = ok_rows[index["split"].to_numpy() == "training"]
+    training_rows = np.flatnonzero(index["split"].to_numpy() == "training")  # the successful rows come first now
     for name in ("mel", "cqt"):
         rows = np.load(partial / f"{name}.rows.npy", mmap_mode="r")
         stats[f"{name}_mean"], stats[f"{name}_std"] = _band_stats(rows, training_rows)
-        if len(ok_rows) < len(table):  # compact the successful rows into a new file
-            out = _new_memmap(partial / f"{name}.npy", (len(ok_rows), *rows.shape[1:]))
-            for start in range(0, len(ok_rows), 256):
-                out[start:start + 256] = rows[ok_rows[start:start + 256]]
-            out.flush()
-            del out
         del rows
     index.to_csv(partial / "index.csv")
     skipped_table.to_csv(partial / "skipped.csv", index=False)
@@ -1688,18 +1685,79 @@ def _finish_partial(partial: Path, final: Path, table: pd.DataFrame, done: np.nd
     info = _cache_info(key, cfg) | {"tracks": len(index), "skipped": len(skipped_table)}
     (partial / "config.json").write_text(json.dumps(info, indent=2))
     for name in ("mel", "cqt"):
-        rows_file = partial / f"{name}.rows.npy"
-        if len(ok_rows) == len(table):
-            os.replace(rows_file, partial / f"{name}.npy")
-        else:
-            rows_file.unlink()
+        _cut_rows(partial / f"{name}.rows.npy", len(ok_rows))
+        os.replace(partial / f"{name}.rows.npy", partial / f"{name}.npy")
     (partial / "done.npy").unlink()
+    (partial / _COMPACTION_JOURNAL).unlink(missing_ok=True)
     try:
         os.replace(partial, final)
     except OSError:  # another run finished the same cache first; keep its copy
         if not final.is_dir():
             raise
         shutil.rmtree(partial)
+
+
+_COMPACTION_JOURNAL = "compaction.json"  # in an unfinished cache: the skipped files and how far rows have moved
+
+
+def _compaction_journal(partial: Path) -> dict | None:
+    """The journal of a compaction that a killed run left unfinished in `partial`, else None."""
+    try:
+        return json.loads((partial / _COMPACTION_JOURNAL).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _compact_rows(partial: Path, ok_rows: np.ndarray, skipped: list[tuple[int, str, str]]) -> None:
+    """Move the successful rows of mel.rows.npy and cqt.rows.npy to the front, in order, in place:
+    no second copy of a multi-GB cache, no second allocation of its disk space.
+
+    A journal records the skipped files and, after every move, how far each file got, so a run
+    killed meanwhile resumes the moves instead of decoding again. A move takes no more rows than
+    the gap between its destinations and its sources, so its sources are never overwritten by
+    itself or an earlier move: a move repeated after a kill reads the same data.
+    """
+    from numpy.lib.format import open_memmap
+
+    journal_path = partial / _COMPACTION_JOURNAL
+    journal = _compaction_journal(partial) or {
+        "skipped": [[int(row), path, reason] for row, path, reason in skipped],
+        "moved": {"mel": 0, "cqt": 0},
+    }
+    _write_json(journal_path, journal)
+    in_place = np.flatnonzero(ok_rows != np.arange(len(ok_rows)))  # rows before the first skipped one stay
+    first_move = int(in_place[0]) if len(in_place) else len(ok_rows)
+    for name in ("mel", "cqt"):
+        rows = open_memmap(partial / f"{name}.rows.npy", mode="r+")
+        position = max(journal["moved"][name], first_move)
+        while position < len(ok_rows):
+            count = min(int(ok_rows[position]) - position, 256, len(ok_rows) - position)
+            rows[position:position + count] = rows[ok_rows[position:position + count]]
+            position += count
+            journal["moved"][name] = position
+            _write_json(journal_path, journal)
+        rows.flush()
+        del rows
+
+
+def _cut_rows(path: Path, n_rows: int) -> None:
+    """Keep the first `n_rows` rows of a .npy file in place: its header gets the new shape, padded to
+    its old length so the data stays where it is, and the file is truncated."""
+    from numpy.lib import format as npy
+
+    with open(path, "r+b") as file:
+        version = npy.read_magic(file)
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(file)
+        if shape[0] == n_rows:
+            return
+        data_start = file.tell()
+        header_start = len(npy.MAGIC_PREFIX) + 2 + (2 if version == (1, 0) else 4)  # magic, version, length
+        header = repr({"descr": npy.dtype_to_descr(dtype), "fortran_order": fortran_order,
+                       "shape": (n_rows, *shape[1:])}).encode("latin1")
+        file.seek(header_start)
+        file.write(header.ljust(data_start - header_start - 1) + b"\n")
+        file.truncate(data_start + n_rows * int(np.prod(shape[1:])) * dtype.itemsize)
 
 
 def band_means(features: np.ndarray, rows=None, chunk_rows: int = 256) -> np.ndarray:

@@ -99,7 +99,7 @@ def fixture_zips(tmp_path_factory):
         tid for tid, path in tracks["path"].items() if Path(path).stat().st_size < 100]
     healthy = [tid for tid in tracks.index if tid not in broken]
     short, missing = healthy[0], healthy[1]
-    sf.write(tracks.at[short, "path"], np.zeros(int(0.3 * SR), np.float32), SR, **gu.DEMO_MP3)
+    sf.write(tracks.at[short, "path"], np.zeros(int(0.3 * SR), np.float32), SR, format="MP3")
     Path(tracks.at[missing, "path"]).unlink()
     (source / "fma_small" / "README.txt").write_text("FMA-small, as made by the tests\n")
     files = {name: zip_folder(source, folder)

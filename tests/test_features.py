@@ -196,7 +196,8 @@ def test_skipped_rows_are_removed_in_place_and_a_kill_meanwhile_resumes_without_
                                                                                           monkeypatch):
     empty = tmp_path / "000004.mp3"  # between tracks 3 and 5: every later row moves up by one
     empty.write_bytes(b"")
-    broken = pd.DataFrame({"genre": ["Pop"], "split": ["training"], "path": [empty]}, index=pd.Index([4], name="track_id"))
+    broken = pd.DataFrame({"genre": ["Pop"], "split": ["training"], "path": [empty]},
+                          index=pd.Index([4], name="track_id"))
     with_broken = pd.concat([tracks, broken])
     real_write_json, real_load_audio = gu._write_json, gu.load_audio
 

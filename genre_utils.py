@@ -1191,7 +1191,9 @@ def extract_features(
     An unchanged dataset with unchanged settings reuses the finished cache without decoding anything.
     Work happens in `features-<key>.partial/`, renamed when complete; an interrupted run resumes from
     the rows already flushed there. Files that cannot be decoded, or give NaN/inf features, are
-    skipped, listed in Features.skipped and summed up in a warning when the extraction ends.
+    skipped, listed in Features.skipped and summed up in a warning when the extraction ends; their
+    rows are removed in place (no second copy of the cache on disk), and a run killed meanwhile
+    finishes that without decoding again.
 
     Parameters
     ----------

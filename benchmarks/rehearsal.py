@@ -31,6 +31,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -131,20 +132,24 @@ def measure(step: str, work: Path, clips_per_genre: int, train_clips: int | None
     if train_clips:
         command += ["--train-clips", str(train_clips)]
     start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = peak_anonymous = 0
-    try:
-        import psutil
+    # the child's output goes to files: a pipe nobody reads while it runs would fill up and block it
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+        child = subprocess.Popen(command, stdout=out_file, stderr=err_file, text=True)
+        peak = peak_anonymous = 0
+        try:
+            import psutil
 
-        process = psutil.Process(child.pid)
-        while child.poll() is None:
-            total, anonymous = tree_memory(process)
-            peak, peak_anonymous = max(peak, total), max(peak_anonymous, anonymous)
-            time.sleep(0.2)
-    except ImportError:  # without psutil only the getrusage peaks are known
-        child.wait()
-    out, err = child.communicate()
-    wall = time.perf_counter() - start
+            process = psutil.Process(child.pid)
+            while child.poll() is None:
+                total, anonymous = tree_memory(process)
+                peak, peak_anonymous = max(peak, total), max(peak_anonymous, anonymous)
+                time.sleep(0.2)
+        except ImportError:  # without psutil only the getrusage peaks are known
+            child.wait()
+        wall = time.perf_counter() - start
+        out_file.seek(0)
+        err_file.seek(0)
+        out, err = out_file.read(), err_file.read()
     results = [line for line in out.splitlines() if line.startswith("RESULT ")]
     if child.returncode or not results:
         raise SystemExit(f"step {step} failed (exit {child.returncode}):\n{err[-3000:]}")

@@ -63,7 +63,7 @@ def direct_features(path, cfg):
 
 # ── single clips ──
 
-def test_shapes_dtypes_and_range(cfg):
+def test_features_have_the_documented_shapes_dtype_and_range(cfg):
     y = np.random.default_rng(1).standard_normal(cfg.n_samples).astype(np.float32)
     mel, constant_q = gu.mel_spectrogram(y, cfg), gu.cqt(y, cfg)
     assert mel.shape == (cfg.n_mels, cfg.n_frames) and mel.dtype == np.float32
@@ -72,7 +72,7 @@ def test_shapes_dtypes_and_range(cfg):
         assert array.max() == 0.0 and array.min() >= -gu.TOP_DB
 
 
-def test_seed_preset_frame_count():
+def test_seed_preset_gives_the_reports_1292_frames():
     seed = gu.get_config("seed")
     y = np.zeros(seed.n_samples, np.float32)
     y[::1000] = 1.0
@@ -80,7 +80,7 @@ def test_seed_preset_frame_count():
     assert gu.cqt(y, seed).shape == (84, 1292)
 
 
-def test_agrees_with_direct_librosa(audio_dir, cfg):
+def test_features_agree_with_direct_librosa(audio_dir, cfg):
     path = audio_dir / "000005.mp3"
     y = gu.load_audio(path, cfg.sample_rate, cfg.clip_seconds)
     mel_ref, cqt_ref = direct_features(path, cfg)
@@ -88,7 +88,7 @@ def test_agrees_with_direct_librosa(audio_dir, cfg):
     np.testing.assert_allclose(gu.cqt(y, cfg), cqt_ref, atol=1e-4)
 
 
-def test_silence_gives_finite_values(cfg):
+def test_silence_gives_finite_features(cfg):
     silence = np.zeros(cfg.n_samples, np.float32)
     for array in (gu.mel_spectrogram(silence, cfg), gu.cqt(silence, cfg)):
         assert np.all(np.isfinite(array))
@@ -96,7 +96,7 @@ def test_silence_gives_finite_values(cfg):
 
 # ── the cache ──
 
-def test_cache_layout_and_contents(tracks, cfg):
+def test_the_cache_holds_the_documented_files_and_arrays(tracks, cfg):
     features = gu.extract_features(tracks, cfg, workers=1)
     key = gu.features_key(tracks, cfg)
     assert features.path == cfg.cache_dir / f"features-{key}"
@@ -127,7 +127,7 @@ def test_unchanged_run_reuses_cache_without_decoding(tracks, cfg, monkeypatch):
     np.testing.assert_array_equal(again.mel, first.mel)
 
 
-def test_changed_setting_or_file_recomputes(tracks, cfg, tmp_path):
+def test_a_changed_setting_or_file_recomputes_the_features(tracks, cfg, tmp_path):
     first = gu.extract_features(tracks, cfg, workers=1)
     fewer_bands = gu.extract_features(tracks, cfg.replace(n_mels=16), workers=1)
     assert fewer_bands.path != first.path and fewer_bands.mel.shape[1] == 16
@@ -255,7 +255,7 @@ def test_stats_come_from_training_rows_only(tracks, cfg):
         assert not np.allclose(features.stats[f"{name}_mean"], everything, atol=1e-3)
 
 
-def test_parallel_equals_serial(tracks, cfg, tmp_path):
+def test_parallel_extraction_equals_serial_extraction(tracks, cfg, tmp_path):
     serial = gu.extract_features(tracks, cfg, cache_dir=tmp_path / "serial", workers=1)
     parallel = gu.extract_features(tracks, cfg, cache_dir=tmp_path / "parallel", workers=2)
     pd.testing.assert_frame_equal(parallel.index, serial.index)

@@ -997,8 +997,9 @@ def _fetch(url: str, zip_path: Path, *, retries: int, backoff: float, timeout: f
                         size, total = _fetch_once(url, part, timeout, bar)
                     except (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError,
                             TimeoutError) as exc:
-                        problem = _first_line(exc.args[0] if exc.args and isinstance(exc.args[0], Exception)
-                                              else exc)
+                        detail = str(exc.args[0] if exc.args and isinstance(exc.args[0], (str, Exception))
+                                     else exc).strip()  # the cause, without the tuples of urllib3's wrappers
+                        problem = detail.splitlines()[0] if detail else type(exc).__name__
                         if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)) \
                                 or "timed out" in problem.lower():
                             problem = f"no answer or no data for {timeout:g} s"

@@ -176,6 +176,14 @@ def test_a_download_cut_in_one_run_resumes_in_the_next(tmp_path, server):
     assert (tmp_path / "fma_small.zip").read_bytes() == server.files["fma_small.zip"]
 
 
+def test_a_part_file_killed_just_before_its_rename_is_finished_without_data(tmp_path, server):
+    size = len(server.files["fma_small.zip"])
+    (tmp_path / "fma_small.zip.part").write_bytes(server.files["fma_small.zip"])
+    download(tmp_path, server, archives=["small"])
+    assert server.requests == [("fma_small.zip", f"bytes={size}-")]  # answered 416: nothing left to send
+    assert (tmp_path / "fma_small" / "README.txt").is_file()
+
+
 def test_a_server_that_ignores_range_is_downloaded_again_from_the_start(tmp_path, server):
     server.ignore_range = True
     server.cut_after["fma_small.zip"] = 1000

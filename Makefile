@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 export GENRE_PROFILE ?= demo
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup musicnn data demo test report lab clean
+.PHONY: setup musicnn fma data demo test report lab clean
 
 MUSICNN_WEIGHTS := cache/musicnn/msd_musicnn.npz
 
@@ -23,6 +23,9 @@ musicnn: $(MUSICNN_WEIGHTS)  ## the pretrained musicnn MSD weights (musicnn 0.1.
 
 $(MUSICNN_WEIGHTS): | $(VENV)/.installed
 	$(BIN)/python genre_utils.py musicnn-weights
+
+fma: setup  ## download, verify and unpack FMA-small and its metadata into $GENRE_DATA (default data/fma), then check it
+	$(BIN)/python genre_utils.py download metadata small
 
 data: setup  ## generate the demo dataset (data/demo) unless it is there; the tests use it
 	$(BIN)/python genre_utils.py --profile demo --data data/demo demo-data

@@ -5,16 +5,19 @@ names (`__all__` lists the same names in the same order; everything else starts 
 
 Config and errors: every knob in one dataclass, its presets, and every error class
     ROOT, GENRES, BRANCHES, SPLITS, GenreError, ConfigError, DataError, AudioError, CacheError,
-    Config, PRESETS, get_config
+    DownloadError, Config, PRESETS, get_config
 Shared helpers: quiet imports, atomic writes and output-folder errors, used by several sections
     import_keras
 Data: track tables for the FMA and folder-per-genre layouts, and audio loading
     AUDIO_EXTENSIONS, load_audio, FMA_SUBSETS, FMA_REQUIRED_COLUMNS, SPLIT_FRACTIONS, audio_path,
     read_fma_tracks, load_tracks, skipped_tracks, audio_info, stratified_split
+Download: FMA archives fetched, verified and unpacked
+    FMA_BASE_URL, FMA_URL_VARIABLE, FmaArchive, FMA_ARCHIVES, FMA_BROKEN_TRACKS, download_fma,
+    DatasetCheck, check_dataset
 Features: mel-spectrogram and CQT in a resumable on-disk cache, and the baseline's clip statistics
     Features, FEATURES_FORMAT, TOP_DB, FEATURE_SETTINGS, mel_spectrogram, cqt, features_key,
-    extract_features, open_features, BASELINE_MFCCS, CLIP_STATISTICS_FORMAT, clip_statistics,
-    extract_clip_statistics
+    extract_features, open_features, band_means, BASELINE_MFCCS, CLIP_STATISTICS_FORMAT,
+    clip_statistics, extract_clip_statistics
 Model: the report's three-branch CNN in backend-neutral Keras 3, and the classical baseline's classifier
     MODEL_BLOCKS, BRANCH_INPUTS, build_model, model_table, branch_parameters, BASELINE_KINDS,
     baseline_classifier
@@ -44,7 +47,7 @@ Report: the executed notebooks as one browsable HTML page
     export_report
 Demo data: a miniature FMA of procedurally synthesized music, self-contained
     DEMO_VERSION, DEMO_MARKER, make_demo_dataset, synthesize_clip
-Command line: python genre_utils.py demo-data | report | predict | musicnn-weights
+Command line: python genre_utils.py download | demo-data | report | predict | musicnn-weights
     main
 
 Heavy frameworks (Keras and its backend, matplotlib) are imported inside the functions that
@@ -81,15 +84,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 __all__ = [
     # Config and errors
     "ROOT", "GENRES", "BRANCHES", "SPLITS", "GenreError", "ConfigError", "DataError", "AudioError",
-    "CacheError", "Config", "PRESETS", "get_config",
+    "CacheError", "DownloadError", "Config", "PRESETS", "get_config",
     # Shared helpers
     "import_keras",
     # Data
     "AUDIO_EXTENSIONS", "load_audio", "FMA_SUBSETS", "FMA_REQUIRED_COLUMNS", "SPLIT_FRACTIONS", "audio_path",
     "read_fma_tracks", "load_tracks", "skipped_tracks", "audio_info", "stratified_split",
+    # Download
+    "FMA_BASE_URL", "FMA_URL_VARIABLE", "FmaArchive", "FMA_ARCHIVES", "FMA_BROKEN_TRACKS", "download_fma",
+    "DatasetCheck", "check_dataset",
     # Features
     "Features", "FEATURES_FORMAT", "TOP_DB", "FEATURE_SETTINGS", "mel_spectrogram", "cqt", "features_key",
-    "extract_features", "open_features", "BASELINE_MFCCS", "CLIP_STATISTICS_FORMAT", "clip_statistics",
+    "extract_features", "open_features", "band_means", "BASELINE_MFCCS", "CLIP_STATISTICS_FORMAT", "clip_statistics",
     "extract_clip_statistics",
     # Model
     "MODEL_BLOCKS", "BRANCH_INPUTS", "build_model", "model_table", "branch_parameters", "BASELINE_KINDS",
@@ -152,6 +158,10 @@ class AudioError(GenreError):
 
 class CacheError(GenreError):
     """A feature cache folder that is missing, unfinished or does not match this code."""
+
+
+class DownloadError(DataError):
+    """A download that failed: an HTTP error, a time-out, a checksum mismatch, a full disk."""
 
 
 @dataclass(frozen=True)
@@ -673,6 +683,438 @@ def _drop_unusable(tracks: pd.DataFrame, root: Path, genres) -> pd.DataFrame:
     return kept
 
 
+# ── Download: FMA archives fetched, verified and unpacked ──
+
+FMA_BASE_URL = "https://os.unil.cloud.switch.ch/fma"  # the dataset's official location (README of mdeff/fma)
+FMA_URL_VARIABLE = "GENRE_FMA_URL"  # environment variable that replaces FMA_BASE_URL (a mirror)
+_MiB, _GiB = 2**20, 2**30
+
+
+@dataclass(frozen=True)
+class FmaArchive:
+    """One zip of the FMA download and what it unpacks to."""
+
+    file: str  # name of the zip on the server and in the data root
+    folder: str  # the one top-level folder it holds
+    sha1: str  # hex digest published in the README of mdeff/fma
+    size: int  # bytes of the zip (published, rounded: used only until the server gives the exact size)
+    unpacked: int  # bytes once unpacked (an upper estimate: the zip's own directory is checked before unpacking)
+
+
+FMA_ARCHIVES = {
+    "metadata": FmaArchive("fma_metadata.zip", "fma_metadata", "f0df49ffe5f2a6008d7dc83c6915b31835dfe733",
+                           342 * _MiB, 2 * _GiB),
+    "small": FmaArchive("fma_small.zip", "fma_small", "ade154f733639d52e35e32f5593efe5be76c6d70",
+                        int(7.2 * _GiB), int(7.4 * _GiB)),
+    "medium": FmaArchive("fma_medium.zip", "fma_medium", "c67b69ea232021025fca9231fc1c7c1a063ab50b",
+                         22 * _GiB, int(22.5 * _GiB)),
+    "large": FmaArchive("fma_large.zip", "fma_large", "497109f4dd721066b5ce5e5f250ec604dc78939e",
+                        93 * _GiB, 95 * _GiB),
+}
+# FMA-small files reported broken in the issue threads of mdeff/fma: flagged by check_dataset as known
+FMA_BROKEN_TRACKS = {99134: "no audio", 108925: "no audio", 133297: "no audio",
+                     98565: "much shorter than 30 s", 98567: "much shorter than 30 s", 98569: "much shorter than 30 s"}
+_UNPACKED_MARKER = ".unpacked.json"  # written into a folder before it is renamed into place
+_CHUNK_BYTES = _MiB  # bytes read from the network or a file at a time
+_HTTP_RETRIED = (408, 425, 429, 500, 502, 503, 504)  # status codes of transient server trouble
+
+
+def download_fma(
+    root: str | os.PathLike,
+    archives=("metadata", "small"),
+    *,
+    base_url: str | None = None,
+    sha1: dict[str, str] | None = None,
+    retries: int = 5,
+    backoff: float = 2.0,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> list[Path]:
+    """Download, verify and unpack FMA archives into `root`, doing only what is not done yet.
+
+    Parameters
+    ----------
+    root : path
+        Data root; gets `fma_metadata/`, `fma_small/`, ... next to the zips.
+    archives : sequence of str
+        Keys of FMA_ARCHIVES ("metadata", "small", "medium", "large"), in the order to fetch them.
+    base_url : str, optional
+        Where the zips are (`<base_url>/fma_small.zip`); default: the environment variable
+        GENRE_FMA_URL, else FMA_BASE_URL (the official location).
+    sha1 : dict, optional
+        Expected SHA-1 (hex) per archive, by key or file name ({"fma_small.zip": "..."}), for a
+        mirror that repacks; default: FMA_ARCHIVES' published ones.
+    retries : int
+        Attempts after a failed one (connection error, time-out, HTTP 408/429/5xx), waiting
+        `backoff` s, then twice as long each time; a try that received data resets the count.
+    timeout : float
+        Seconds to wait for a connection or for the next data before giving up on an attempt.
+    progress : bool
+        tqdm progress bars for downloading, checking and unpacking.
+
+    Returns
+    -------
+    list of Path
+        The unpacked folders, one per archive.
+
+    Writes
+    ------
+    `<root>/<archive>.zip` (kept after unpacking: a verified zip is never fetched again),
+    `<root>/<archive>.zip.part` while downloading (resumed by the next run with an HTTP Range
+    request), `<root>/<archive>.zip.verified.json` (its verified SHA-1, size and modification time, so a
+    later run need not read the zip again), and the unpacked folder, extracted into
+    `<root>/.<folder>.unpacking/` and renamed into place when complete: an interrupted unzip leaves
+    nothing that `load_tracks` takes for data. A zip whose SHA-1 does not match is renamed to
+    `<archive>.zip.bad-<its sha1>` and never unpacked.
+
+    Raises
+    ------
+    DownloadError
+        Naming the file or URL and the fix: not enough free disk space (checked before any request
+        for every archive still to fetch and unpack, and again with the zip's exact sizes before
+        unpacking), an HTTP error (404, ... ; transient ones after the retries), a time-out, a
+        checksum mismatch, a zip that cannot be read, or a disk that fills up while writing
+        (the `.part` file is kept and resumes once space is freed).
+    ConfigError
+        For an unknown archive key or a malformed SHA-1.
+    """
+    root = Path(root).expanduser().resolve()
+    base_url = (base_url or os.environ.get(FMA_URL_VARIABLE) or FMA_BASE_URL).rstrip("/")
+    chosen = _chosen_archives(archives, sha1 or {})
+    with _writing_to(root, DownloadError, "the data root (--data or GENRE_DATA)"):
+        root.mkdir(parents=True, exist_ok=True)
+        for archive in chosen:  # leftovers of a killed unzip
+            shutil.rmtree(root / f".{archive.folder}.unpacking", ignore_errors=True)
+    for archive in chosen:
+        if (root / archive.folder).exists() and not _is_unpacked(root, archive):
+            warnings.warn(f"{root / archive.folder}: already there but not unpacked from {archive.file} by this "
+                          "command (by hand?); left as it is. Delete it to have it downloaded and unpacked",
+                          stacklevel=2)
+    todo = [archive for archive in chosen if not (root / archive.folder).exists()]
+    _check_free_space(root, todo)
+    for archive in todo:
+        zip_path = root / archive.file
+        if not _is_verified(zip_path, archive.sha1, progress):
+            _fetch(f"{base_url}/{archive.file}", zip_path, retries=retries, backoff=backoff, timeout=timeout,
+                   progress=progress)
+            digest = _sha1_of(zip_path, progress)
+            if digest != archive.sha1:
+                bad = _set_aside(zip_path, digest)
+                raise DownloadError(
+                    f"{zip_path}: SHA-1 {digest} but {archive.sha1} expected: the download is corrupt or not this "
+                    f"archive; it was renamed {bad.name} and not unpacked. Run the download again (for a mirror "
+                    "that repacks the archive, give its SHA-1 with --sha1 NAME=HEX)"
+                )
+            _stamp_verified(zip_path, digest)
+        _unpack(zip_path, root, archive, progress=progress)
+    return [root / archive.folder for archive in chosen]
+
+
+@dataclass
+class DatasetCheck:
+    """What `check_dataset` found: the usable tracks and every file worth a look."""
+
+    root: Path
+    tracks: pd.DataFrame  # as load_tracks returns it
+    problems: pd.DataFrame  # indexed by track_id: path, problem, known (listed in FMA_BROKEN_TRACKS)
+
+    @property
+    def counts(self) -> pd.DataFrame:
+        """Usable tracks per genre (rows) and split (columns), with totals."""
+        table = pd.crosstab(self.tracks["genre"], self.tracks["split"], margins=True, margins_name="total")
+        return table.reindex(columns=[s for s in (*SPLITS, "total") if s in table.columns])
+
+    def summary(self) -> str:
+        """A few lines for a terminal: counts per split and genre, then the problems."""
+        lines = [f"{self.root}: {len(self.tracks)} tracks", self.counts.to_string()]
+        if self.problems.empty:
+            lines.append("no missing, unreadable or short audio file")
+        else:
+            known = int(self.problems["known"].sum())
+            lines.append(f"{len(self.problems)} file(s) missing, unreadable or much shorter than the clips "
+                         f"({known} of them known broken in FMA-small):")
+            lines += [f"  {path}: {problem}{' (known)' * known_}"
+                      for path, problem, known_ in self.problems.itertuples(index=False)]
+        return "\n".join(lines)
+
+
+def check_dataset(cfg: Config, shortest: float = 0.8) -> DatasetCheck:
+    """Check the dataset at cfg.data_root without decoding it, as `download` does after unpacking.
+
+    Parameters
+    ----------
+    cfg : Config
+        data_root, subset, genres and seed say which tracks (as `load_tracks` reads them);
+        clip_seconds how long the clips should be.
+    shortest : float
+        Files shorter than this share of cfg.clip_seconds are reported.
+
+    Returns
+    -------
+    DatasetCheck
+        The usable tracks, their counts per genre and split, and one row per file that is
+        missing, empty, has no readable audio header or is too short (headers are read with
+        `audio_info`: fast, even for all of FMA-small), marked `known` for the files of
+        FMA_BROKEN_TRACKS. The warnings of `load_tracks` are folded into it.
+
+    Raises
+    ------
+    DataError, ConfigError
+        As `load_tracks`: no dataset at cfg.data_root, unreadable metadata, no usable track.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the skipped tracks are reported below instead
+        tracks = load_tracks(cfg.data_root, cfg.subset, cfg.genres, seed=cfg.seed)
+    skipped = skipped_tracks(tracks)
+    problems = skipped.loc[skipped["reason"].str.startswith("audio file"), ["path", "reason"]]
+    problems = problems.rename(columns={"reason": "problem"})
+    info = audio_info(tracks["path"])
+    unreadable = info["error"] != ""
+    short = ~unreadable & (info["seconds"] < shortest * cfg.clip_seconds)
+    found = pd.DataFrame({
+        "path": tracks["path"],
+        "problem": np.where(unreadable, info["error"],
+                            [f"{s:.1f} s long, much shorter than {cfg.clip_seconds:g} s" for s in info["seconds"]]),
+    })[unreadable | short]
+    problems = pd.concat([problems, found]).sort_index()
+    problems["known"] = problems.index.isin(list(FMA_BROKEN_TRACKS))
+    return DatasetCheck(root=Path(cfg.data_root), tracks=tracks, problems=problems)
+
+
+def _chosen_archives(keys, sha1: dict[str, str]) -> list[FmaArchive]:
+    """The FmaArchive of each key, with SHA-1 overrides (by key or file name) applied."""
+    if isinstance(keys, str):
+        keys = [keys]
+    unknown = [key for key in keys if key not in FMA_ARCHIVES]
+    if unknown:
+        raise ConfigError(f"unknown FMA archive(s) {', '.join(unknown)}; choose among {', '.join(FMA_ARCHIVES)}")
+    names = {name: key for key, archive in FMA_ARCHIVES.items() for name in (key, archive.file)}
+    overrides = {}
+    for name, digest in sha1.items():
+        if name not in names:
+            raise ConfigError(f"--sha1 {name}=...: no such archive; use one of {', '.join(sorted(names))}")
+        if not re.fullmatch(r"[0-9a-fA-F]{40}", digest):
+            raise ConfigError(f"--sha1 {name}={digest}: a SHA-1 is 40 hexadecimal digits")
+        overrides[names[name]] = digest.lower()
+    return [dataclasses.replace(FMA_ARCHIVES[key], sha1=overrides.get(key, FMA_ARCHIVES[key].sha1))
+            for key in dict.fromkeys(keys)]
+
+
+def _is_unpacked(root: Path, archive: FmaArchive) -> bool:
+    """Whether `archive` was unpacked completely from a zip with its expected SHA-1."""
+    marker = root / archive.folder / _UNPACKED_MARKER
+    try:
+        return json.loads(marker.read_text()).get("sha1") == archive.sha1
+    except (OSError, ValueError):
+        return False
+
+
+def _is_verified(zip_path: Path, sha1: str, progress: bool = True) -> bool:
+    """Whether `zip_path` holds the archive of SHA-1 `sha1`: its stamp says so and it has not changed
+    since (size, modification time), or it is read again and matches. A zip that does not match is
+    renamed aside (with a warning) and False returned."""
+    if not zip_path.is_file():
+        return False
+    stat = zip_path.stat()
+    with contextlib.suppress(OSError, ValueError):
+        stamp = json.loads(_verified_stamp(zip_path).read_text())
+        if stamp == {"sha1": sha1, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}:
+            return True
+    digest = _sha1_of(zip_path, progress)  # downloaded by hand, changed, or the stamp was lost
+    if digest == sha1:
+        _stamp_verified(zip_path, digest)
+        return True
+    bad = _set_aside(zip_path, digest)
+    warnings.warn(f"{zip_path}: SHA-1 {digest} but {sha1} expected; renamed {bad.name}, downloading it again",
+                  stacklevel=3)
+    return False
+
+
+def _verified_stamp(zip_path: Path) -> Path:
+    """The file recording that `zip_path` was verified: its SHA-1, size and modification time."""
+    return zip_path.with_name(f"{zip_path.name}.verified.json")
+
+
+def _stamp_verified(zip_path: Path, digest: str) -> None:
+    """Record that `zip_path`, as it is now, has SHA-1 `digest`."""
+    stat = zip_path.stat()
+    _write_json(_verified_stamp(zip_path), {"sha1": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+
+
+def _set_aside(zip_path: Path, digest: str) -> Path:
+    """Rename a zip whose SHA-1 is wrong to `<name>.bad-<its sha1>`, so it is never used; returns the new path."""
+    bad = zip_path.with_name(f"{zip_path.name}.bad-{digest}")
+    os.replace(zip_path, bad)
+    _verified_stamp(zip_path).unlink(missing_ok=True)
+    return bad
+
+
+def _sha1_of(path: Path, progress: bool = True) -> str:
+    """SHA-1 (hex) of a file, read a chunk at a time."""
+    import hashlib
+
+    from tqdm import tqdm
+
+    digest = hashlib.sha1()
+    with open(path, "rb") as file, tqdm(total=path.stat().st_size, desc=f"checking {path.name}", unit="B",
+                                        unit_scale=True, unit_divisor=1024, disable=not progress) as bar:
+        while chunk := file.read(_CHUNK_BYTES):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def _check_free_space(root: Path, archives: list[FmaArchive]) -> None:
+    """Raise DownloadError unless the disk of `root` holds what is left to download and unpack."""
+    needed, parts = 0, []
+    for archive in archives:
+        zip_path, part = root / archive.file, root / f"{archive.file}.part"
+        to_fetch = 0 if zip_path.is_file() else max(archive.size - (part.stat().st_size if part.is_file() else 0), 0)
+        needed += to_fetch + archive.unpacked
+        parts.append(f"{archive.file}: {_size(to_fetch)} to download, {_size(archive.unpacked)} unpacked")
+    _require_space(root, needed, "; ".join(parts))
+
+
+def _require_space(root: Path, needed: int, what: str) -> None:
+    """Raise DownloadError when fewer than `needed` bytes are free on the disk of `root`."""
+    free = shutil.disk_usage(root).free
+    if free < needed:
+        raise DownloadError(f"{root}: not enough free disk space: {_size(needed)} needed ({what}), {_size(free)} free. "
+                            "Free some space or download into another folder (--data or GENRE_DATA)")
+
+
+def _size(n_bytes: int) -> str:
+    """Bytes for a message, in GiB or MiB."""
+    return f"{n_bytes / _GiB:.2f} GiB" if n_bytes >= _GiB / 10 else f"{n_bytes / _MiB:.1f} MiB"
+
+
+def _fetch(url: str, zip_path: Path, *, retries: int, backoff: float, timeout: float, progress: bool) -> None:
+    """Download `url` to `zip_path` through `<zip_path>.part`, resuming what is there.
+
+    pooch.retrieve would restart a cut 7 GB download from zero (and delete a file whose hash does
+    not match), so the transfer is done here with requests: HTTP Range requests to resume, bounded
+    retries with exponential back-off. Raises DownloadError.
+    """
+    import requests
+    import urllib3
+    from tqdm import tqdm
+
+    part = zip_path.with_name(zip_path.name + ".part")
+    failures = 0
+    with tqdm(desc=f"downloading {zip_path.name}", unit="B", unit_scale=True, unit_divisor=1024,
+              disable=not progress) as bar:
+        while True:
+            before = part.stat().st_size if part.is_file() else 0
+            try:
+                with _writing_to(zip_path.parent, DownloadError, "the data root (--data or GENRE_DATA)"):
+                    try:
+                        size, total = _fetch_once(url, part, timeout, bar)
+                    except (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError,
+                            TimeoutError) as exc:
+                        detail = str(exc.args[0] if exc.args and isinstance(exc.args[0], (str, Exception))
+                                     else exc).strip()  # the cause, without the tuples of urllib3's wrappers
+                        problem = detail.splitlines()[0] if detail else type(exc).__name__
+                        if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)) \
+                                or "timed out" in problem.lower():
+                            problem = f"no answer or no data for {timeout:g} s"
+                        raise _TransientHTTPError(problem) from None
+                if total is None or size >= total:
+                    break
+                raise _TransientHTTPError(f"connection closed after {size} of {total} bytes")
+            except _TransientHTTPError as exc:
+                kept = part.stat().st_size if part.is_file() else 0
+                failures = 1 if kept > before else failures + 1  # a try that brought data starts the count again
+                if failures > retries:
+                    raise DownloadError(
+                        f"{url}: download failed {failures} time(s) in a row, last: {exc}. Run it again later: "
+                        f"{part.name} keeps the {_size(kept)} received and the next run resumes from there"
+                    ) from None
+                time.sleep(backoff * 2 ** (failures - 1))
+    os.replace(part, zip_path)
+
+
+def _fetch_once(url: str, part: Path, timeout: float, bar) -> tuple[int, int | None]:
+    """One request for what `part` lacks, appended to it; returns (bytes in part, size of the whole
+    file or None if the server does not say). Raises DownloadError for a definite HTTP error,
+    _TransientHTTPError for one worth retrying, requests' and urllib3's errors for network trouble."""
+    import requests
+
+    offset = part.stat().st_size if part.is_file() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:
+        total = _response_total(response, offset)
+        if response.status_code == 416:  # nothing left to send: the part is complete, or longer than the file
+            if total == offset:
+                return offset, total
+            part.unlink()
+            raise _TransientHTTPError("the partial download was longer than the file; starting again")
+        if response.status_code in _HTTP_RETRIED:
+            raise _TransientHTTPError(f"HTTP {response.status_code} {response.reason}")
+        if response.status_code not in (200, 206):
+            raise DownloadError(
+                f"{url}: HTTP {response.status_code} {response.reason}; check the address (--base-url or "
+                f"{FMA_URL_VARIABLE}; the official one is {FMA_BASE_URL})"
+            )
+        if response.status_code == 200:  # the whole file (a server that ignores Range): start over
+            offset = 0
+        bar.reset(total=total)
+        bar.update(offset)
+        with open(part, "ab" if offset else "wb") as file:
+            while chunk := response.raw.read1(_CHUNK_BYTES):  # what has arrived: a cut loses nothing received
+                file.write(chunk)
+                bar.update(len(chunk))
+    return part.stat().st_size, total
+
+
+class _TransientHTTPError(Exception):
+    """A failed download attempt worth retrying: a server error or a connection cut short."""
+
+
+def _response_total(response, offset: int) -> int | None:
+    """Size of the whole file from a response's Content-Range or Content-Length, None if unknown."""
+    content_range = response.headers.get("Content-Range", "")
+    if match := re.fullmatch(r"bytes (?:\d+-\d+|\*)/(\d+)", content_range.strip()):
+        return int(match.group(1))
+    length = response.headers.get("Content-Length")
+    if length is None or not length.isdigit():
+        return None
+    return int(length) + (offset if response.status_code == 206 else 0)
+
+
+def _unpack(zip_path: Path, root: Path, archive: FmaArchive, progress: bool = True) -> None:
+    """Extract `zip_path`, which holds `archive.folder`, into `root` atomically: into a hidden
+    temporary folder, marked complete and renamed into place at the end."""
+    import zipfile
+
+    from tqdm import tqdm
+
+    temporary = root / f".{archive.folder}.unpacking"
+    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(zip_path) as zip_file:
+            members = zip_file.infolist()
+            outside = [m.filename for m in members if m.filename.split("/")[0] != archive.folder]
+            if outside:
+                raise DownloadError(f"{zip_path}: expected everything under {archive.folder}/, found "
+                                    f"{', '.join(outside[:3])}; is this the right archive?")
+            size = sum(m.file_size for m in members)
+            _require_space(root, size, f"unpacking {archive.file}")
+            with tqdm(total=size, desc=f"unpacking {archive.file}", unit="B", unit_scale=True, unit_divisor=1024,
+                      disable=not progress) as bar, \
+                    _writing_to(root, DownloadError, "the data root (--data or GENRE_DATA)"):
+                for member in members:
+                    zip_file.extract(member, temporary)
+                    bar.update(member.file_size)
+                _write_json(temporary / archive.folder / _UNPACKED_MARKER,
+                            {"archive": archive.file, "sha1": archive.sha1, "files": len(members), "bytes": size})
+                os.replace(temporary / archive.folder, root / archive.folder)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+        raise DownloadError(f"{zip_path}: cannot unpack ({_first_line(exc)}); delete it and run the download "
+                            "again") from None
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
 # ── Features: mel-spectrogram and CQT in a resumable on-disk cache, and the baseline's clip statistics ──
 
 @dataclass
@@ -764,7 +1206,9 @@ def extract_features(
     An unchanged dataset with unchanged settings reuses the finished cache without decoding anything.
     Work happens in `features-<key>.partial/`, renamed when complete; an interrupted run resumes from
     the rows already flushed there. Files that cannot be decoded, or give NaN/inf features, are
-    skipped, listed in Features.skipped and summed up in a warning when the extraction ends.
+    skipped, listed in Features.skipped and summed up in a warning when the extraction ends; their
+    rows are removed in place (no second copy of the cache on disk), and a run killed meanwhile
+    finishes that without decoding again.
 
     Parameters
     ----------
@@ -812,8 +1256,9 @@ def extract_features(
     partial = cache_dir / f"features-{key}.partial"
     with _writing_to(cache_dir, CacheError, "cfg.cache_dir"):
         mel, cqt_rows, done = _open_partial(partial, key, table, cfg)
-    todo = np.flatnonzero(done == 0)
-    skipped: list[tuple[int, str, str]] = []  # (row, path, reason)
+    journal = _compaction_journal(partial)  # a run killed while compacting: every file was tried
+    todo = np.flatnonzero(done == 0) if journal is None else np.empty(0, dtype=np.int64)
+    skipped: list[tuple[int, str, str]] = [] if journal is None else [tuple(item) for item in journal["skipped"]]
     unflushed: list[int] = []
 
     def flush() -> None:  # data first, then the flags that vouch for it
@@ -1054,7 +1499,7 @@ def _feature_results(jobs: list[tuple[int, str]], cfg: Config, workers: int, com
 
 def _finish_partial(partial: Path, final: Path, table: pd.DataFrame, done: np.ndarray,
                     skipped: list[tuple[int, str, str]], key: str, cfg: Config) -> None:
-    """Compact the successful rows, write index, stats and skip list, then rename to `final`."""
+    """Compact the successful rows in place, write index, stats and skip list, then rename to `final`."""
     ok_rows = np.flatnonzero(done == 1)
     skipped_table = pd.DataFrame([(path, reason) for _, path, reason in sorted(skipped)],
                                  columns=["path", "reason"])
@@ -1064,19 +1509,15 @@ def _finish_partial(partial: Path, final: Path, table: pd.DataFrame, done: np.nd
     index = table.iloc[ok_rows][["genre", "split", "label"]]
     if not (index["split"] == "training").any():
         raise DataError("every training file was skipped as unreadable: no normalization statistics")
-    # Everything is written beside the row files, which are only renamed or removed at the end:
+    # Everything is written beside the row files, which are only cut short and renamed at the end:
     # a failure (disk full) or kill before that leaves a partial folder that still resumes.
+    if len(ok_rows) < len(table):
+        _compact_rows(partial, ok_rows, skipped)
     stats = {}
-    training_rows = ok_rows[index["split"].to_numpy() == "training"]
+    training_rows = np.flatnonzero(index["split"].to_numpy() == "training")  # the successful rows come first now
     for name in ("mel", "cqt"):
         rows = np.load(partial / f"{name}.rows.npy", mmap_mode="r")
         stats[f"{name}_mean"], stats[f"{name}_std"] = _band_stats(rows, training_rows)
-        if len(ok_rows) < len(table):  # compact the successful rows into a new file
-            out = _new_memmap(partial / f"{name}.npy", (len(ok_rows), *rows.shape[1:]))
-            for start in range(0, len(ok_rows), 256):
-                out[start:start + 256] = rows[ok_rows[start:start + 256]]
-            out.flush()
-            del out
         del rows
     index.to_csv(partial / "index.csv")
     skipped_table.to_csv(partial / "skipped.csv", index=False)
@@ -1084,18 +1525,90 @@ def _finish_partial(partial: Path, final: Path, table: pd.DataFrame, done: np.nd
     info = _cache_info(key, cfg) | {"tracks": len(index), "skipped": len(skipped_table)}
     (partial / "config.json").write_text(json.dumps(info, indent=2))
     for name in ("mel", "cqt"):
-        rows_file = partial / f"{name}.rows.npy"
-        if len(ok_rows) == len(table):
-            os.replace(rows_file, partial / f"{name}.npy")
-        else:
-            rows_file.unlink()
+        _cut_rows(partial / f"{name}.rows.npy", len(ok_rows))
+        os.replace(partial / f"{name}.rows.npy", partial / f"{name}.npy")
     (partial / "done.npy").unlink()
+    (partial / _COMPACTION_JOURNAL).unlink(missing_ok=True)
     try:
         os.replace(partial, final)
     except OSError:  # another run finished the same cache first; keep its copy
         if not final.is_dir():
             raise
         shutil.rmtree(partial)
+
+
+_COMPACTION_JOURNAL = "compaction.json"  # in an unfinished cache: the skipped files and how far rows have moved
+
+
+def _compaction_journal(partial: Path) -> dict | None:
+    """The journal of a compaction that a killed run left unfinished in `partial`, else None."""
+    try:
+        return json.loads((partial / _COMPACTION_JOURNAL).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _compact_rows(partial: Path, ok_rows: np.ndarray, skipped: list[tuple[int, str, str]]) -> None:
+    """Move the successful rows of mel.rows.npy and cqt.rows.npy to the front, in order, in place:
+    no second copy of a multi-GB cache, no second allocation of its disk space.
+
+    A journal records the skipped files and, after every move, how far each file got, so a run
+    killed meanwhile resumes the moves instead of decoding again. A move takes no more rows than
+    the gap between its destinations and its sources, so its sources are never overwritten by
+    itself or an earlier move: a move repeated after a kill reads the same data.
+    """
+    from numpy.lib.format import open_memmap
+
+    journal_path = partial / _COMPACTION_JOURNAL
+    journal = _compaction_journal(partial) or {
+        "skipped": [[int(row), path, reason] for row, path, reason in skipped],
+        "moved": {"mel": 0, "cqt": 0},
+    }
+    _write_json(journal_path, journal)
+    in_place = np.flatnonzero(ok_rows != np.arange(len(ok_rows)))  # rows before the first skipped one stay
+    first_move = int(in_place[0]) if len(in_place) else len(ok_rows)
+    for name in ("mel", "cqt"):
+        rows = open_memmap(partial / f"{name}.rows.npy", mode="r+")
+        position = max(journal["moved"][name], first_move)
+        while position < len(ok_rows):
+            count = min(int(ok_rows[position]) - position, 256, len(ok_rows) - position)
+            rows[position:position + count] = rows[ok_rows[position:position + count]]
+            position += count
+            journal["moved"][name] = position
+            _write_json(journal_path, journal)
+        rows.flush()
+        del rows
+
+
+def _cut_rows(path: Path, n_rows: int) -> None:
+    """Keep the first `n_rows` rows of a .npy file in place: its header gets the new shape, padded to
+    its old length so the data stays where it is, and the file is truncated."""
+    from numpy.lib import format as npy
+
+    with open(path, "r+b") as file:
+        version = npy.read_magic(file)
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(file)
+        if shape[0] == n_rows:
+            return
+        data_start = file.tell()
+        header_start = len(npy.MAGIC_PREFIX) + 2 + (2 if version == (1, 0) else 4)  # magic, version, length
+        header = repr({"descr": npy.dtype_to_descr(dtype), "fortran_order": fortran_order,
+                       "shape": (n_rows, *shape[1:])}).encode("latin1")
+        file.seek(header_start)
+        file.write(header.ljust(data_start - header_start - 1) + b"\n")
+        file.truncate(data_start + n_rows * int(np.prod(shape[1:])) * dtype.itemsize)
+
+
+def band_means(features: np.ndarray, rows=None, chunk_rows: int = 256) -> np.ndarray:
+    """Each clip's mean over frames, per band: float32 (len(rows), bands) for `rows` (default all)
+    of a (clips, bands, frames) array such as Features.mel. Reads `chunk_rows` clips at a time, so
+    a memory map is never loaded whole (FMA-small's training mels are 4 GB as float32)."""
+    rows = np.arange(len(features)) if rows is None else np.asarray(rows)
+    means = np.empty((len(rows), features.shape[1]), dtype=np.float32)
+    for start in range(0, len(rows), chunk_rows):
+        means[start:start + chunk_rows] = features[rows[start:start + chunk_rows]].astype(np.float32).mean(axis=2)
+    return means
 
 
 def _band_stats(features: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -3130,6 +3643,7 @@ def export_report(notebooks_dir: str | os.PathLike = ROOT / "notebooks", out_dir
 
 DEMO_VERSION = 1  # bump when the synthesis changes, so old demo datasets are regenerated
 DEMO_MARKER = "demo.json"  # written last: the parameters of a complete demo dataset
+_DEMO_SECONDS_PER_WORKER = 200  # s of audio per extra worker process, by default (one starts in about 1 s)
 _DEMO_MP3 = dict(format="MP3", subtype="MPEG_LAYER_III", bitrate_mode="CONSTANT", compression_level=0.5)  # ~80 kb/s
 
 _SCALES = {  # semitones above the key's root
@@ -3224,6 +3738,7 @@ def make_demo_dataset(
     sr: int | None = None,
     seed: int | None = None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Write a miniature FMA of synthesized music at `root` (default `cfg.data_root`) and load it.
 
@@ -3234,10 +3749,12 @@ def make_demo_dataset(
     training clip is a deliberately truncated MP3, like the real set's broken files. Deterministic
     for a `seed` (cfg.seed). The set is built in a temporary folder renamed into place, so an
     interrupted run is redone; a complete set with the same parameters is not regenerated, one
-    with other parameters is replaced. Returns `load_tracks(root, "small", cfg.genres)`.
-    Raises DataError when `root` exists and is not a demo dataset (it is never overwritten).
+    with other parameters is replaced. `workers` processes synthesize the clips (default: every
+    available core, fewer for a small set); each clip has its own seeded generator, so the files
+    are byte for byte the same for any number of workers. Returns
+    `load_tracks(root, "small", cfg.genres)`. Raises DataError when `root` exists and is not a
+    demo dataset (it is never overwritten).
     """
-    import soundfile as sf
     from tqdm import tqdm
 
     cfg = cfg or get_config("demo")
@@ -3261,16 +3778,13 @@ def make_demo_dataset(
     metadata = _demo_metadata(params)
     small = metadata[metadata["set", "subset"] == "small"]
     broken_id = small.index[small["set", "split"] == "training"].min()
-    sr, n_samples = params["sample_rate"], int(round(params["sample_rate"] * params["seconds"]))
-    clips = tqdm(small.iterrows(), total=len(small), desc="demo clips", unit="clip", mininterval=1, disable=not progress)
-    for clip_number, (track_id, row) in enumerate(clips):
-        rng = np.random.default_rng([params["seed"], clip_number])
-        audio = synthesize_clip(row["track", "genre_top"], n_samples, sr, rng)
-        path = audio_path(partial, track_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(path, audio, sr, **_DEMO_MP3)
-        if track_id == broken_id:  # keep the first 64 bytes: a header and no complete frame
-            path.write_bytes(path.read_bytes()[:64])
+    jobs = [(str(audio_path(partial, track_id)), genre, clip_number, bool(track_id == broken_id))
+            for clip_number, (track_id, genre) in enumerate(small["track", "genre_top"].items())]
+    if workers is None:  # a worker process takes about a second to start: not worth it for a few clips
+        workers = min(_available_cores(), int(len(jobs) * params["seconds"] // _DEMO_SECONDS_PER_WORKER))
+    with tqdm(total=len(jobs), desc="demo clips", unit="clip", mininterval=1, disable=not progress) as bar:
+        for _ in _feature_results(list(enumerate(jobs)), params, max(1, workers), compute=_write_demo_clip):
+            bar.update()
     metadata.to_csv(_mkdir(partial / "fma_metadata") / "tracks.csv")
     (partial / DEMO_MARKER).write_text(json.dumps(params, indent=2) + "\n")
     if root.exists():
@@ -3278,6 +3792,22 @@ def make_demo_dataset(
     root.parent.mkdir(parents=True, exist_ok=True)
     os.replace(partial, root)
     return load_tracks(root, "small", cfg.genres)
+
+
+def _write_demo_clip(job: tuple[str, str, int, bool], params: dict) -> None:
+    """Synthesize one demo clip (path, genre, clip number, broken?) and write it as MP3; the
+    generator is seeded by the dataset's seed and the clip number only, so any process gives the
+    same file."""
+    import soundfile as sf
+
+    path, genre, clip_number, broken = job
+    sr = params["sample_rate"]
+    rng = np.random.default_rng([params["seed"], clip_number])
+    audio = synthesize_clip(genre, int(round(sr * params["seconds"])), sr, rng)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, audio, sr, **_DEMO_MP3)
+    if broken:  # keep the first 64 bytes: a header and no complete frame
+        Path(path).write_bytes(Path(path).read_bytes()[:64])
 
 
 def _demo_metadata(params: dict) -> pd.DataFrame:
@@ -3511,7 +4041,7 @@ def _karplus_strong(freq: float, n: int, sr: int, rng: np.random.Generator, loss
     return np.fft.irfft(burst * loop**periods, n=period).ravel()[:n]
 
 
-# ── Command line: python genre_utils.py demo-data | report | predict | musicnn-weights ──
+# ── Command line: python genre_utils.py download | demo-data | report | predict | musicnn-weights ──
 
 def main(argv: list[str] | None = None) -> int:
     """The command line: `python genre_utils.py [--profile P] [--data DIR] <command>`; returns the exit status."""
@@ -3524,6 +4054,18 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo-data", help="generate the demo dataset at the data root unless it is complete")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(run=_cli_demo_data)
+    download = commands.add_parser(
+        "download", help="download, verify and unpack FMA into the data root (default: the seed preset's, data/fma), "
+                         "then check it"
+    )
+    download.add_argument("archives", nargs="*", default=["metadata", "small"], metavar="ARCHIVE",
+                          help=f"any of {', '.join(FMA_ARCHIVES)} (default: metadata small)")
+    download.add_argument("--base-url", help=f"where the zips are (default: ${FMA_URL_VARIABLE}, else {FMA_BASE_URL})")
+    download.add_argument("--sha1", action="append", default=[], metavar="NAME=HEX",
+                          help="expected SHA-1 of an archive, e.g. fma_small.zip=<40 hex digits>, for a mirror that "
+                               "repacks (repeatable)")
+    download.add_argument("--quiet", action="store_true", help="no progress bars")
+    download.set_defaults(run=_cli_download, default_profile="seed")
     report = commands.add_parser("report", help="export the executed notebooks as one HTML page in report/")
     report.set_defaults(run=_cli_report)
     predict = commands.add_parser(
@@ -3540,7 +4082,7 @@ def main(argv: list[str] | None = None) -> int:
     weights.set_defaults(run=_cli_musicnn_weights)
     args = parser.parse_args(argv)
     try:
-        cfg = get_config(args.profile, args.data)
+        cfg = get_config(args.profile or getattr(args, "default_profile", None), args.data)
         return args.run(cfg, args) or 0
     except GenreError as exc:
         parser.exit(1, f"{parser.prog} {args.command}: error: {exc}\n")
@@ -3559,6 +4101,21 @@ def _cli_demo_data(cfg: Config, args) -> None:
         f"demo dataset at {cfg.data_root}: {len(tracks)} clips of {cfg.clip_seconds:g} s, "
         f"{tracks['genre'].nunique()} genres ({', '.join(f'{counts.get(s, 0)} {s}' for s in SPLITS)})"
     )
+
+
+def _cli_download(cfg: Config, args) -> None:
+    """`download`: fetch, verify and unpack FMA archives, then say what the dataset holds."""
+    sha1 = {}
+    for item in args.sha1:
+        name, equals, digest = item.partition("=")
+        if not equals:
+            raise ConfigError(f"--sha1 {item}: expected NAME=HEX, e.g. fma_small.zip=<40 hexadecimal digits>")
+        sha1[name] = digest
+    folders = download_fma(cfg.data_root, args.archives, base_url=args.base_url, sha1=sha1, progress=not args.quiet)
+    print(f"unpacked in {cfg.data_root}: {', '.join(folder.name + '/' for folder in folders)}")
+    audio = [key for key in args.archives if key != "metadata"]
+    if audio and (cfg.data_root / "fma_metadata" / "tracks.csv").is_file():
+        print(check_dataset(cfg.replace(subset=audio[-1])).summary())
 
 
 def _cli_musicnn_weights(cfg: Config, args) -> None:

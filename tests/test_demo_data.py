@@ -71,6 +71,14 @@ def test_demo_is_deterministic_and_seeded(tmp_path):
     assert list(first.index) != list(other.index)
 
 
+def test_demo_clips_are_the_same_bytes_from_any_number_of_worker_processes(tmp_path):
+    cfg = gu.get_config("demo", genres=("Rock",))
+    params = dict(SMALL, clips_per_genre=2, seconds=0.25)
+    serial = gu.make_demo_dataset(tmp_path / "serial", cfg, workers=1, **params)
+    parallel = gu.make_demo_dataset(tmp_path / "parallel", cfg, workers=2, **params)
+    assert [Path(p).read_bytes() for p in serial["path"]] == [Path(p).read_bytes() for p in parallel["path"]]
+
+
 def test_demo_redoes_an_interrupted_run_and_replaces_other_parameters(tmp_path):
     cfg = gu.get_config("demo", genres=("Pop",))
     root = tmp_path / "demo"

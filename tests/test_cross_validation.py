@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from test_training import TINY, fake_features
 
 import genre_utils as gu
+from test_training import TINY, fake_features
 
 
 def genre_labels(counts: dict[str, int], first_id: int = 10) -> pd.Series:

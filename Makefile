@@ -26,8 +26,8 @@ demo: data  ## execute every notebook in order, in place; writes figures/
 			--ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.record_timing=False "$$nb" || exit 1; \
 	done
 
-test: data  ## unit tests, then the notebooks re-executed and compared by nbval
-	$(BIN)/python -m pytest tests/
+test: data  ## unit tests and the module's doctests, then the notebooks re-executed and compared by nbval
+	$(BIN)/python -m pytest tests/ --doctest-modules genre_utils.py
 	$(BIN)/python -m pytest --nbval notebooks/
 
 report: setup  ## the executed notebooks as one browsable HTML report in report/

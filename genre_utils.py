@@ -1,7 +1,44 @@
 """Music-genre classification with a three-branch CNN on mel-spectrograms and CQTs.
 
-The shared code of the genre-cnn notebooks, in the order data flows:
-config -> data -> demo data -> features -> model -> training -> evaluation -> plots -> command line.
+The shared code of the genre-cnn notebooks. Its sections, in the order data flows, with their public
+names (`__all__` lists the same names in the same order; everything else starts with `_`):
+
+Config and errors: every knob in one dataclass, its presets, and every error class
+    ROOT, GENRES, BRANCHES, SPLITS, GenreError, ConfigError, DataError, AudioError, CacheError,
+    Config, PRESETS, get_config
+Shared helpers: quiet imports, atomic writes and output-folder errors, used by several sections
+    import_keras
+Data: track tables for the FMA and folder-per-genre layouts, and audio loading
+    AUDIO_EXTENSIONS, load_audio, FMA_SUBSETS, FMA_REQUIRED_COLUMNS, SPLIT_FRACTIONS, audio_path,
+    read_fma_tracks, load_tracks, skipped_tracks, audio_info, stratified_split
+Features: mel-spectrogram and CQT in a resumable on-disk cache, and the baseline's clip statistics
+    Features, FEATURES_FORMAT, TOP_DB, FEATURE_SETTINGS, mel_spectrogram, cqt, features_key,
+    extract_features, open_features, BASELINE_MFCCS, CLIP_STATISTICS_FORMAT, clip_statistics,
+    extract_clip_statistics
+Model: the report's three-branch CNN in backend-neutral Keras 3, and the classical baseline's classifier
+    MODEL_BLOCKS, BRANCH_INPUTS, build_model, model_table, branch_parameters, BASELINE_KINDS,
+    baseline_classifier
+Devices and batches: where Keras runs, and normalised batches of whole clips or excerpts
+    gpu_devices, configure_devices, describe_devices, TRAIN_MODES, EXCERPT_HOP, chunk_frames,
+    excerpt_starts, feature_batches
+Training: Keras fit with checkpoints, logs and resume, one folder per run, read back by load_run
+    RUN_FILES, train, load_run, load_run_stats
+Prediction: genre probabilities of cached clips and of audio files of any length
+    predict_proba, predict_file
+Evaluation: accuracy, per-genre scores, confusion matrix and the comparison with the report
+    REPORT_VAL_ACCURACY, REPORT_VAL_CLIPS, Scores, classification_scores, evaluate,
+    most_confused_pairs, describe_dataset, compare_with_report
+Experiments: one results row per CNN variant or classical baseline, reusing finished runs
+    EXPERIMENT_COLUMNS, cnn_experiment, baseline_experiment
+Plots: one style and one export helper for every figure
+    FIGURE_DPI, set_plot_style, save_figure, plot_learning_curves, plot_confusion_matrix,
+    plot_genre_scores, plot_comparison, plot_prediction_timeline
+Report: the executed notebooks as one browsable HTML page
+    export_report
+Demo data: a miniature FMA of procedurally synthesized music, self-contained
+    DEMO_VERSION, DEMO_MARKER, make_demo_dataset, synthesize_clip
+Command line: python genre_utils.py demo-data | report | predict
+    main
 
 Heavy frameworks (Keras and its backend, matplotlib) are imported inside the functions that
 need them, so that loading metadata or extracting features in worker processes stays fast.
@@ -29,13 +66,54 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parent
-
 # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) would fill every notebook output;
 # set TF_CPP_MIN_LOG_LEVEL yourself to see it
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-# ── Config: every knob in one dataclass, with the report's settings and a small demo preset ──
+
+__all__ = [
+    # Config and errors
+    "ROOT", "GENRES", "BRANCHES", "SPLITS", "GenreError", "ConfigError", "DataError", "AudioError",
+    "CacheError", "Config", "PRESETS", "get_config",
+    # Shared helpers
+    "import_keras",
+    # Data
+    "AUDIO_EXTENSIONS", "load_audio", "FMA_SUBSETS", "FMA_REQUIRED_COLUMNS", "SPLIT_FRACTIONS", "audio_path",
+    "read_fma_tracks", "load_tracks", "skipped_tracks", "audio_info", "stratified_split",
+    # Features
+    "Features", "FEATURES_FORMAT", "TOP_DB", "FEATURE_SETTINGS", "mel_spectrogram", "cqt", "features_key",
+    "extract_features", "open_features", "BASELINE_MFCCS", "CLIP_STATISTICS_FORMAT", "clip_statistics",
+    "extract_clip_statistics",
+    # Model
+    "MODEL_BLOCKS", "BRANCH_INPUTS", "build_model", "model_table", "branch_parameters", "BASELINE_KINDS",
+    "baseline_classifier",
+    # Devices and batches
+    "gpu_devices", "configure_devices", "describe_devices", "TRAIN_MODES", "EXCERPT_HOP", "chunk_frames",
+    "excerpt_starts", "feature_batches",
+    # Training
+    "RUN_FILES", "train", "load_run", "load_run_stats",
+    # Prediction
+    "predict_proba", "predict_file",
+    # Evaluation
+    "REPORT_VAL_ACCURACY", "REPORT_VAL_CLIPS", "Scores", "classification_scores", "evaluate",
+    "most_confused_pairs", "describe_dataset", "compare_with_report",
+    # Experiments
+    "EXPERIMENT_COLUMNS", "cnn_experiment", "baseline_experiment",
+    # Plots
+    "FIGURE_DPI", "set_plot_style", "save_figure", "plot_learning_curves", "plot_confusion_matrix",
+    "plot_genre_scores", "plot_comparison", "plot_prediction_timeline",
+    # Report
+    "export_report",
+    # Demo data
+    "DEMO_VERSION", "DEMO_MARKER", "make_demo_dataset", "synthesize_clip",
+    # Command line
+    "main",
+]
+
+
+# ── Config and errors: every knob in one dataclass, its presets, and every error class ──
+
+ROOT = Path(__file__).resolve().parent
 
 GENRES = ("Hip-Hop", "Pop", "Folk", "Rock", "Experimental", "International", "Electronic", "Instrumental")
 BRANCHES = ("mel_vertical", "mel_horizontal", "cqt")
@@ -56,6 +134,10 @@ class DataError(GenreError):
 
 class AudioError(GenreError):
     """An audio file that cannot be decoded: empty, truncated, not audio."""
+
+
+class CacheError(GenreError):
+    """A feature cache folder that is missing, unfinished or does not match this code."""
 
 
 @dataclass(frozen=True)
@@ -153,18 +235,111 @@ def get_config(profile: str | None = None, data_root: str | os.PathLike | None =
     return cfg.replace(**changes)
 
 
+# ── Shared helpers: quiet imports, atomic writes and output-folder errors, used by several sections ──
+
+def import_keras():
+    """Keras, imported with its backend's C++ start-up messages muted: TensorFlow prints some
+    (CUDA probing, oneDNN notices) before its logging is configured, whatever TF_CPP_MIN_LOG_LEVEL
+    says, and they would fill notebook outputs with timestamps."""
+    with _silenced_stderr():
+        import keras
+    return keras
+
+
+@contextlib.contextmanager
+def _silenced_stderr():
+    """Discard what C libraries write straight to file descriptor 2 while the block runs."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "wb") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path):
+    """A temporary file next to `path`, renamed onto it when the block succeeds and removed when it
+    fails: readers, and a later run after a kill, never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, content: dict) -> None:
+    """Write JSON atomically: a killed process never leaves half a file."""
+    with _atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(content, indent=2, default=str) + "\n")
+
+
+def _mkdir(path: Path) -> Path:
+    """`path`, created with its parents if needed."""
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+_WRITE_PROBLEMS = {  # errno -> what it means for an output folder
+    errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+    errno.ENOTDIR: "a file is in the way: part of the path is not a folder",
+    errno.EEXIST: "a file is in the way: part of the path is not a folder",
+}
+
+
+@contextlib.contextmanager
+def _writing_to(folder: Path, error: type[GenreError], setting: str):
+    """Turn an OSError raised while writing under `folder` into `error` naming the folder, the
+    reason and the fix (free space, or point `setting` elsewhere)."""
+    try:
+        yield
+    except OSError as exc:
+        reason = _WRITE_PROBLEMS.get(exc.errno, exc.strerror or type(exc).__name__)
+        file = f" (writing {exc.filename})" if exc.filename else ""
+        raise error(f"{folder}: cannot write there: {reason}{file}. Free some space or make the folder "
+                    f"writable, or set {setting} to another folder; finished results are untouched") from None
+
+
 # ── Data: track tables for the FMA and folder-per-genre layouts, and audio loading ──
 
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".au", ".flac", ".ogg")
 
 
 def load_audio(path: str | os.PathLike, sr: int, duration: float | None) -> np.ndarray:
-    """Decode a file to mono float32 at `sr` Hz, exactly `round(sr * duration)` samples long.
+    """Decode an audio file to mono float32 samples at `sr` Hz.
 
-    Longer audio is cropped to its first `duration` seconds; shorter audio is zero-padded at the
-    end; duration=None decodes the whole file at its own length. Raises AudioError naming the file
-    when it is missing, empty, has no audio header (e.g. a text file named .au, which libsndfile
-    would otherwise read as raw samples), is not decodable, or decoding yielded no samples.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Audio file in a format soundfile or, failing that, audioread can decode (WAV, FLAC, OGG, MP3 ...).
+    sr : int
+        Sample rate of the result, Hz; the audio is resampled (soxr_hq) from its own rate.
+    duration : float or None
+        Seconds to return: longer audio is cropped to its first `duration` seconds, shorter audio is
+        zero-padded at the end. None decodes the whole file at its own length.
+
+    Returns
+    -------
+    np.ndarray [shape=(round(sr * duration),), or (samples,) for duration=None; dtype=float32]
+        Mono samples (the channels' mean), all finite.
+
+    Raises
+    ------
+    AudioError
+        Naming the file when it is missing, empty, has no audio header (e.g. a text file named .au,
+        which libsndfile would otherwise read as raw samples), cannot be decoded, or decoding yields no
+        samples or NaN/infinite ones.
     """
     import librosa
     import soundfile as sf
@@ -207,7 +382,13 @@ SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # training, validation, test shares of the fo
 
 
 def audio_path(root: str | os.PathLike, track_id: int, subset: str = "small") -> Path:
-    """Where FMA keeps a clip: `<root>/fma_<subset>/000/000002.mp3` for track 2 (FMA's get_audio_path)."""
+    """Where FMA keeps a clip: `<root>/fma_<subset>/000/000002.mp3` for track 2 (FMA's get_audio_path).
+
+    >>> audio_path("data/fma", 2).as_posix()
+    'data/fma/fma_small/000/000002.mp3'
+    >>> audio_path("data/fma", 155066, subset="large").as_posix()
+    'data/fma/fma_large/155/155066.mp3'
+    """
     tid = f"{int(track_id):06d}"
     return Path(root) / f"fma_{subset}" / tid[:3] / f"{tid}.mp3"
 
@@ -243,20 +424,49 @@ def read_fma_tracks(path: str | os.PathLike) -> pd.DataFrame:
 def load_tracks(root: str | os.PathLike, subset: str = "small", genres=GENRES, *, seed: int = 42) -> pd.DataFrame:
     """The tracks of a dataset: one row per clip, indexed by track_id.
 
-    Columns: genre (one of `genres`), split (training/validation/test), title, artist (missing
-    values where the layout has none) and path (absolute path of the audio file, str).
     Two layouts are read:
+
     - FMA: `root/fma_metadata/tracks.csv` and `root/fma_<subset>/000/000002.mp3`; the tracks of
-      `subset` (and the smaller subsets it contains) with FMA's official split;
+      `subset` (and of the smaller subsets it contains) with FMA's official split;
     - one folder per genre, `root/<genre>/*.mp3|wav|au|flac|ogg` (as GTZAN); folder names match
-      `genres` ignoring case and punctuation ("hiphop" is "Hip-Hop"); track ids number the files
-      in sorted order; a stratified 80/10/10 split, the same for the same files and `seed`.
+      `genres` ignoring case and punctuation ("hiphop" is "Hip-Hop"); track ids number the files in
+      sorted order; a stratified 80/10/10 split (`stratified_split`), the same for the same files and
+      `seed`.
+
     Tracks whose genre is not in `genres`, whose split is not a known one, or whose audio file is
-    missing or empty (0 bytes) are dropped: a warning sums them up and
-    `skipped_tracks(tracks)` lists them (track_id, path, reason). Files that exist but cannot be
-    decoded are only found when decoded (`load_audio` raises AudioError).
-    Raises DataError for a missing root, an unrecognised layout, unreadable metadata or when no
-    track is left; ConfigError for an unknown FMA subset.
+    missing or empty (0 bytes) are dropped: a warning sums them up and `skipped_tracks(tracks)` lists
+    them (track_id, path, reason). Files that exist but cannot be decoded are only found when decoded
+    (`load_audio` raises AudioError).
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        The dataset folder (`~` is expanded).
+    subset : str
+        FMA subset, one of FMA_SUBSETS; the folder-per-genre layout ignores it.
+    genres : sequence of str
+        Genres kept, default GENRES (FMA-small's eight).
+    seed : int
+        Seed of the folder-per-genre layout's split.
+
+    Returns
+    -------
+    pd.DataFrame
+        Indexed by track_id; columns genre (one of `genres`), split (training/validation/test), title,
+        artist (missing values where the layout has none) and path (absolute path of the audio file,
+        str).
+
+    Raises
+    ------
+    DataError
+        For a missing root, an unrecognised layout, unreadable metadata, or when no track is left.
+    ConfigError
+        For an unknown FMA subset.
+
+    References
+    ----------
+    M. Defferrard, K. Benzi, P. Vandergheynst and X. Bresson, "FMA: A Dataset for Music Analysis",
+    ISMIR 2017 (the FMA layout, metadata and split).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -315,38 +525,6 @@ def audio_info(paths) -> pd.DataFrame:
     table = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
     table.index.name = paths.index.name
     return table.astype({"sample_rate": "Int64", "channels": "Int64", "seconds": float})
-
-
-@contextlib.contextmanager
-def _silenced_stderr():
-    """Discard what C libraries write straight to file descriptor 2 while the block runs."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(os.devnull, "wb") as devnull:
-        os.dup2(devnull.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path):
-    """A temporary file next to `path`, renamed onto it when the block succeeds and removed when it
-    fails: readers, and a later run after a kill, never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, or its type when it has none."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _fma_tracks(root: Path, subset: str) -> pd.DataFrame:
@@ -423,6 +601,15 @@ def stratified_split(labels, fractions=SPLIT_FRACTIONS, seed: int = 42) -> np.nd
     `labels`: one label per item (any sequence). Within each label the items are shuffled with a
     generator seeded by `seed` and the label's name, then cut at the rounded fractions (validation
     and test get `round(n * fraction)` items each). Same labels and seed, same split.
+
+    >>> labels = ["Rock"] * 10 + ["Pop"] * 20
+    >>> splits = stratified_split(labels)
+    >>> [int((splits[:10] == split).sum()) for split in SPLITS]  # the ten Rock items
+    [8, 1, 1]
+    >>> [int((splits[10:] == split).sum()) for split in SPLITS]  # the twenty Pop items
+    [16, 2, 2]
+    >>> bool((stratified_split(labels) == splits).all())
+    True
     """
     labels = np.asarray(labels, dtype=object)
     splits = np.empty(len(labels), dtype=object)
@@ -472,398 +659,7 @@ def _drop_unusable(tracks: pd.DataFrame, root: Path, genres) -> pd.DataFrame:
     return kept
 
 
-# ── Demo data: a miniature FMA of procedurally synthesized music ──
-
-DEMO_VERSION = 1  # bump when the synthesis changes, so old demo datasets are regenerated
-DEMO_MARKER = "demo.json"  # written last: the parameters of a complete demo dataset
-DEMO_MP3 = dict(format="MP3", subtype="MPEG_LAYER_III", bitrate_mode="CONSTANT", compression_level=0.5)  # ~80 kb/s
-
-SCALES = {  # semitones above the key's root
-    "major": (0, 2, 4, 5, 7, 9, 11),
-    "minor": (0, 2, 3, 5, 7, 8, 10),
-    "dorian": (0, 2, 3, 5, 7, 9, 10),
-    "mixolydian": (0, 2, 4, 5, 7, 9, 10),
-    "pentatonic": (0, 2, 4, 7, 9),
-    "hijaz": (0, 1, 4, 5, 7, 8, 10),  # maqam Hijaz
-    "bhairav": (0, 1, 4, 5, 7, 8, 11),  # raga Bhairav
-    "pelog": (0, 1, 3, 7, 8),  # Javanese gamelan
-    "whole_tone": (0, 2, 4, 6, 8, 10),
-    "chromatic": tuple(range(12)),
-}
-PROGRESSIONS = {  # chord roots as scale degrees, one chord per bar; None = a random degree each bar
-    "pop": ((0, 4, 5, 3), (5, 3, 0, 4), (0, 5, 3, 4), (0, 3, 4, 4)),
-    "minor": ((0, 5, 2, 6), (0, 3, 4, 0), (0, 6, 5, 6), (0, 0, 3, 3)),
-    "static": ((0, 0, 0, 0), (0, 1, 0, -1)),
-    "random": (None,),
-}
-DRUM_PATTERNS = {  # 16 steps per bar; x = hit; "?" = hit with probability 1/2
-    "rock": {"kick": "x.......x.x.....", "snare": "....x.......x...", "hat": "x.x.x.x.x.x.x.x."},
-    "pop": {"kick": "x.....x...x.....", "clap": "....x.......x...", "hat": "x.x.x.x.x.x.x.x."},
-    "boom_bap": {"kick": "x.........x..?..", "snare": "....x.......x...", "hat": "x.x.x.x.x.x.x.x?"},
-    "trap": {"kick": "x......x..x.....", "clap": "........x.......", "hat": "xxxxxxx?xxxxx?xx"},
-    "four_floor": {"kick": "x...x...x...x...", "clap": "....x.......x...", "open_hat": "..x...x...x...x."},
-    "breakbeat": {"kick": "x.........x.....", "snare": "....x..?.?..x...", "hat": "x.x.x.x.x.x.x.x."},
-    "world": {"tom_low": "x..x..x...x..x..", "tom_high": "..x..x..x?x..x.x", "shaker": "xxxxxxxxxxxxxxxx"},
-    "brushes": {"kick": "x.......x.......", "shaker": "x.?.x.?.x.?.x.?."},
-    "glitch": {"kick": "????????????????", "hat": "????????????????", "tom_high": "??..??..??..??.."},
-}
-# One recipe per genre; each clip draws every trait at random from its ranges/choices, and borrows
-# each trait group from another genre with probability DEMO_CROSSOVER, so genres overlap.
-# tempo: BPM; drums: pattern or None; swing: delay of every second 16th (fraction of a 16th);
-# bass/chords/lead: (voice, rhythm) or None; drive: guitar distortion; lowpass: master cutoff (Hz);
-# reverb: decay (s); texture: background noise (kind, level range).
-DEMO_GENRE_RECIPES = {
-    "Hip-Hop": dict(tempo=(75, 98), drums=("boom_bap", "trap"), swing=(0.1, 0.35), scales=("minor", "dorian"),
-                    progressions=("minor", "static"), bass=(("sub", "kick"),),
-                    chords=(("piano", "stabs"), ("fm", "stabs"), ("pad", "sustain")), lead=(None, ("flute", 2)),
-                    drive=(0, 0.2), lowpass=(2500, 6000), reverb=(0.1, 0.4), texture=("vinyl", (0.01, 0.04))),
-    "Pop": dict(tempo=(100, 128), drums=("pop", "four_floor"), swing=(0, 0.05), scales=("major",),
-                progressions=("pop",), bass=(("pluck", "eighths"), ("saw", "root")),
-                chords=(("piano", "strum"), ("pad", "sustain"), ("fm", "stabs")), lead=(("fm", 4), ("saw", 4)),
-                drive=(0, 0.1), lowpass=(8000, 11000), reverb=(0.3, 0.8), texture=(None, (0, 0))),
-    "Folk": dict(tempo=(85, 125), drums=(None, None, "brushes"), swing=(0, 0.15), scales=("major", "mixolydian"),
-                 progressions=("pop", "static"), bass=(None, ("pluck", "root")),
-                 chords=(("pluck", "strum"), ("pluck", "arpeggio")), lead=(None, ("flute", 2), ("pluck", 4)),
-                 drive=(0, 0), lowpass=(6000, 10000), reverb=(0.2, 0.6), texture=(None, (0, 0))),
-    "Rock": dict(tempo=(110, 165), drums=("rock", "rock", "breakbeat"), swing=(0, 0.05),
-                 scales=("minor", "mixolydian", "pentatonic"), progressions=("minor", "pop"),
-                 bass=(("saw", "eighths"),), chords=(("guitar", "power"),), lead=(None, ("guitar", 4)),
-                 drive=(0.5, 1.0), lowpass=(5000, 9000), reverb=(0.2, 0.5), texture=(None, (0, 0))),
-    "Experimental": dict(tempo=(60, 160), drums=(None, "glitch", "glitch"), swing=(0, 0.5),
-                         scales=("chromatic", "whole_tone"), progressions=("random",),
-                         bass=(None, ("sub", "root")), chords=(None, ("bell", "sustain"), ("pad", "sustain")),
-                         lead=(("bell", 3), ("fm", 6)), drive=(0, 0.6), lowpass=(3000, 11000),
-                         reverb=(0.8, 2.0), texture=("wind", (0.05, 0.2))),
-    "International": dict(tempo=(90, 135), drums=("world", "world", None), swing=(0, 0.2),
-                          scales=("hijaz", "bhairav", "pelog", "pentatonic"), progressions=("static",),
-                          bass=(("drone", "drone"),), chords=(None, ("pluck", "arpeggio")),
-                          lead=(("sitar", 4), ("flute", 3)), drive=(0, 0.1), lowpass=(6000, 10000),
-                          reverb=(0.3, 0.8), texture=(None, (0, 0))),
-    "Electronic": dict(tempo=(118, 138), drums=("four_floor", "breakbeat"), swing=(0, 0.1),
-                       scales=("minor", "dorian"), progressions=("minor", "static"),
-                       bass=(("saw", "offbeat"), ("sub", "kick")), chords=(("pad", "sustain"), ("saw", "stabs")),
-                       lead=(("saw", 8), ("fm", 8)), drive=(0, 0.3), lowpass=(7000, 11000),
-                       reverb=(0.3, 0.9), texture=(None, (0, 0))),
-    "Instrumental": dict(tempo=(60, 95), drums=(None, None, "brushes"), swing=(0, 0.1),
-                         scales=("major", "minor", "dorian"), progressions=("pop", "minor"),
-                         bass=(None, ("piano", "walking")), chords=(("piano", "arpeggio"), ("pad", "sustain")),
-                         lead=(("piano", 3), ("flute", 2)), drive=(0, 0), lowpass=(5000, 10000),
-                         reverb=(0.8, 1.8), texture=(None, (0, 0))),
-}
-DEMO_CROSSOVER = 0.2  # probability that a clip borrows a trait group from another genre, per group
-DEMO_TRAIT_GROUPS = (("tempo", "swing"), ("drums",), ("scales", "progressions"), ("bass", "chords"), ("lead",),
-                     ("drive", "lowpass", "reverb", "texture"))
-# FMA's own genre ids, and two genres of FMA-medium whose tracks the demo lists without audio
-FMA_GENRE_IDS = {"Hip-Hop": 21, "Pop": 10, "Folk": 17, "Rock": 12, "Experimental": 38, "International": 2,
-                 "Electronic": 15, "Instrumental": 1235, "Blues": 3, "Classical": 5}
-_WORDS = ("Amber Blue Broken Copper Crystal Distant Electric Golden Hollow Lonely Midnight Northern Paper "
-          "Quiet Silver Velvet").split(), ("Anchor Bridge Engine Garden Harbor Lantern Machine Meadow Mirror "
-                                          "Orchard River Signal Static Tide Window Winter").split()
-
-
-def make_demo_dataset(
-    root: str | os.PathLike | None = None,
-    cfg: Config | None = None,
-    *,
-    clips_per_genre: int | None = None,
-    seconds: float | None = None,
-    sr: int | None = None,
-    seed: int | None = None,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Write a miniature FMA of synthesized music at `root` (default `cfg.data_root`) and load it.
-
-    Layout and metadata as the real download: `fma_metadata/tracks.csv` (two-level header; the
-    small-subset clips plus a few FMA-medium tracks without audio) and `fma_small/XXX/XXXXXX.mp3`.
-    `clips_per_genre` clips (default cfg.demo_clips_per_genre) of each genre in `cfg.genres`, each
-    `seconds` long (cfg.clip_seconds) at `sr` Hz (cfg.sample_rate), split 80/10/10 per genre; one
-    training clip is a deliberately truncated MP3, like the real set's broken files. Deterministic
-    for a `seed` (cfg.seed). The set is built in a temporary folder renamed into place, so an
-    interrupted run is redone; a complete set with the same parameters is not regenerated, one
-    with other parameters is replaced. Returns `load_tracks(root, "small", cfg.genres)`.
-    Raises DataError when `root` exists and is not a demo dataset (it is never overwritten).
-    """
-    import soundfile as sf
-    from tqdm import tqdm
-
-    cfg = cfg or get_config("demo")
-    root = Path(root or cfg.data_root).expanduser().resolve()
-    params = dict(
-        version=DEMO_VERSION,
-        clips_per_genre=int(clips_per_genre or cfg.demo_clips_per_genre),
-        seconds=float(seconds or cfg.clip_seconds),
-        sample_rate=int(sr or cfg.sample_rate),
-        seed=int(cfg.seed if seed is None else seed),
-        genres=list(cfg.genres),
-    )
-    marker = root / DEMO_MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == params:
-        return load_tracks(root, "small", cfg.genres)
-    if root.is_dir() and any(root.iterdir()) and not marker.is_file():
-        raise DataError(f"{root}: exists and is not a demo dataset; not overwriting it (choose an empty folder)")
-
-    partial = root.with_name(f".{root.name}.partial")  # leftovers of an interrupted run are discarded
-    shutil.rmtree(partial, ignore_errors=True)
-    metadata = _demo_metadata(params)
-    small = metadata[metadata["set", "subset"] == "small"]
-    broken_id = small.index[small["set", "split"] == "training"].min()
-    sr, n_samples = params["sample_rate"], int(round(params["sample_rate"] * params["seconds"]))
-    clips = tqdm(small.iterrows(), total=len(small), desc="demo clips", unit="clip", mininterval=1, disable=not progress)
-    for clip_number, (track_id, row) in enumerate(clips):
-        rng = np.random.default_rng([params["seed"], clip_number])
-        audio = synthesize_clip(row["track", "genre_top"], n_samples, sr, rng)
-        path = audio_path(partial, track_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(path, audio, sr, **DEMO_MP3)
-        if track_id == broken_id:  # keep the first 64 bytes: a header and no complete frame
-            path.write_bytes(path.read_bytes()[:64])
-    metadata.to_csv(_mkdir(partial / "fma_metadata") / "tracks.csv")
-    (partial / DEMO_MARKER).write_text(json.dumps(params, indent=2) + "\n")
-    if root.exists():
-        shutil.rmtree(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(partial, root)
-    return load_tracks(root, "small", cfg.genres)
-
-
-def _mkdir(path: Path) -> Path:
-    """`path`, created with its parents if needed."""
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _demo_metadata(params: dict) -> pd.DataFrame:
-    """The demo's tracks.csv: FMA's two-level columns, small clips plus FMA-medium tracks without audio."""
-    rng = np.random.default_rng([params["seed"], 2017])
-    genres, per_genre = params["genres"], params["clips_per_genre"]
-    extra = ["Blues", "Classical", *genres[:2]]  # FMA-medium only: load_tracks(subset="small") skips them
-    genre = np.array([g for g in genres for _ in range(per_genre)] + [g for g in extra for _ in range(2)], dtype=object)
-    subset = np.array(["small"] * (len(genres) * per_genre) + ["medium"] * (2 * len(extra)), dtype=object)
-    order = rng.permutation(len(genre))  # genres interleaved along the track ids, as in FMA
-    genre, subset = genre[order], subset[order]
-    n = len(genre)
-    track_ids = np.sort(rng.choice(np.arange(2, 156_000), size=n, replace=False))
-    split = stratified_split([f"{g}/{s}" for g, s in zip(genre, subset)], seed=params["seed"])
-    artist_numbers = rng.integers(0, len(_WORDS[0]), size=n)
-    columns = {
-        ("album", "id"): rng.integers(1, 22_000, size=n),
-        ("album", "title"): [f"{rng.choice(_WORDS[0])} {rng.choice(_WORDS[1])}s" for _ in range(n)],
-        ("artist", "id"): artist_numbers + 100 * np.array([FMA_GENRE_IDS.get(g, 0) for g in genre]),
-        ("artist", "name"): [f"The {_WORDS[0][a]} {g.replace('-', ' ')} Ensemble" for a, g in zip(artist_numbers, genre)],
-        ("set", "split"): split,
-        ("set", "subset"): subset,
-        ("track", "bit_rate"): 80_000,
-        ("track", "date_created"): pd.Timestamp("2008-11-26") + pd.to_timedelta(rng.integers(0, 3000 * 86400, size=n), unit="s"),
-        ("track", "duration"): rng.integers(90, 420, size=n),  # s, the full track's; the clip is an excerpt
-        ("track", "genre_top"): genre,
-        ("track", "genres"): [f"[{FMA_GENRE_IDS.get(g, 0)}]" for g in genre],
-        ("track", "license"): rng.choice(["Attribution-NonCommercial-ShareAlike 3.0 International",
-                                          "Attribution 4.0 International", "Creative Commons Attribution"], size=n),
-        ("track", "listens"): rng.integers(50, 20_000, size=n),
-        ("track", "title"): [f"{rng.choice(_WORDS[0])} {rng.choice(_WORDS[1])}" for _ in range(n)],
-    }
-    table = pd.DataFrame(columns, index=pd.Index(track_ids, name="track_id"))
-    table.columns = pd.MultiIndex.from_tuples(table.columns)
-    return table
-
-
-def synthesize_clip(genre: str, n_samples: int, sr: int, rng: np.random.Generator) -> np.ndarray:
-    """A clip of procedurally composed music in the style of `genre` (a key of DEMO_GENRE_RECIPES).
-
-    Draws tempo, drum pattern, key, scale, chord progression, voices and effects from the genre's
-    recipe (sometimes borrowing a trait group from another genre), renders drums, bass, chords, lead
-    and background texture, mixes them with reverb and a low-pass, and peak-normalizes. Returns
-    `n_samples` float32 samples at `sr` Hz, peak between 0.5 and 0.8. Same generator state, same clip.
-    """
-    from scipy import signal
-
-    recipe = dict(DEMO_GENRE_RECIPES[genre])
-    for group in DEMO_TRAIT_GROUPS:
-        if rng.random() < DEMO_CROSSOVER:
-            donor = DEMO_GENRE_RECIPES[rng.choice([g for g in DEMO_GENRE_RECIPES if g != genre])]
-            recipe.update({trait: donor[trait] for trait in group})
-
-    def pick(choices):
-        return choices[rng.integers(len(choices))]
-
-    step = 60 / rng.uniform(*recipe["tempo"]) / 4  # s per 16th note
-    swing = rng.uniform(*recipe["swing"])
-    n_bars = int(np.ceil(n_samples / sr / (16 * step)))
-    scale = SCALES[pick(recipe["scales"])]
-    key = int(rng.integers(40, 52))  # MIDI note of the bass root, E2..D#3
-    progression = pick(PROGRESSIONS[pick(recipe["progressions"])])
-    chord_roots = [int(rng.integers(-3, 7)) if progression is None else progression[bar % 4] for bar in range(n_bars)]
-
-    def time_of(s):  # onset (s) of 16th number s, swung and humanized
-        return max(0.0, (s + swing * (s % 2)) * step + rng.normal(0, 0.004))
-
-    def midi(degree, octave=0):
-        octaves, index = divmod(degree, len(scale))
-        return key + 12 * (octave + octaves) + scale[index]
-
-    gain = {layer: rng.uniform(0.3, 1.0) for layer in ("drums", "bass", "chords", "lead")}  # the mix
-    mix = np.zeros(n_samples)
-    drums = pick(recipe["drums"])
-    if drums:
-        kit = _drum_kit(sr, rng)
-        for name, pattern in DRUM_PATTERNS[drums].items():
-            for s in range(16 * n_bars):
-                hit = pattern[s % 16]
-                if hit == "x" or (hit == "?" and rng.random() < 0.5):
-                    _add(mix, gain["drums"] * rng.uniform(0.6, 1.0) * kit[name], time_of(s), sr)
-    notes = []  # (voice, start s, duration s, MIDI note, velocity)
-    if bass := pick(recipe["bass"]):
-        voice, rhythm = bass
-        for bar, degree in enumerate(chord_roots):
-            hits = {"root": (0, 8), "eighths": range(0, 16, 2), "offbeat": (2, 6, 10, 14), "kick": (0, 7, 10),
-                    "walking": (0, 4, 8, 12), "drone": (0,)}[rhythm]
-            for i, s in enumerate(hits):
-                length = {"drone": 16, "kick": 5, "root": 8}.get(rhythm, 2 if rhythm != "walking" else 4)
-                note = midi(degree + (i % 3 if rhythm == "walking" else 0))
-                notes.append((voice, time_of(16 * bar + s), length * step, note, gain["bass"]))
-                if rhythm == "drone":  # tanpura-like root and fifth under every bar
-                    notes.append((voice, time_of(16 * bar), 16 * step, midi(0) + 7, 0.7 * gain["bass"]))
-    if chords := pick(recipe["chords"]):
-        voice, rhythm = chords
-        for bar, degree in enumerate(chord_roots):
-            triad = [midi(degree + d, 1) for d in (0, 2, 4)]
-            if rhythm == "power":
-                triad = [midi(degree, 1), midi(degree, 1) + 7, midi(degree, 2)]
-            starts = {"sustain": (0,), "strum": (0, 4, 8, 12), "stabs": (3, 6, 11, 14), "power": range(0, 16, 2),
-                      "arpeggio": range(0, 16, 2)}[rhythm]
-            length = {"sustain": 16, "strum": 6, "stabs": 1.5, "power": 2, "arpeggio": 3}[rhythm]
-            for i, s in enumerate(starts):
-                chord = [triad[i % 3] + 12 * (i % 6 >= 3)] if rhythm == "arpeggio" else triad
-                for j, note in enumerate(chord):  # strums spread the strings by 12 ms
-                    start = time_of(16 * bar + s) + (0.012 * j if rhythm == "strum" else 0)
-                    notes.append((voice, start, length * step, note, gain["chords"] * rng.uniform(0.4, 0.6)))
-    if lead := pick(recipe["lead"]):
-        voice, notes_per_bar = lead
-        degree = int(rng.integers(0, len(scale)))
-        for s in range(0, 16 * n_bars, 16 // notes_per_bar):
-            if rng.random() < 0.25:  # a rest
-                continue
-            leap = rng.integers(-5, 6) if progression is None else rng.choice([-2, -1, -1, 0, 1, 1, 2])
-            degree = int(np.clip(degree + leap, -2, len(scale) + 4))
-            notes.append((voice, time_of(s), 16 // notes_per_bar * step * 0.9, midi(degree, 2), gain["lead"] * rng.uniform(0.5, 0.7)))
-    drive = rng.uniform(*recipe["drive"])
-    for voice, start, duration, note, velocity in notes:
-        freq = 440.0 * 2 ** ((note - 69) / 12)
-        _add(mix, velocity * _voice(voice, freq, int(duration * sr), sr, rng, drive=drive), start, sr)
-
-    texture, levels = recipe["texture"]
-    if texture == "vinyl":  # hiss plus sparse crackles
-        crackle = (rng.random(n_samples) < 3e-4) * rng.normal(0, 8, n_samples)
-        mix += rng.uniform(*levels) * (0.3 * rng.normal(0, 1, n_samples) + crackle) * np.abs(mix).max()
-    elif texture == "wind":  # band-passed noise swelling and fading
-        band = _butter("bandpass", np.sort(rng.uniform(200, 6000, 2)) + [0, 300], sr)
-        swell = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.05, 0.4) * np.arange(n_samples) / sr + rng.uniform(0, 6))
-        mix += rng.uniform(*levels) * 6 * signal.sosfilt(band, rng.normal(0, 1, n_samples)) * swell * max(np.abs(mix).max(), 0.1)
-    reverb_s = rng.uniform(*recipe["reverb"])
-    impulse = rng.normal(0, 1, int(reverb_s * sr)) * np.exp(-6.9 * np.arange(int(reverb_s * sr)) / (reverb_s * sr))
-    wet = signal.fftconvolve(mix, impulse)[:n_samples]
-    mix = mix + rng.uniform(0.15, 0.35) * wet * np.abs(mix).max() / max(np.abs(wet).max(), 1e-9)
-    mix = signal.sosfilt(_butter("lowpass", rng.uniform(*recipe["lowpass"]), sr), mix)
-    peak = np.abs(mix).max()
-    if peak == 0:
-        return np.zeros(n_samples, dtype=np.float32)
-    return (mix * rng.uniform(0.5, 0.8) / peak).astype(np.float32)
-
-
-def _add(mix: np.ndarray, sound: np.ndarray, start: float, sr: int) -> None:
-    """Add `sound` into `mix` from `start` seconds on, cutting what runs past the end."""
-    i = int(start * sr)
-    if i < len(mix):
-        mix[i : i + len(sound)] += sound[: len(mix) - i]
-
-
-def _butter(kind: str, cutoff, sr: int) -> np.ndarray:
-    """Second-order Butterworth filter (second-order sections), cutoffs in Hz kept below Nyquist."""
-    from scipy import signal
-
-    cutoff = np.minimum(np.atleast_1d(cutoff).astype(float), 0.45 * sr)
-    if cutoff.size == 2:
-        cutoff[0] = min(cutoff[0], 0.5 * cutoff[1])
-    return signal.butter(2, cutoff if cutoff.size == 2 else cutoff[0], kind, fs=sr, output="sos")
-
-
-def _drum_kit(sr: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """One synthesized hit per drum name of DRUM_PATTERNS, tuned a little differently per clip."""
-    from scipy import signal
-
-    def decay(seconds, tau):
-        t = np.arange(int(seconds * sr)) / sr
-        return t, np.exp(-t / tau)
-
-    def noise(seconds, tau, band):
-        t, env = decay(seconds, tau)
-        sos = _butter("bandpass" if np.ndim(band) else "highpass", band, sr)
-        return signal.sosfilt(sos, rng.normal(0, 1, t.size)) * env
-
-    t, env = decay(0.5, 0.12)
-    kick_hz = rng.uniform(40, 60) + 90 * np.exp(-t / 0.03)  # pitch sweeps down
-    kit = {"kick": np.sin(2 * np.pi * np.cumsum(kick_hz) / sr) * env}
-    t, env = decay(0.25, 0.05)
-    kit["snare"] = 0.5 * np.sin(2 * np.pi * rng.uniform(170, 220) * t) * env + 0.8 * noise(0.25, 0.06, [1500, 7000])
-    clap = noise(0.3, 0.08, [900, 3000])
-    kit["clap"] = sum(np.roll(clap, int(k * 0.011 * sr)) * g for k, g in enumerate((0.6, 0.8, 1.0)))
-    kit["hat"] = 0.35 * noise(0.08, 0.015, 7000)
-    kit["open_hat"] = 0.3 * noise(0.3, 0.09, 6500)
-    kit["shaker"] = 0.2 * noise(0.06, 0.02, [5000, 10000])
-    for name, base in (("tom_low", rng.uniform(90, 140)), ("tom_high", rng.uniform(250, 400))):
-        t, env = decay(0.4, 0.09)
-        kit[name] = np.sin(2 * np.pi * np.cumsum(base * (1 + 0.5 * np.exp(-t / 0.02))) / sr) * env  # tabla-like bend
-    return kit
-
-
-def _voice(name: str, freq: float, n: int, sr: int, rng: np.random.Generator, drive: float = 0.0) -> np.ndarray:
-    """One note of `n` samples of an instrument voice at `freq` Hz, peak about 1, faded out at the end."""
-    n = max(n, 16)
-    t = np.arange(n) / sr
-    if name in ("pluck", "sitar"):
-        tone = _karplus_strong(freq, n, sr, rng, loss=0.998 if name == "sitar" else 0.996)
-        if name == "sitar":  # the buzzing bridge adds harmonics
-            tone = np.tanh(4 * tone)
-    elif name == "piano":  # additive, higher partials slightly sharp and dying faster
-        partials = [k for k in range(1, 9) if k * freq < sr / 2.2]
-        tone = sum(np.sin(2 * np.pi * k * freq * (1 + 0.0004 * k * k) * t) * np.exp(-t * (1.5 + 0.8 * k)) / k for k in partials)
-    elif name in ("fm", "bell"):  # FM: electric piano (ratio 1) or inharmonic bell (ratio 3.5)
-        ratio, env = (1.0, np.exp(-t / 0.6)) if name == "fm" else (3.5, np.exp(-t / 1.2))
-        tone = env * np.sin(2 * np.pi * freq * t + rng.uniform(1, 4) * env * np.sin(2 * np.pi * ratio * freq * t))
-    elif name == "flute":  # sine with vibrato and breath noise
-        vibrato = 1 + 0.006 * np.sin(2 * np.pi * 5 * t)
-        phase = 2 * np.pi * np.cumsum(freq * vibrato) / sr
-        tone = (np.sin(phase) + 0.2 * np.sin(2 * phase) + 0.05 * rng.normal(0, 1, n)) * np.minimum(1, t / 0.08)
-    elif name == "sub":  # 808-style sine bass with a short pitch drop
-        tone = np.sin(2 * np.pi * np.cumsum(freq * (1 + 0.3 * np.exp(-t / 0.03))) / sr) * np.exp(-t / 0.8)
-    elif name == "drone":  # organ-like sustained root
-        tone = sum(np.sin(2 * np.pi * k * freq * t) / k for k in (1, 2, 3, 4)) * np.minimum(1, t / 0.3)
-    else:  # "saw", "pad", "guitar": naive sawtooth(s)
-        detunes = (0.996, 1.0, 1.004) if name == "pad" else (1.0,)
-        tone = sum(2 * ((freq * d * t + rng.random()) % 1) - 1 for d in detunes) / len(detunes)
-        if name == "pad":
-            tone = tone * np.minimum(1, t / (0.3 * t[-1] + 1e-3))
-        elif name == "guitar":
-            tone = np.tanh((2 + 10 * drive) * tone) * np.exp(-t / 1.5)
-        else:
-            tone = tone * np.exp(-t / 0.4)
-    fade = min(n, int(0.01 * sr))
-    tone = np.asarray(tone, dtype=float)
-    tone[-fade:] *= np.linspace(1, 0, fade)
-    return tone
-
-
-def _karplus_strong(freq: float, n: int, sr: int, rng: np.random.Generator, loss: float = 0.996) -> np.ndarray:
-    """A plucked string: a noise burst recirculated through a delay line of one period and an
-    averaging filter. Computed in closed form: period k is the burst filtered k times (via the FFT)."""
-    period = max(2, int(round(sr / freq)))
-    burst = np.fft.rfft(rng.uniform(-1, 1, period))
-    loop = loss * 0.5 * (1 + np.exp(-2j * np.pi * np.arange(burst.size) / period))  # one trip, per harmonic
-    periods = np.arange(-(-n // period))[:, None]
-    return np.fft.irfft(burst * loop**periods, n=period).ravel()[:n]
-
-
-# ── Features: mel-spectrogram and CQT, extracted in parallel into an on-disk cache ──
+# ── Features: mel-spectrogram and CQT in a resumable on-disk cache, and the baseline's clip statistics ──
 
 @dataclass
 class Features:
@@ -897,10 +693,6 @@ FEATURE_SETTINGS = (
 )
 _FLUSH_ROWS = 64  # rows computed between two flushes of the cache's done flags to disk
 _CACHE_FILES = ("mel.npy", "cqt.npy", "index.csv", "stats.npz", "skipped.csv", "config.json")
-
-
-class CacheError(GenreError):
-    """A feature cache folder that is missing, unfinished or does not match this code."""
 
 
 def mel_spectrogram(y: np.ndarray, cfg: Config) -> np.ndarray:
@@ -955,18 +747,44 @@ def extract_features(
 ) -> Features:
     """Mel-spectrograms and CQTs of every track, computed once into `<cache_dir>/features-<key>/`.
 
-    tracks: DataFrame indexed by track_id with columns genre (one of cfg.genres), split
-    ('training', 'validation' or 'test') and path (audio file). cache_dir defaults to
-    cfg.cache_dir, workers (processes) to every available core; workers=1 computes in this
-    process. An unchanged dataset and settings reuse the finished cache without decoding
-    anything. Work happens in `features-<key>.partial/`, renamed when complete; an interrupted
-    run resumes from the rows already flushed there. Files that cannot be decoded, or give
-    NaN/inf features, are skipped, listed in Features.skipped and summed up in a warning when
-    the extraction ends. Returns the Features of the finished cache (memory-mapped, rows sorted
-    by track_id). Raises DataError for a malformed track table, no training track, or when no
-    file at all can be decoded; CacheError naming the folder when the cache cannot be written
-    (disk full, read-only, a file in the way; finished caches are never touched) or a finished
-    cache does not hold cfg's settings.
+    An unchanged dataset with unchanged settings reuses the finished cache without decoding anything.
+    Work happens in `features-<key>.partial/`, renamed when complete; an interrupted run resumes from
+    the rows already flushed there. Files that cannot be decoded, or give NaN/inf features, are
+    skipped, listed in Features.skipped and summed up in a warning when the extraction ends.
+
+    Parameters
+    ----------
+    tracks : pd.DataFrame
+        Indexed by track_id, with columns genre (one of cfg.genres), split ('training', 'validation'
+        or 'test') and path (audio file), as `load_tracks` returns it.
+    cfg : Config
+        The audio and feature settings (FEATURE_SETTINGS); they and the tracks make the cache key
+        (`features_key`).
+    cache_dir : str or os.PathLike, optional
+        Folder of the caches, default cfg.cache_dir.
+    workers : int, optional
+        Processes, default every available core; 1 computes in this process.
+
+    Returns
+    -------
+    Features
+        The finished cache, memory-mapped, rows sorted by track_id.
+
+    Writes
+    ------
+    `<cache_dir>/features-<key>/`
+        mel.npy and cqt.npy (float16, one row per decoded clip), index.csv (genre, split, label),
+        stats.npz (per-band mean and standard deviation of the training split), skipped.csv (path,
+        reason) and config.json (format, key, librosa version, feature settings). A finished cache is
+        never modified.
+
+    Raises
+    ------
+    DataError
+        For a malformed track table, no training track, or when no file at all can be decoded.
+    CacheError
+        Naming the folder when the cache cannot be written (disk full, read-only, a file in the way),
+        or when a finished cache does not hold cfg's settings.
     """
     from tqdm import tqdm
 
@@ -1299,27 +1117,6 @@ def _new_memmap(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return array
 
 
-_WRITE_PROBLEMS = {  # errno -> what it means for an output folder
-    errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
-    errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-    errno.ENOTDIR: "a file is in the way: part of the path is not a folder",
-    errno.EEXIST: "a file is in the way: part of the path is not a folder",
-}
-
-
-@contextlib.contextmanager
-def _writing_to(folder: Path, error: type[GenreError], setting: str):
-    """Turn an OSError raised while writing under `folder` into `error` naming the folder, the
-    reason and the fix (free space, or point `setting` elsewhere)."""
-    try:
-        yield
-    except OSError as exc:
-        reason = _WRITE_PROBLEMS.get(exc.errno, exc.strerror or type(exc).__name__)
-        file = f" (writing {exc.filename})" if exc.filename else ""
-        raise error(f"{folder}: cannot write there: {reason}{file}. Free some space or make the folder "
-                    f"writable, or set {setting} to another folder; finished results are untouched") from None
-
-
 BASELINE_MFCCS = 20  # MFCCs of the classical baseline, as in the FMA paper's features
 CLIP_STATISTICS_FORMAT = 1  # version of clip_statistics' recipe; part of its cache file name
 
@@ -1408,16 +1205,7 @@ def _clip_statistics_of_file(path: str, cfg: Config) -> tuple[pd.Series | None, 
     return statistics, None
 
 
-# ── Model: the report's three-branch CNN in backend-neutral Keras 3 ──
-
-def import_keras():
-    """Keras, imported with its backend's C++ start-up messages muted: TensorFlow prints some
-    (CUDA probing, oneDNN notices) before its logging is configured, whatever TF_CPP_MIN_LOG_LEVEL
-    says, and they would fill notebook outputs with timestamps."""
-    with _silenced_stderr():
-        import keras
-    return keras
-
+# ── Model: the report's three-branch CNN in backend-neutral Keras 3, and the classical baseline's classifier ──
 
 # Filter shapes follow Pons et al. 2017 ("Timbre analysis of music audio signals with CNNs"),
 # whose figure the report's lost one cited; every size is in (frequency bins, time frames):
@@ -1475,14 +1263,40 @@ def _check_branches(branches) -> tuple[str, ...]:
 def build_model(cfg: Config, branches=None):
     """The report's three-branch CNN as a functional keras.Model, compiled by `train`.
 
-    Inputs "mel" (batch, cfg.n_mels, frames, 1) and/or "cqt" (batch, cfg.cqt_bins, frames, 1), any
-    number of frames >= 1, already normalised per band (the data pipeline does it, see
-    `feature_batches`). `branches` (default cfg.branches) is a non-empty subset of
-    "mel_vertical", "mel_horizontal", "cqt"; only the inputs they need are created. Each block is
-    conv -> ReLU -> batch norm -> max-pool, all layers named `<branch>_block<b>_<role>`. Output:
-    (batch, len(cfg.genres)) float32 probabilities. Raises ConfigError for unknown branches.
-    On GPUs the layers compute in mixed precision and the model is mirrored over all of them
-    (see `configure_devices`).
+    Each block is conv -> ReLU -> batch norm -> max-pool, every layer named `<branch>_block<b>_<role>`;
+    MODEL_BLOCKS gives each branch's (convolutions, pools), the comment above it in the source the
+    filter shapes. Each branch ends in global average pooling, so a clip of any length votes; the
+    branches (concatenated when there are several) feed a dense layer, dropout and a softmax. On
+    GPUs the layers compute in mixed precision and the model is mirrored over all of them (see
+    `configure_devices`).
+
+    Parameters
+    ----------
+    cfg : Config
+        Input heights (n_mels, cqt_bins), filters, dense_units, dropout and the genres.
+    branches : sequence of str, optional
+        A non-empty subset of BRANCHES ("mel_vertical", "mel_horizontal", "cqt"), default
+        cfg.branches; only the inputs they need are created.
+
+    Returns
+    -------
+    keras.Model
+        Inputs "mel" (batch, cfg.n_mels, frames, 1) and/or "cqt" (batch, cfg.cqt_bins, frames, 1),
+        any number of frames >= 1, already normalised per band (`feature_batches` does it); output
+        "genre" (batch, len(cfg.genres)) float32 probabilities.
+
+    Raises
+    ------
+    ConfigError
+        For unknown branches.
+
+    References
+    ----------
+    J. Pons, O. Slizovskaia, R. Gong, E. Gómez and X. Serra, "Timbre analysis of music audio signals
+    with convolutional neural networks", EUSIPCO 2017 (mel_vertical's filter shapes).
+    J. Pons and X. Serra, "Designing efficient architectures for modeling temporal features with
+    convolutional neural networks", ICASSP 2017, and J. Schlüter and S. Böck, "Improved musical onset
+    detection with convolutional neural networks", ICASSP 2014 (mel_horizontal's).
     """
     keras = import_keras()
     layers = keras.layers
@@ -1580,12 +1394,7 @@ def baseline_classifier(kind: str = "svm", seed: int = 42):
     return make_pipeline(StandardScaler(), classifier)
 
 
-# ── Training: Keras fit with checkpoints, logs and resume, one folder per run ──
-
-RUN_FILES = ("config.json", "versions.json", "stats.npz", "history.csv", "best.keras", "last.keras")
-TRAIN_MODES = ("full", "chunked")
-EXCERPT_HOP = 0.5  # prediction excerpts overlap: each starts this share of an excerpt after the previous one
-
+# ── Devices and batches: where Keras runs, and normalised batches of whole clips or excerpts ──
 
 @functools.cache
 def gpu_devices() -> tuple[tuple[str, int], ...]:
@@ -1674,6 +1483,60 @@ def _backend_version(backend: str) -> str:
     return getattr(importlib.import_module(backend), "__version__", "?")
 
 
+TRAIN_MODES = ("full", "chunked")
+
+
+def _train_mode(cfg: Config) -> str:
+    """cfg.train_mode, checked; ConfigError for an unknown one."""
+    if cfg.train_mode not in TRAIN_MODES:
+        raise ConfigError(f"train_mode {cfg.train_mode!r}: choose one of {', '.join(TRAIN_MODES)}")
+    return cfg.train_mode
+
+
+EXCERPT_HOP = 0.5  # prediction excerpts overlap: each starts this share of an excerpt after the previous one
+
+
+def chunk_frames(cfg: Config, n_frames: int | None = None) -> int:
+    """Frames of one excerpt of chunked training: cfg.chunk_seconds of audio (1 + samples // hop,
+    as for whole clips). `n_frames`: the clips' length in frames (default cfg.n_frames); raises
+    ConfigError when chunk_seconds is not positive or the excerpt is longer than the clips.
+
+    >>> chunk_frames(Config(chunk_seconds=3.0))  # 22,050 Hz, hop 512: 1 + 66,150 // 512
+    130
+    >>> chunk_frames(Config(chunk_seconds=40.0))
+    Traceback (most recent call last):
+        ...
+    genre_utils.ConfigError: chunk_seconds=40: excerpts must be longer than 0 s and fit in the clips (1292 frames, 30 s)
+    """
+    n_frames = cfg.n_frames if n_frames is None else n_frames
+    frames = 1 + int(round(cfg.sample_rate * cfg.chunk_seconds)) // cfg.hop_length
+    if cfg.chunk_seconds <= 0 or frames > n_frames:
+        raise ConfigError(f"chunk_seconds={cfg.chunk_seconds:g}: excerpts must be longer than 0 s and fit in "
+                          f"the clips ({n_frames} frames, {cfg.clip_seconds:g} s)")
+    return frames
+
+
+def excerpt_starts(total: int, length: int, hop: int | None = None) -> np.ndarray:
+    """Start positions (int64) of excerpts `length` long that cover 0..`total` (frames or samples).
+
+    Excerpts start every `hop` (default EXCERPT_HOP of an excerpt, at least 1); the last one ends
+    with `total`, so every position lies in at least one excerpt. A `total` no longer than `length`
+    gives the single start 0.
+
+    >>> excerpt_starts(10, 4)  # hop: half an excerpt
+    array([0, 2, 4, 6])
+    >>> excerpt_starts(11, 4)  # the last excerpt ends with the total
+    array([0, 2, 4, 6, 7])
+    >>> excerpt_starts(3, 4)
+    array([0])
+    """
+    hop = max(1, int(length * EXCERPT_HOP)) if hop is None else hop
+    if total <= length:
+        return np.zeros(1, np.int64)
+    starts = np.arange(0, total - length + 1, hop, dtype=np.int64)
+    return starts if starts[-1] == total - length else np.append(starts, total - length)
+
+
 def _check_features(data: Features, cfg: Config, inputs) -> None:
     """Raise DataError when the feature arrays do not fit the config or the model inputs."""
     where = data.path or "in-memory features"
@@ -1696,6 +1559,9 @@ def _check_features(data: Features, cfg: Config, inputs) -> None:
         raise DataError(f"{where}: labels outside 0..{len(cfg.genres) - 1}")
 
 
+# Classes whose base class comes from Keras (PyDataset, Callback) are built by cached factories on first
+# use (_feature_batches_class, _epoch_timer_class, _clip_validation_class), so that `import genre_utils`
+# stays free of Keras (tests/test_model.py checks it)
 @functools.cache
 def _feature_batches_class():
     """keras.utils.PyDataset subclass, created on first use so keras is not imported with the module."""
@@ -1798,10 +1664,9 @@ def _model_inputs(model, cfg: Config) -> list[str]:
     return [tensor.name for tensor in model.inputs]
 
 
-def _write_json(path: Path, content: dict) -> None:
-    """Write JSON atomically: a killed process never leaves half a file."""
-    with _atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(content, indent=2, default=str) + "\n")
+# ── Training: Keras fit with checkpoints, logs and resume, one folder per run, read back by load_run ──
+
+RUN_FILES = ("config.json", "versions.json", "stats.npz", "history.csv", "best.keras", "last.keras")
 
 
 def _versions() -> dict:
@@ -1828,23 +1693,96 @@ def _read_history(path: Path) -> pd.DataFrame:
     return history.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
 
 
+def _write_stats(path: Path, stats: dict[str, np.ndarray]) -> None:
+    """Write normalisation statistics as .npz atomically."""
+    with _atomic_path(path) as tmp, open(tmp, "wb") as file:  # a file object: np.savez adds no suffix
+        np.savez(file, **stats)
+
+
+@functools.cache
+def _epoch_timer_class():
+    """keras Callback adding epoch_seconds to each epoch's logs (created on first use, see above)."""
+    keras = import_keras()
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs["epoch_seconds"] = time.perf_counter() - self.start
+
+    return EpochTimer
+
+
+@functools.cache
+def _clip_validation_class():
+    """keras Callback that validates clip by clip with `predict_proba` (chunked training)."""
+    keras = import_keras()
+
+    class ClipValidation(keras.callbacks.Callback):
+        """Adds val_loss (cross-entropy) and val_accuracy of the averaged excerpt predictions."""
+
+        def __init__(self, data, rows, cfg):
+            super().__init__()
+            self.data, self.rows, self.cfg = data, rows, cfg
+            self.labels = data.index["label"].to_numpy()[rows]
+
+        def on_epoch_end(self, epoch, logs=None):
+            proba = predict_proba(self.model, self.data, self.rows, self.cfg)
+            true_class = proba[np.arange(len(self.rows)), self.labels]
+            logs["val_loss"] = float(-np.log(np.clip(true_class, 1e-7, 1.0)).mean())
+            logs["val_accuracy"] = float((proba.argmax(axis=1) == self.labels).mean())
+
+    return ClipValidation
+
+
 def train(model, data: Features, cfg: Config, run_dir: str | os.PathLike, *, callbacks=(),
           verbose="auto") -> pd.DataFrame:
     """Fit `model` on the training split of `data`, validating on the validation split.
 
     Adam at cfg.learning_rate, multiplied by cfg.lr_decay_rate every cfg.lr_decay_epochs epochs
-    (smoothly per step), cfg.epochs epochs of cfg.batch_size clips, seeded by cfg.seed. Writes
-    into `run_dir`: config.json, versions.json, stats.npz (the input normalisation, for predicting
-    new audio), history.csv, best.keras (best val_accuracy), last.keras, tensorboard/ and, while
-    running, backup/. If backup/ exists (a killed run), the run resumes after its last finished
-    epoch; otherwise it starts afresh, replacing earlier results. cfg.train_mode "full" trains on
-    whole clips; "chunked" on one random excerpt of cfg.chunk_seconds per clip and epoch (see
-    `chunk_frames`), validated clip by clip with the averaged prediction of excerpts covering each
-    clip (as `predict_proba` predicts). `callbacks`: extra Keras callbacks. Returns the history, one
-    row per epoch (epoch, accuracy, loss, val_accuracy, val_loss, epoch_seconds: wall time of the
-    epoch and its validation). Raises ConfigError when resuming a run started with other settings,
-    for a model built with another config or when `run_dir` cannot be written (naming it and why);
-    DataError for an empty split, features that do not fit `cfg` or hold NaN/inf values.
+    (smoothly per step), cfg.epochs epochs of cfg.batch_size clips, seeded by cfg.seed.
+    cfg.train_mode "full" trains on whole clips; "chunked" on one random excerpt of cfg.chunk_seconds
+    per clip and epoch (see `chunk_frames`), validated clip by clip with the averaged prediction of
+    excerpts covering each clip (as `predict_proba` predicts). If `run_dir` holds backup/ (a killed
+    run), the run resumes after its last finished epoch; otherwise it starts afresh, replacing earlier
+    results.
+
+    Parameters
+    ----------
+    model : keras.Model
+        From `build_model` with the same `cfg`; compiled here.
+    data : Features
+        From `extract_features` or `open_features` with the same `cfg`.
+    cfg : Config
+        The training settings.
+    run_dir : str or os.PathLike
+        The run folder, created if needed.
+    callbacks : sequence of keras.callbacks.Callback
+        Extra Keras callbacks.
+    verbose : "auto", 0, 1 or 2
+        Passed to `model.fit`.
+
+    Returns
+    -------
+    pd.DataFrame
+        The history, one row per epoch: epoch, accuracy, loss, val_accuracy, val_loss, epoch_seconds
+        (wall time of the epoch and its validation).
+
+    Writes
+    ------
+    `run_dir/`
+        config.json, versions.json, stats.npz (the input normalisation, for predicting new audio:
+        `load_run_stats`), history.csv, best.keras (best val_accuracy), last.keras, tensorboard/ and,
+        while running, backup/. `load_run` reads the run back.
+
+    Raises
+    ------
+    ConfigError
+        When resuming a run started with other settings, for a model built with another config, or
+        when `run_dir` cannot be written (naming it and why).
+    DataError
+        For an empty split, or features that do not fit `cfg` or hold NaN/inf values.
     """
     keras = import_keras()
 
@@ -1949,6 +1887,18 @@ def load_run(run_dir: str | os.PathLike):
     return model, cfg, _read_history(run_dir / "history.csv")
 
 
+def load_run_stats(run_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The input normalisation a run was trained with (stats.npz: per-band mean and std of each of
+    its inputs, keys as Features.stats). Raises DataError naming the file when it is missing."""
+    path = Path(run_dir) / "stats.npz"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; train into {Path(run_dir)} first (notebook 04)")
+    with np.load(path) as stats:
+        return {name: stats[name] for name in stats.files}
+
+
+# ── Prediction: genre probabilities of cached clips and of audio files of any length ──
+
 def predict_proba(model, data: Features, rows, cfg: Config) -> np.ndarray:
     """Genre probabilities, float32 (len(rows), len(cfg.genres)), for `rows` of `data`, normalised
     exactly as in training. A model trained on whole clips (cfg.train_mode "full") sees each clip
@@ -1970,102 +1920,35 @@ def predict_proba(model, data: Features, rows, cfg: Config) -> np.ndarray:
     return proba.reshape(len(rows), len(starts), -1).mean(axis=1)
 
 
-def _train_mode(cfg: Config) -> str:
-    """cfg.train_mode, checked; ConfigError for an unknown one."""
-    if cfg.train_mode not in TRAIN_MODES:
-        raise ConfigError(f"train_mode {cfg.train_mode!r}: choose one of {', '.join(TRAIN_MODES)}")
-    return cfg.train_mode
-
-
-def chunk_frames(cfg: Config, n_frames: int | None = None) -> int:
-    """Frames of one excerpt of chunked training: cfg.chunk_seconds of audio (1 + samples // hop,
-    as for whole clips). `n_frames`: the clips' length in frames (default cfg.n_frames); raises
-    ConfigError when the excerpt would be longer or shorter than one frame."""
-    n_frames = cfg.n_frames if n_frames is None else n_frames
-    frames = 1 + int(round(cfg.sample_rate * cfg.chunk_seconds)) // cfg.hop_length
-    if cfg.chunk_seconds <= 0 or frames > n_frames:
-        raise ConfigError(f"chunk_seconds={cfg.chunk_seconds:g}: excerpts must be longer than 0 s and fit in "
-                          f"the clips ({n_frames} frames, {cfg.clip_seconds:g} s)")
-    return frames
-
-
-def excerpt_starts(total: int, length: int, hop: int | None = None) -> np.ndarray:
-    """Start positions (int64) of excerpts `length` long that cover 0..`total` (frames or samples).
-
-    Excerpts start every `hop` (default EXCERPT_HOP of an excerpt, at least 1); the last one ends
-    with `total`, so every position lies in at least one excerpt. A `total` no longer than `length`
-    gives the single start 0.
-    """
-    hop = max(1, int(length * EXCERPT_HOP)) if hop is None else hop
-    if total <= length:
-        return np.zeros(1, np.int64)
-    starts = np.arange(0, total - length + 1, hop, dtype=np.int64)
-    return starts if starts[-1] == total - length else np.append(starts, total - length)
-
-
-def _write_stats(path: Path, stats: dict[str, np.ndarray]) -> None:
-    """Write normalisation statistics as .npz atomically."""
-    with _atomic_path(path) as tmp, open(tmp, "wb") as file:  # a file object: np.savez adds no suffix
-        np.savez(file, **stats)
-
-
-def load_run_stats(run_dir: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The input normalisation a run was trained with (stats.npz: per-band mean and std of each of
-    its inputs, keys as Features.stats). Raises DataError naming the file when it is missing."""
-    path = Path(run_dir) / "stats.npz"
-    if not path.is_file():
-        raise DataError(f"{path}: not found; train into {Path(run_dir)} first (notebook 04)")
-    with np.load(path) as stats:
-        return {name: stats[name] for name in stats.files}
-
-
-@functools.cache
-def _epoch_timer_class():
-    """keras Callback adding epoch_seconds to each epoch's logs (created on first use, see above)."""
-    keras = import_keras()
-
-    class EpochTimer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs["epoch_seconds"] = time.perf_counter() - self.start
-
-    return EpochTimer
-
-
-@functools.cache
-def _clip_validation_class():
-    """keras Callback that validates clip by clip with `predict_proba` (chunked training)."""
-    keras = import_keras()
-
-    class ClipValidation(keras.callbacks.Callback):
-        """Adds val_loss (cross-entropy) and val_accuracy of the averaged excerpt predictions."""
-
-        def __init__(self, data, rows, cfg):
-            super().__init__()
-            self.data, self.rows, self.cfg = data, rows, cfg
-            self.labels = data.index["label"].to_numpy()[rows]
-
-        def on_epoch_end(self, epoch, logs=None):
-            proba = predict_proba(self.model, self.data, self.rows, self.cfg)
-            true_class = proba[np.arange(len(self.rows)), self.labels]
-            logs["val_loss"] = float(-np.log(np.clip(true_class, 1e-7, 1.0)).mean())
-            logs["val_accuracy"] = float((proba.argmax(axis=1) == self.labels).mean())
-
-    return ClipValidation
-
-
 def predict_file(path: str | os.PathLike, model, cfg: Config, stats: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Genre probabilities of one audio file of any length, in any format librosa reads.
+    """Genre probabilities of one audio file of any length, in any format `load_audio` reads.
 
     The file is decoded whole at cfg.sample_rate and cut into windows as long as the training clips
-    (cfg.clip_seconds), each starting half a window after the previous, the last ending with the file;
-    a shorter file is zero-padded to one window, as in training. Each window gets the training
-    features and `predict_proba`'s prediction (a chunked model averages its excerpts). `stats`: the
-    run's input normalisation (`load_run_stats`). Returns a DataFrame with one row per window,
-    indexed by its start in seconds (start_s), one column of probabilities per genre; its `.mean()`
-    is the file's prediction. Raises AudioError naming the file when it cannot be decoded.
+    (cfg.clip_seconds), each starting half a window after the previous (`excerpt_starts`), the last
+    ending with the file; a shorter file is zero-padded to one window, as in training. Each window gets
+    the training features and `predict_proba`'s prediction (a chunked model averages its excerpts).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The audio file.
+    model : keras.Model
+        A trained model, e.g. from `load_run`.
+    cfg : Config
+        The run's settings.
+    stats : dict of str to np.ndarray
+        The run's input normalisation (`load_run_stats`).
+
+    Returns
+    -------
+    pd.DataFrame
+        One row per window, indexed by its start in seconds (start_s), one column of probabilities per
+        genre; its `.mean()` is the file's prediction.
+
+    Raises
+    ------
+    AudioError
+        Naming the file when it cannot be decoded.
     """
     y = load_audio(path, cfg.sample_rate, None)
     y = np.pad(y, (0, max(0, cfg.n_samples - len(y))))
@@ -2083,7 +1966,7 @@ def predict_file(path: str | os.PathLike, model, cfg: Config, stats: dict[str, n
     return pd.DataFrame(proba, index=index.index, columns=list(cfg.genres))
 
 
-# ── Evaluation: accuracy, per-genre scores and confusion matrix ──
+# ── Evaluation: accuracy, per-genre scores, confusion matrix and the comparison with the report ──
 
 REPORT_VAL_ACCURACY = 0.555  # the report's validation accuracy on FMA-small (800 clips, 8 genres)
 REPORT_VAL_CLIPS = 800  # size of FMA-small's validation split
@@ -2161,10 +2044,30 @@ def classification_scores(y_true, proba, genres=GENRES) -> Scores:
 def evaluate(model, features: Features, cfg: Config, split: str = "validation") -> Scores:
     """Scores of `model` on one split of `features`, with one prediction row per clip.
 
-    Predicts with `predict_proba` (the training section's, so inputs are normalised as in training).
-    `Scores.predictions` has columns track_id, genre (true), predicted, confidence (probability of the
-    predicted genre, 0-1) and correct. Raises GenreError for an unknown split and DataError when the
-    split has no clips in `features`.
+    Parameters
+    ----------
+    model : keras.Model
+        A trained model, e.g. the best checkpoint from `load_run`.
+    features : Features
+        Features extracted with `cfg`.
+    cfg : Config
+        The run's settings (train_mode decides how clips are predicted).
+    split : str
+        One of SPLITS.
+
+    Returns
+    -------
+    Scores
+        Accuracy, per-genre scores and confusion matrices of `predict_proba`'s probabilities (inputs
+        normalised as in training); `Scores.predictions` has columns track_id, genre (true),
+        predicted, confidence (probability of the predicted genre, 0-1) and correct.
+
+    Raises
+    ------
+    GenreError
+        For an unknown split.
+    DataError
+        When the split has no clips in `features`.
     """
     if split not in SPLITS:
         raise GenreError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -2264,6 +2167,8 @@ def compare_with_report(scores: dict[str, Scores], cfg: Config, run_name: str) -
     return pd.DataFrame(rows).set_index("result")
 
 
+# ── Experiments: one results row per CNN variant or classical baseline, reusing finished runs ──
+
 EXPERIMENT_COLUMNS = ("model", "input", "parameters", "epochs", "train_seconds", "val_accuracy", "test_accuracy")
 
 
@@ -2342,7 +2247,7 @@ def baseline_experiment(name: str, statistics: pd.DataFrame, index: pd.DataFrame
     }, name=name)
 
 
-# ── Plots: one style, one export helper for every figure, and the notebooks as one HTML report ──
+# ── Plots: one style and one export helper for every figure ──
 
 FIGURE_DPI = 150  # PNG resolution; PDFs are vector
 
@@ -2566,6 +2471,30 @@ def plot_comparison(
     return fig
 
 
+def plot_prediction_timeline(windows: pd.DataFrame, title: str = ""):
+    """Heat map of genre probabilities along a file, one column per window; returns the Figure.
+
+    windows: `predict_file` output (index start_s: window start in s; one column per genre, 0-1).
+    The genres are sorted by their mean probability, the file's prediction, most likely on top.
+    Raises GenreError for an empty table.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if len(windows) == 0:
+        raise GenreError("no windows to plot")
+    ranked = windows[windows.mean().sort_values(ascending=False).index]
+    matrix = ranked.T.set_axis([f"{start:g}" for start in windows.index], axis=1)
+    with _plot_style():
+        fig, ax = plt.subplots(figsize=(min(3.0 + 0.45 * len(windows), 16.0), 4.2), layout="constrained")
+        sns.heatmap(matrix, ax=ax, cmap="magma", vmin=0, vmax=1, cbar_kws={"label": "probability"})
+        ax.set(xlabel="window start (s)", ylabel="", title=title or "Genre probabilities along the file")
+        ax.tick_params(axis="y", labelrotation=0)
+    return fig
+
+
+# ── Report: the executed notebooks as one browsable HTML page ──
+
 def _merged_notebook(notebooks: dict):
     """One nbformat notebook: a title and table of contents, then each notebook's cells as a part.
 
@@ -2645,26 +2574,389 @@ def export_report(notebooks_dir: str | os.PathLike = ROOT / "notebooks", out_dir
     return target
 
 
-def plot_prediction_timeline(windows: pd.DataFrame, title: str = ""):
-    """Heat map of genre probabilities along a file, one column per window; returns the Figure.
+# ── Demo data: a miniature FMA of procedurally synthesized music, self-contained ──
 
-    windows: `predict_file` output (index start_s: window start in s; one column per genre, 0-1).
-    The genres are sorted by their mean probability, the file's prediction, most likely on top.
-    Raises GenreError for an empty table.
+DEMO_VERSION = 1  # bump when the synthesis changes, so old demo datasets are regenerated
+DEMO_MARKER = "demo.json"  # written last: the parameters of a complete demo dataset
+_DEMO_MP3 = dict(format="MP3", subtype="MPEG_LAYER_III", bitrate_mode="CONSTANT", compression_level=0.5)  # ~80 kb/s
+
+_SCALES = {  # semitones above the key's root
+    "major": (0, 2, 4, 5, 7, 9, 11),
+    "minor": (0, 2, 3, 5, 7, 8, 10),
+    "dorian": (0, 2, 3, 5, 7, 9, 10),
+    "mixolydian": (0, 2, 4, 5, 7, 9, 10),
+    "pentatonic": (0, 2, 4, 7, 9),
+    "hijaz": (0, 1, 4, 5, 7, 8, 10),  # maqam Hijaz
+    "bhairav": (0, 1, 4, 5, 7, 8, 11),  # raga Bhairav
+    "pelog": (0, 1, 3, 7, 8),  # Javanese gamelan
+    "whole_tone": (0, 2, 4, 6, 8, 10),
+    "chromatic": tuple(range(12)),
+}
+_PROGRESSIONS = {  # chord roots as scale degrees, one chord per bar; None = a random degree each bar
+    "pop": ((0, 4, 5, 3), (5, 3, 0, 4), (0, 5, 3, 4), (0, 3, 4, 4)),
+    "minor": ((0, 5, 2, 6), (0, 3, 4, 0), (0, 6, 5, 6), (0, 0, 3, 3)),
+    "static": ((0, 0, 0, 0), (0, 1, 0, -1)),
+    "random": (None,),
+}
+_DRUM_PATTERNS = {  # 16 steps per bar; x = hit; "?" = hit with probability 1/2
+    "rock": {"kick": "x.......x.x.....", "snare": "....x.......x...", "hat": "x.x.x.x.x.x.x.x."},
+    "pop": {"kick": "x.....x...x.....", "clap": "....x.......x...", "hat": "x.x.x.x.x.x.x.x."},
+    "boom_bap": {"kick": "x.........x..?..", "snare": "....x.......x...", "hat": "x.x.x.x.x.x.x.x?"},
+    "trap": {"kick": "x......x..x.....", "clap": "........x.......", "hat": "xxxxxxx?xxxxx?xx"},
+    "four_floor": {"kick": "x...x...x...x...", "clap": "....x.......x...", "open_hat": "..x...x...x...x."},
+    "breakbeat": {"kick": "x.........x.....", "snare": "....x..?.?..x...", "hat": "x.x.x.x.x.x.x.x."},
+    "world": {"tom_low": "x..x..x...x..x..", "tom_high": "..x..x..x?x..x.x", "shaker": "xxxxxxxxxxxxxxxx"},
+    "brushes": {"kick": "x.......x.......", "shaker": "x.?.x.?.x.?.x.?."},
+    "glitch": {"kick": "????????????????", "hat": "????????????????", "tom_high": "??..??..??..??.."},
+}
+# One recipe per genre; each clip draws every trait at random from its ranges/choices, and borrows
+# each trait group from another genre with probability _DEMO_CROSSOVER, so genres overlap.
+# tempo: BPM; drums: pattern or None; swing: delay of every second 16th (fraction of a 16th);
+# bass/chords/lead: (voice, rhythm) or None; drive: guitar distortion; lowpass: master cutoff (Hz);
+# reverb: decay (s); texture: background noise (kind, level range).
+_DEMO_GENRE_RECIPES = {
+    "Hip-Hop": dict(tempo=(75, 98), drums=("boom_bap", "trap"), swing=(0.1, 0.35), scales=("minor", "dorian"),
+                    progressions=("minor", "static"), bass=(("sub", "kick"),),
+                    chords=(("piano", "stabs"), ("fm", "stabs"), ("pad", "sustain")), lead=(None, ("flute", 2)),
+                    drive=(0, 0.2), lowpass=(2500, 6000), reverb=(0.1, 0.4), texture=("vinyl", (0.01, 0.04))),
+    "Pop": dict(tempo=(100, 128), drums=("pop", "four_floor"), swing=(0, 0.05), scales=("major",),
+                progressions=("pop",), bass=(("pluck", "eighths"), ("saw", "root")),
+                chords=(("piano", "strum"), ("pad", "sustain"), ("fm", "stabs")), lead=(("fm", 4), ("saw", 4)),
+                drive=(0, 0.1), lowpass=(8000, 11000), reverb=(0.3, 0.8), texture=(None, (0, 0))),
+    "Folk": dict(tempo=(85, 125), drums=(None, None, "brushes"), swing=(0, 0.15), scales=("major", "mixolydian"),
+                 progressions=("pop", "static"), bass=(None, ("pluck", "root")),
+                 chords=(("pluck", "strum"), ("pluck", "arpeggio")), lead=(None, ("flute", 2), ("pluck", 4)),
+                 drive=(0, 0), lowpass=(6000, 10000), reverb=(0.2, 0.6), texture=(None, (0, 0))),
+    "Rock": dict(tempo=(110, 165), drums=("rock", "rock", "breakbeat"), swing=(0, 0.05),
+                 scales=("minor", "mixolydian", "pentatonic"), progressions=("minor", "pop"),
+                 bass=(("saw", "eighths"),), chords=(("guitar", "power"),), lead=(None, ("guitar", 4)),
+                 drive=(0.5, 1.0), lowpass=(5000, 9000), reverb=(0.2, 0.5), texture=(None, (0, 0))),
+    "Experimental": dict(tempo=(60, 160), drums=(None, "glitch", "glitch"), swing=(0, 0.5),
+                         scales=("chromatic", "whole_tone"), progressions=("random",),
+                         bass=(None, ("sub", "root")), chords=(None, ("bell", "sustain"), ("pad", "sustain")),
+                         lead=(("bell", 3), ("fm", 6)), drive=(0, 0.6), lowpass=(3000, 11000),
+                         reverb=(0.8, 2.0), texture=("wind", (0.05, 0.2))),
+    "International": dict(tempo=(90, 135), drums=("world", "world", None), swing=(0, 0.2),
+                          scales=("hijaz", "bhairav", "pelog", "pentatonic"), progressions=("static",),
+                          bass=(("drone", "drone"),), chords=(None, ("pluck", "arpeggio")),
+                          lead=(("sitar", 4), ("flute", 3)), drive=(0, 0.1), lowpass=(6000, 10000),
+                          reverb=(0.3, 0.8), texture=(None, (0, 0))),
+    "Electronic": dict(tempo=(118, 138), drums=("four_floor", "breakbeat"), swing=(0, 0.1),
+                       scales=("minor", "dorian"), progressions=("minor", "static"),
+                       bass=(("saw", "offbeat"), ("sub", "kick")), chords=(("pad", "sustain"), ("saw", "stabs")),
+                       lead=(("saw", 8), ("fm", 8)), drive=(0, 0.3), lowpass=(7000, 11000),
+                       reverb=(0.3, 0.9), texture=(None, (0, 0))),
+    "Instrumental": dict(tempo=(60, 95), drums=(None, None, "brushes"), swing=(0, 0.1),
+                         scales=("major", "minor", "dorian"), progressions=("pop", "minor"),
+                         bass=(None, ("piano", "walking")), chords=(("piano", "arpeggio"), ("pad", "sustain")),
+                         lead=(("piano", 3), ("flute", 2)), drive=(0, 0), lowpass=(5000, 10000),
+                         reverb=(0.8, 1.8), texture=(None, (0, 0))),
+}
+_DEMO_CROSSOVER = 0.2  # probability that a clip borrows a trait group from another genre, per group
+_DEMO_TRAIT_GROUPS = (("tempo", "swing"), ("drums",), ("scales", "progressions"), ("bass", "chords"), ("lead",),
+                     ("drive", "lowpass", "reverb", "texture"))
+# FMA's own genre ids, and two genres of FMA-medium whose tracks the demo lists without audio
+_FMA_GENRE_IDS = {"Hip-Hop": 21, "Pop": 10, "Folk": 17, "Rock": 12, "Experimental": 38, "International": 2,
+                 "Electronic": 15, "Instrumental": 1235, "Blues": 3, "Classical": 5}
+_WORDS = ("Amber Blue Broken Copper Crystal Distant Electric Golden Hollow Lonely Midnight Northern Paper "
+          "Quiet Silver Velvet").split(), ("Anchor Bridge Engine Garden Harbor Lantern Machine Meadow Mirror "
+                                          "Orchard River Signal Static Tide Window Winter").split()
+
+
+def make_demo_dataset(
+    root: str | os.PathLike | None = None,
+    cfg: Config | None = None,
+    *,
+    clips_per_genre: int | None = None,
+    seconds: float | None = None,
+    sr: int | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Write a miniature FMA of synthesized music at `root` (default `cfg.data_root`) and load it.
+
+    Layout and metadata as the real download: `fma_metadata/tracks.csv` (two-level header; the
+    small-subset clips plus a few FMA-medium tracks without audio) and `fma_small/XXX/XXXXXX.mp3`.
+    `clips_per_genre` clips (default cfg.demo_clips_per_genre) of each genre in `cfg.genres`, each
+    `seconds` long (cfg.clip_seconds) at `sr` Hz (cfg.sample_rate), split 80/10/10 per genre; one
+    training clip is a deliberately truncated MP3, like the real set's broken files. Deterministic
+    for a `seed` (cfg.seed). The set is built in a temporary folder renamed into place, so an
+    interrupted run is redone; a complete set with the same parameters is not regenerated, one
+    with other parameters is replaced. Returns `load_tracks(root, "small", cfg.genres)`.
+    Raises DataError when `root` exists and is not a demo dataset (it is never overwritten).
     """
-    import matplotlib.pyplot as plt
-    import seaborn as sns
+    import soundfile as sf
+    from tqdm import tqdm
 
-    if len(windows) == 0:
-        raise GenreError("no windows to plot")
-    ranked = windows[windows.mean().sort_values(ascending=False).index]
-    matrix = ranked.T.set_axis([f"{start:g}" for start in windows.index], axis=1)
-    with _plot_style():
-        fig, ax = plt.subplots(figsize=(min(3.0 + 0.45 * len(windows), 16.0), 4.2), layout="constrained")
-        sns.heatmap(matrix, ax=ax, cmap="magma", vmin=0, vmax=1, cbar_kws={"label": "probability"})
-        ax.set(xlabel="window start (s)", ylabel="", title=title or "Genre probabilities along the file")
-        ax.tick_params(axis="y", labelrotation=0)
-    return fig
+    cfg = cfg or get_config("demo")
+    root = Path(root or cfg.data_root).expanduser().resolve()
+    params = dict(
+        version=DEMO_VERSION,
+        clips_per_genre=int(clips_per_genre or cfg.demo_clips_per_genre),
+        seconds=float(seconds or cfg.clip_seconds),
+        sample_rate=int(sr or cfg.sample_rate),
+        seed=int(cfg.seed if seed is None else seed),
+        genres=list(cfg.genres),
+    )
+    marker = root / DEMO_MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == params:
+        return load_tracks(root, "small", cfg.genres)
+    if root.is_dir() and any(root.iterdir()) and not marker.is_file():
+        raise DataError(f"{root}: exists and is not a demo dataset; not overwriting it (choose an empty folder)")
+
+    partial = root.with_name(f".{root.name}.partial")  # leftovers of an interrupted run are discarded
+    shutil.rmtree(partial, ignore_errors=True)
+    metadata = _demo_metadata(params)
+    small = metadata[metadata["set", "subset"] == "small"]
+    broken_id = small.index[small["set", "split"] == "training"].min()
+    sr, n_samples = params["sample_rate"], int(round(params["sample_rate"] * params["seconds"]))
+    clips = tqdm(small.iterrows(), total=len(small), desc="demo clips", unit="clip", mininterval=1, disable=not progress)
+    for clip_number, (track_id, row) in enumerate(clips):
+        rng = np.random.default_rng([params["seed"], clip_number])
+        audio = synthesize_clip(row["track", "genre_top"], n_samples, sr, rng)
+        path = audio_path(partial, track_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, audio, sr, **_DEMO_MP3)
+        if track_id == broken_id:  # keep the first 64 bytes: a header and no complete frame
+            path.write_bytes(path.read_bytes()[:64])
+    metadata.to_csv(_mkdir(partial / "fma_metadata") / "tracks.csv")
+    (partial / DEMO_MARKER).write_text(json.dumps(params, indent=2) + "\n")
+    if root.exists():
+        shutil.rmtree(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(partial, root)
+    return load_tracks(root, "small", cfg.genres)
+
+
+def _demo_metadata(params: dict) -> pd.DataFrame:
+    """The demo's tracks.csv: FMA's two-level columns, small clips plus FMA-medium tracks without audio."""
+    rng = np.random.default_rng([params["seed"], 2017])
+    genres, per_genre = params["genres"], params["clips_per_genre"]
+    extra = ["Blues", "Classical", *genres[:2]]  # FMA-medium only: load_tracks(subset="small") skips them
+    genre = np.array([g for g in genres for _ in range(per_genre)] + [g for g in extra for _ in range(2)], dtype=object)
+    subset = np.array(["small"] * (len(genres) * per_genre) + ["medium"] * (2 * len(extra)), dtype=object)
+    order = rng.permutation(len(genre))  # genres interleaved along the track ids, as in FMA
+    genre, subset = genre[order], subset[order]
+    n = len(genre)
+    track_ids = np.sort(rng.choice(np.arange(2, 156_000), size=n, replace=False))
+    split = stratified_split([f"{g}/{s}" for g, s in zip(genre, subset)], seed=params["seed"])
+    artist_numbers = rng.integers(0, len(_WORDS[0]), size=n)
+    columns = {
+        ("album", "id"): rng.integers(1, 22_000, size=n),
+        ("album", "title"): [f"{rng.choice(_WORDS[0])} {rng.choice(_WORDS[1])}s" for _ in range(n)],
+        ("artist", "id"): artist_numbers + 100 * np.array([_FMA_GENRE_IDS.get(g, 0) for g in genre]),
+        ("artist", "name"): [f"The {_WORDS[0][a]} {g.replace('-', ' ')} Ensemble" for a, g in zip(artist_numbers, genre)],
+        ("set", "split"): split,
+        ("set", "subset"): subset,
+        ("track", "bit_rate"): 80_000,
+        ("track", "date_created"): pd.Timestamp("2008-11-26") + pd.to_timedelta(rng.integers(0, 3000 * 86400, size=n), unit="s"),
+        ("track", "duration"): rng.integers(90, 420, size=n),  # s, the full track's; the clip is an excerpt
+        ("track", "genre_top"): genre,
+        ("track", "genres"): [f"[{_FMA_GENRE_IDS.get(g, 0)}]" for g in genre],
+        ("track", "license"): rng.choice(["Attribution-NonCommercial-ShareAlike 3.0 International",
+                                          "Attribution 4.0 International", "Creative Commons Attribution"], size=n),
+        ("track", "listens"): rng.integers(50, 20_000, size=n),
+        ("track", "title"): [f"{rng.choice(_WORDS[0])} {rng.choice(_WORDS[1])}" for _ in range(n)],
+    }
+    table = pd.DataFrame(columns, index=pd.Index(track_ids, name="track_id"))
+    table.columns = pd.MultiIndex.from_tuples(table.columns)
+    return table
+
+
+def synthesize_clip(genre: str, n_samples: int, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """A clip of procedurally composed music in the style of `genre` (a key of _DEMO_GENRE_RECIPES).
+
+    Draws tempo, drum pattern, key, scale, chord progression, voices and effects from the genre's
+    recipe (sometimes borrowing a trait group from another genre), renders drums, bass, chords, lead
+    and background texture, mixes them with reverb and a low-pass, and peak-normalizes. Returns
+    `n_samples` float32 samples at `sr` Hz, peak between 0.5 and 0.8. Same generator state, same clip.
+    """
+    from scipy import signal
+
+    recipe = dict(_DEMO_GENRE_RECIPES[genre])
+    for group in _DEMO_TRAIT_GROUPS:
+        if rng.random() < _DEMO_CROSSOVER:
+            donor = _DEMO_GENRE_RECIPES[rng.choice([g for g in _DEMO_GENRE_RECIPES if g != genre])]
+            recipe.update({trait: donor[trait] for trait in group})
+
+    def pick(choices):
+        return choices[rng.integers(len(choices))]
+
+    step = 60 / rng.uniform(*recipe["tempo"]) / 4  # s per 16th note
+    swing = rng.uniform(*recipe["swing"])
+    n_bars = int(np.ceil(n_samples / sr / (16 * step)))
+    scale = _SCALES[pick(recipe["scales"])]
+    key = int(rng.integers(40, 52))  # MIDI note of the bass root, E2..D#3
+    progression = pick(_PROGRESSIONS[pick(recipe["progressions"])])
+    chord_roots = [int(rng.integers(-3, 7)) if progression is None else progression[bar % 4] for bar in range(n_bars)]
+
+    def time_of(s):  # onset (s) of 16th number s, swung and humanized
+        return max(0.0, (s + swing * (s % 2)) * step + rng.normal(0, 0.004))
+
+    def midi(degree, octave=0):
+        octaves, index = divmod(degree, len(scale))
+        return key + 12 * (octave + octaves) + scale[index]
+
+    gain = {layer: rng.uniform(0.3, 1.0) for layer in ("drums", "bass", "chords", "lead")}  # the mix
+    mix = np.zeros(n_samples)
+    drums = pick(recipe["drums"])
+    if drums:
+        kit = _drum_kit(sr, rng)
+        for name, pattern in _DRUM_PATTERNS[drums].items():
+            for s in range(16 * n_bars):
+                hit = pattern[s % 16]
+                if hit == "x" or (hit == "?" and rng.random() < 0.5):
+                    _add(mix, gain["drums"] * rng.uniform(0.6, 1.0) * kit[name], time_of(s), sr)
+    notes = []  # (voice, start s, duration s, MIDI note, velocity)
+    if bass := pick(recipe["bass"]):
+        voice, rhythm = bass
+        for bar, degree in enumerate(chord_roots):
+            hits = {"root": (0, 8), "eighths": range(0, 16, 2), "offbeat": (2, 6, 10, 14), "kick": (0, 7, 10),
+                    "walking": (0, 4, 8, 12), "drone": (0,)}[rhythm]
+            for i, s in enumerate(hits):
+                length = {"drone": 16, "kick": 5, "root": 8}.get(rhythm, 2 if rhythm != "walking" else 4)
+                note = midi(degree + (i % 3 if rhythm == "walking" else 0))
+                notes.append((voice, time_of(16 * bar + s), length * step, note, gain["bass"]))
+                if rhythm == "drone":  # tanpura-like root and fifth under every bar
+                    notes.append((voice, time_of(16 * bar), 16 * step, midi(0) + 7, 0.7 * gain["bass"]))
+    if chords := pick(recipe["chords"]):
+        voice, rhythm = chords
+        for bar, degree in enumerate(chord_roots):
+            triad = [midi(degree + d, 1) for d in (0, 2, 4)]
+            if rhythm == "power":
+                triad = [midi(degree, 1), midi(degree, 1) + 7, midi(degree, 2)]
+            starts = {"sustain": (0,), "strum": (0, 4, 8, 12), "stabs": (3, 6, 11, 14), "power": range(0, 16, 2),
+                      "arpeggio": range(0, 16, 2)}[rhythm]
+            length = {"sustain": 16, "strum": 6, "stabs": 1.5, "power": 2, "arpeggio": 3}[rhythm]
+            for i, s in enumerate(starts):
+                chord = [triad[i % 3] + 12 * (i % 6 >= 3)] if rhythm == "arpeggio" else triad
+                for j, note in enumerate(chord):  # strums spread the strings by 12 ms
+                    start = time_of(16 * bar + s) + (0.012 * j if rhythm == "strum" else 0)
+                    notes.append((voice, start, length * step, note, gain["chords"] * rng.uniform(0.4, 0.6)))
+    if lead := pick(recipe["lead"]):
+        voice, notes_per_bar = lead
+        degree = int(rng.integers(0, len(scale)))
+        for s in range(0, 16 * n_bars, 16 // notes_per_bar):
+            if rng.random() < 0.25:  # a rest
+                continue
+            leap = rng.integers(-5, 6) if progression is None else rng.choice([-2, -1, -1, 0, 1, 1, 2])
+            degree = int(np.clip(degree + leap, -2, len(scale) + 4))
+            notes.append((voice, time_of(s), 16 // notes_per_bar * step * 0.9, midi(degree, 2), gain["lead"] * rng.uniform(0.5, 0.7)))
+    drive = rng.uniform(*recipe["drive"])
+    for voice, start, duration, note, velocity in notes:
+        freq = 440.0 * 2 ** ((note - 69) / 12)
+        _add(mix, velocity * _voice(voice, freq, int(duration * sr), sr, rng, drive=drive), start, sr)
+
+    texture, levels = recipe["texture"]
+    if texture == "vinyl":  # hiss plus sparse crackles
+        crackle = (rng.random(n_samples) < 3e-4) * rng.normal(0, 8, n_samples)
+        mix += rng.uniform(*levels) * (0.3 * rng.normal(0, 1, n_samples) + crackle) * np.abs(mix).max()
+    elif texture == "wind":  # band-passed noise swelling and fading
+        band = _butter("bandpass", np.sort(rng.uniform(200, 6000, 2)) + [0, 300], sr)
+        swell = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.05, 0.4) * np.arange(n_samples) / sr + rng.uniform(0, 6))
+        mix += rng.uniform(*levels) * 6 * signal.sosfilt(band, rng.normal(0, 1, n_samples)) * swell * max(np.abs(mix).max(), 0.1)
+    reverb_s = rng.uniform(*recipe["reverb"])
+    impulse = rng.normal(0, 1, int(reverb_s * sr)) * np.exp(-6.9 * np.arange(int(reverb_s * sr)) / (reverb_s * sr))
+    wet = signal.fftconvolve(mix, impulse)[:n_samples]
+    mix = mix + rng.uniform(0.15, 0.35) * wet * np.abs(mix).max() / max(np.abs(wet).max(), 1e-9)
+    mix = signal.sosfilt(_butter("lowpass", rng.uniform(*recipe["lowpass"]), sr), mix)
+    peak = np.abs(mix).max()
+    if peak == 0:
+        return np.zeros(n_samples, dtype=np.float32)
+    return (mix * rng.uniform(0.5, 0.8) / peak).astype(np.float32)
+
+
+def _add(mix: np.ndarray, sound: np.ndarray, start: float, sr: int) -> None:
+    """Add `sound` into `mix` from `start` seconds on, cutting what runs past the end."""
+    i = int(start * sr)
+    if i < len(mix):
+        mix[i : i + len(sound)] += sound[: len(mix) - i]
+
+
+def _butter(kind: str, cutoff, sr: int) -> np.ndarray:
+    """Second-order Butterworth filter (second-order sections), cutoffs in Hz kept below Nyquist."""
+    from scipy import signal
+
+    cutoff = np.minimum(np.atleast_1d(cutoff).astype(float), 0.45 * sr)
+    if cutoff.size == 2:
+        cutoff[0] = min(cutoff[0], 0.5 * cutoff[1])
+    return signal.butter(2, cutoff if cutoff.size == 2 else cutoff[0], kind, fs=sr, output="sos")
+
+
+def _drum_kit(sr: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One synthesized hit per drum name of _DRUM_PATTERNS, tuned a little differently per clip."""
+    from scipy import signal
+
+    def decay(seconds, tau):
+        t = np.arange(int(seconds * sr)) / sr
+        return t, np.exp(-t / tau)
+
+    def noise(seconds, tau, band):
+        t, env = decay(seconds, tau)
+        sos = _butter("bandpass" if np.ndim(band) else "highpass", band, sr)
+        return signal.sosfilt(sos, rng.normal(0, 1, t.size)) * env
+
+    t, env = decay(0.5, 0.12)
+    kick_hz = rng.uniform(40, 60) + 90 * np.exp(-t / 0.03)  # pitch sweeps down
+    kit = {"kick": np.sin(2 * np.pi * np.cumsum(kick_hz) / sr) * env}
+    t, env = decay(0.25, 0.05)
+    kit["snare"] = 0.5 * np.sin(2 * np.pi * rng.uniform(170, 220) * t) * env + 0.8 * noise(0.25, 0.06, [1500, 7000])
+    clap = noise(0.3, 0.08, [900, 3000])
+    kit["clap"] = sum(np.roll(clap, int(k * 0.011 * sr)) * g for k, g in enumerate((0.6, 0.8, 1.0)))
+    kit["hat"] = 0.35 * noise(0.08, 0.015, 7000)
+    kit["open_hat"] = 0.3 * noise(0.3, 0.09, 6500)
+    kit["shaker"] = 0.2 * noise(0.06, 0.02, [5000, 10000])
+    for name, base in (("tom_low", rng.uniform(90, 140)), ("tom_high", rng.uniform(250, 400))):
+        t, env = decay(0.4, 0.09)
+        kit[name] = np.sin(2 * np.pi * np.cumsum(base * (1 + 0.5 * np.exp(-t / 0.02))) / sr) * env  # tabla-like bend
+    return kit
+
+
+def _voice(name: str, freq: float, n: int, sr: int, rng: np.random.Generator, drive: float = 0.0) -> np.ndarray:
+    """One note of `n` samples of an instrument voice at `freq` Hz, peak about 1, faded out at the end."""
+    n = max(n, 16)
+    t = np.arange(n) / sr
+    if name in ("pluck", "sitar"):
+        tone = _karplus_strong(freq, n, sr, rng, loss=0.998 if name == "sitar" else 0.996)
+        if name == "sitar":  # the buzzing bridge adds harmonics
+            tone = np.tanh(4 * tone)
+    elif name == "piano":  # additive, higher partials slightly sharp and dying faster
+        partials = [k for k in range(1, 9) if k * freq < sr / 2.2]
+        tone = sum(np.sin(2 * np.pi * k * freq * (1 + 0.0004 * k * k) * t) * np.exp(-t * (1.5 + 0.8 * k)) / k for k in partials)
+    elif name in ("fm", "bell"):  # FM: electric piano (ratio 1) or inharmonic bell (ratio 3.5)
+        ratio, env = (1.0, np.exp(-t / 0.6)) if name == "fm" else (3.5, np.exp(-t / 1.2))
+        tone = env * np.sin(2 * np.pi * freq * t + rng.uniform(1, 4) * env * np.sin(2 * np.pi * ratio * freq * t))
+    elif name == "flute":  # sine with vibrato and breath noise
+        vibrato = 1 + 0.006 * np.sin(2 * np.pi * 5 * t)
+        phase = 2 * np.pi * np.cumsum(freq * vibrato) / sr
+        tone = (np.sin(phase) + 0.2 * np.sin(2 * phase) + 0.05 * rng.normal(0, 1, n)) * np.minimum(1, t / 0.08)
+    elif name == "sub":  # 808-style sine bass with a short pitch drop
+        tone = np.sin(2 * np.pi * np.cumsum(freq * (1 + 0.3 * np.exp(-t / 0.03))) / sr) * np.exp(-t / 0.8)
+    elif name == "drone":  # organ-like sustained root
+        tone = sum(np.sin(2 * np.pi * k * freq * t) / k for k in (1, 2, 3, 4)) * np.minimum(1, t / 0.3)
+    else:  # "saw", "pad", "guitar": naive sawtooth(s)
+        detunes = (0.996, 1.0, 1.004) if name == "pad" else (1.0,)
+        tone = sum(2 * ((freq * d * t + rng.random()) % 1) - 1 for d in detunes) / len(detunes)
+        if name == "pad":
+            tone = tone * np.minimum(1, t / (0.3 * t[-1] + 1e-3))
+        elif name == "guitar":
+            tone = np.tanh((2 + 10 * drive) * tone) * np.exp(-t / 1.5)
+        else:
+            tone = tone * np.exp(-t / 0.4)
+    fade = min(n, int(0.01 * sr))
+    tone = np.asarray(tone, dtype=float)
+    tone[-fade:] *= np.linspace(1, 0, fade)
+    return tone
+
+
+def _karplus_strong(freq: float, n: int, sr: int, rng: np.random.Generator, loss: float = 0.996) -> np.ndarray:
+    """A plucked string: a noise burst recirculated through a delay line of one period and an
+    averaging filter. Computed in closed form: period k is the burst filtered k times (via the FFT)."""
+    period = max(2, int(round(sr / freq)))
+    burst = np.fft.rfft(rng.uniform(-1, 1, period))
+    loop = loss * 0.5 * (1 + np.exp(-2j * np.pi * np.arange(burst.size) / period))  # one trip, per harmonic
+    periods = np.arange(-(-n // period))[:, None]
+    return np.fft.irfft(burst * loop**periods, n=period).ravel()[:n]
 
 
 # ── Command line: python genre_utils.py demo-data | report | predict ──

@@ -5,7 +5,7 @@ names (`__all__` lists the same names in the same order; everything else starts 
 
 Config and errors: every knob in one dataclass, its presets, and every error class
     ROOT, GENRES, BRANCHES, SPLITS, GenreError, ConfigError, DataError, AudioError, CacheError,
-    Config, PRESETS, get_config
+    Config, PRESETS, QUICK_EPOCHS, QUICK_DIR, get_config
 Shared helpers: quiet imports, atomic writes and output-folder errors, used by several sections
     import_keras
 Data: track tables for the FMA and folder-per-genre layouts, and audio loading
@@ -22,7 +22,7 @@ Devices and batches: where Keras runs, and normalised batches of whole clips or 
     gpu_devices, configure_devices, describe_devices, TRAIN_MODES, EXCERPT_HOP, chunk_frames,
     excerpt_starts, feature_batches
 Training: Keras fit with checkpoints, logs and resume, one folder per run, read back by load_run
-    RUN_FILES, train, load_run, load_run_stats
+    RUN_FILES, RUN_FORMAT, adapt_normalization, train, load_run
 Prediction: genre probabilities of cached clips and of audio files of any length
     predict_proba, predict_file
 Evaluation: accuracy, per-genre scores, confusion matrix and the comparison with the report
@@ -51,6 +51,7 @@ import dataclasses
 import errno
 import functools
 import importlib
+import importlib.util
 import itertools
 import json
 import os
@@ -74,7 +75,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 __all__ = [
     # Config and errors
     "ROOT", "GENRES", "BRANCHES", "SPLITS", "GenreError", "ConfigError", "DataError", "AudioError",
-    "CacheError", "Config", "PRESETS", "get_config",
+    "CacheError", "Config", "PRESETS", "QUICK_EPOCHS", "QUICK_DIR", "get_config",
     # Shared helpers
     "import_keras",
     # Data
@@ -91,7 +92,7 @@ __all__ = [
     "gpu_devices", "configure_devices", "describe_devices", "TRAIN_MODES", "EXCERPT_HOP", "chunk_frames",
     "excerpt_starts", "feature_batches",
     # Training
-    "RUN_FILES", "train", "load_run", "load_run_stats",
+    "RUN_FILES", "RUN_FORMAT", "adapt_normalization", "train", "load_run",
     # Prediction
     "predict_proba", "predict_file",
     # Evaluation
@@ -168,6 +169,7 @@ class Config:
     filters: int = 32  # channels of the first block; later blocks double up to 8x
     dense_units: int = 256
     dropout: float = 0.5
+    bn_momentum: float = 0.99  # batch norm's moving statistics keep this share per step (Keras' default)
     # training
     batch_size: int = 32
     epochs: int = 46
@@ -210,22 +212,32 @@ PRESETS = {
         n_mels=64,
         filters=8,
         dense_units=64,
+        bn_momentum=0.9,  # 12 steps an epoch: the moving statistics must follow the weights within one
         epochs=20,
         lr_decay_epochs=8.0,
     ),
 }
+# GENRE_QUICK=1 (set by `make test`): every preset trains QUICK_EPOCHS epochs and writes its runs and
+# figures under runs/quick/, so the notebooks run every code path in a fraction of the time without
+# touching the committed figures/ or the runs of `make demo`
+QUICK_EPOCHS = 2
+QUICK_DIR = ROOT / "runs" / "quick"
 
 
 def get_config(profile: str | None = None, data_root: str | os.PathLike | None = None, **changes) -> Config:
     """The settings of a preset, with the data root and any field overridden.
 
     `profile` defaults to the environment variable GENRE_PROFILE (else "demo"), `data_root` to
-    GENRE_DATA (else the preset's). Raises ConfigError for an unknown preset or field.
+    GENRE_DATA (else the preset's). With GENRE_QUICK set (not empty or "0"), epochs defaults to
+    QUICK_EPOCHS and runs_dir, figures_dir to QUICK_DIR and QUICK_DIR/figures. Raises ConfigError
+    for an unknown preset or field.
     """
     profile = profile or os.environ.get("GENRE_PROFILE") or "demo"
     if profile not in PRESETS:
         raise ConfigError(f"unknown preset {profile!r}; choose one of {', '.join(PRESETS)} (GENRE_PROFILE)")
     cfg = PRESETS[profile]
+    if os.environ.get("GENRE_QUICK", "0") not in ("", "0"):
+        changes = {"epochs": QUICK_EPOCHS, "runs_dir": QUICK_DIR, "figures_dir": QUICK_DIR / "figures", **changes}
     data_root = data_root or os.environ.get("GENRE_DATA")
     if data_root:
         changes["data_root"] = Path(data_root).expanduser().resolve()
@@ -674,7 +686,7 @@ class Features:
     index: pd.DataFrame
     mel: np.ndarray
     cqt: np.ndarray
-    stats: dict[str, np.ndarray]
+    stats: dict[str, np.ndarray] = field(default_factory=dict)
     path: Path | None = None  # cache folder, None for features built in memory
     skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
 
@@ -1009,7 +1021,8 @@ def _feature_results(jobs: list[tuple[int, str]], cfg: Config, workers: int, com
     """Yield (row, compute(path, cfg)) for every (row, path) job, in completion order.
 
     workers > 1 runs the jobs in that many 'spawn' processes (safe when the caller has imported
-    TensorFlow), with a bounded number in flight so finished arrays never pile up in memory.
+    TensorFlow), with a bounded number in flight so finished arrays never pile up in memory. Raises
+    GenreError saying why and what to do when a worker process dies (BrokenProcessPool).
     """
     workers = min(workers, len(jobs))
     if workers <= 1:
@@ -1018,6 +1031,7 @@ def _feature_results(jobs: list[tuple[int, str]], cfg: Config, workers: int, com
         return
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     pending_jobs = iter(jobs)
     executor = ProcessPoolExecutor(
@@ -1034,6 +1048,14 @@ def _feature_results(jobs: list[tuple[int, str]], cfg: Config, workers: int, com
                 yield row, future.result()
                 for next_row, path in itertools.islice(pending_jobs, 1):
                     in_flight[executor.submit(compute, path, cfg)] = next_row
+    except BrokenProcessPool:
+        raise GenreError(
+            f"a worker process of the {workers} computing features died. Either it ran out of "
+            "memory (pass workers=1 or fewer workers, or free memory), or the calling script starts the "
+            "extraction without `if __name__ == \"__main__\":`: each worker process re-imports the script "
+            "(the 'spawn' start method), so put the calling code under that guard. Run again afterwards: "
+            "finished clips are kept and the extraction resumes"
+        ) from None
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
 
@@ -1263,7 +1285,8 @@ def _check_branches(branches) -> tuple[str, ...]:
 def build_model(cfg: Config, branches=None):
     """The report's three-branch CNN as a functional keras.Model, compiled by `train`.
 
-    Each block is conv -> ReLU -> batch norm -> max-pool, every layer named `<branch>_block<b>_<role>`;
+    Each block is conv -> ReLU -> batch norm (momentum cfg.bn_momentum) -> max-pool, every layer named
+    `<branch>_block<b>_<role>`;
     MODEL_BLOCKS gives each branch's (convolutions, pools), the comment above it in the source the
     filter shapes. Each branch ends in global average pooling, so a clip of any length votes; the
     branches (concatenated when there are several) feed a dense layer, dropout and a softmax. On
@@ -1281,8 +1304,10 @@ def build_model(cfg: Config, branches=None):
     Returns
     -------
     keras.Model
-        Inputs "mel" (batch, cfg.n_mels, frames, 1) and/or "cqt" (batch, cfg.cqt_bins, frames, 1),
-        any number of frames >= 1, already normalised per band (`feature_batches` does it); output
+        Inputs "mel" (batch, cfg.n_mels, frames, 1) and/or "cqt" (batch, cfg.cqt_bins, frames, 1):
+        the cached float16 dB features as they are, any number of frames >= 1. Each input is
+        normalised per band by a Normalization layer (`<input>_normalization`) that `train` adapts
+        to the training split (`adapt_normalization`) and that is saved with the model. Output
         "genre" (batch, len(cfg.genres)) float32 probabilities.
 
     Raises
@@ -1306,18 +1331,21 @@ def build_model(cfg: Config, branches=None):
     heights = {"mel": cfg.n_mels, "cqt": cfg.cqt_bins}
     with _strategy_scope():
         inputs = {
-            name: keras.Input((heights[name], None, 1), name=name)
+            name: keras.Input((heights[name], None, 1), name=name, dtype="float16")
             for name in dict.fromkeys(BRANCH_INPUTS[b] for b in branches)
         }
+        # per-band (axis 1) standardisation in float32, adapted by `adapt_normalization`
+        normalised = {name: layers.Normalization(axis=1, dtype="float32", name=f"{name}_normalization")(x)
+                      for name, x in inputs.items()}
         pooled = []
         for branch in branches:
-            x = inputs[BRANCH_INPUTS[branch]]
+            x = normalised[BRANCH_INPUTS[branch]]
             for b, block in enumerate(_branch_blocks(branch, heights[BRANCH_INPUTS[branch]], cfg), start=1):
                 name = f"{branch}_block{b}"
                 x = layers.Conv2D(block.filters, block.kernel, padding="same",
                                   kernel_initializer="he_normal", name=f"{name}_conv")(x)
                 x = layers.ReLU(name=f"{name}_relu")(x)
-                x = layers.BatchNormalization(name=f"{name}_bn")(x)
+                x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"{name}_bn")(x)
                 if block.pool:
                     x = layers.MaxPooling2D(block.pool, padding="same", name=f"{name}_pool")(x)
             pooled.append(layers.GlobalAveragePooling2D(name=f"{branch}_global_pool")(x))
@@ -1360,10 +1388,12 @@ def model_table(model, n_frames: int | None = None) -> pd.DataFrame:
 
 
 def branch_parameters(model) -> pd.Series:
-    """Trainable + non-trainable parameters per branch ("head" = dense layers), and "total"."""
-    counts = dict.fromkeys((*MODEL_BLOCKS, "head"), 0)
+    """Trainable + non-trainable parameters per branch ("head" = dense layers; "normalization" = the
+    inputs' per-band means and variances), and "total"."""
+    counts = dict.fromkeys((*MODEL_BLOCKS, "normalization", "head"), 0)
     for layer in model.layers:
-        branch = next((b for b in MODEL_BLOCKS if layer.name.startswith(b + "_")), "head")
+        branch = "normalization" if layer.name.endswith("_normalization") else \
+            next((b for b in MODEL_BLOCKS if layer.name.startswith(b + "_")), "head")
         counts[branch] += layer.count_params()
     counts = {name: count for name, count in counts.items() if count or name == "head"}
     counts["total"] = model.count_params()
@@ -1548,12 +1578,6 @@ def _check_features(data: Features, cfg: Config, inputs) -> None:
                 f"{where}: {name} array has shape {array.shape}, expected ({len(data.index)}, {heights[name]}, "
                 f"frames); extract features with the same config ({cfg.profile!r}) as the model"
             )
-        for key in (f"{name}_mean", f"{name}_std"):
-            if key not in data.stats or np.size(data.stats[key]) != heights[name]:
-                raise DataError(f"{where}: normalisation statistic {key} missing or not {heights[name]} values")
-            if not np.all(np.isfinite(data.stats[key])):
-                raise DataError(f"{where}: normalisation statistic {key} holds NaN or infinite values; "
-                                "delete the cache folder and run extract_features again")
     labels = data.index["label"].to_numpy()
     if labels.min(initial=0) < 0 or labels.max(initial=0) >= len(cfg.genres):
         raise DataError(f"{where}: labels outside 0..{len(cfg.genres) - 1}")
@@ -1568,7 +1592,7 @@ def _feature_batches_class():
     keras = import_keras()
 
     class FeatureBatches(keras.utils.PyDataset):
-        """Batches ({input: float32 (batch, bins, frames, 1)}, labels (batch,)) read from memory maps."""
+        """Batches ({input: float16 (batch, bins, frames, 1)}, labels (batch,)) read from memory maps."""
 
         def __init__(self, data, rows, inputs, batch_size, shuffle, excerpt_frames, seed, starts=None):
             super().__init__()
@@ -1576,11 +1600,7 @@ def _feature_batches_class():
             self.rows = np.asarray(rows, dtype=np.int64)
             self.shuffle, self.excerpt_frames = shuffle, excerpt_frames
             self.labels = data.index["label"].to_numpy(np.int32)
-            self.scale = {
-                name: (np.asarray(data.stats[f"{name}_mean"], np.float32).reshape(-1, 1),
-                       np.maximum(np.asarray(data.stats[f"{name}_std"], np.float32).reshape(-1, 1), 1e-6))
-                for name in self.inputs
-            }
+            self.checked = {name: np.zeros(len(data.index), bool) for name in self.inputs}  # rows found finite
             self.rng = np.random.default_rng(seed)
             self.fixed_starts = starts is not None
             self.order = self.rows
@@ -1607,19 +1627,33 @@ def _feature_batches_class():
             x = {}
             for name in self.inputs:
                 array = getattr(self.data, name)
+                self._check_finite(name, array, rows)
                 if self.excerpt_frames:
-                    clips = np.stack([array[r, :, s : s + self.excerpt_frames] for r, s in zip(rows, starts)])
+                    clips = np.empty((len(rows), array.shape[1], self.excerpt_frames), array.dtype)
+                    for i, (row, start) in enumerate(zip(rows, starts)):
+                        clips[i] = array[row, :, start:start + self.excerpt_frames]
                 else:
                     clips = array[rows]
-                finite = np.isfinite(clips).all(axis=(1, 2))
-                if not finite.all():  # a corrupt cache row must never reach the model
-                    track_id = self.data.index.index[rows[np.argmin(finite)]]
-                    where = self.data.path / f"{name}.npy" if self.data.path else f"in-memory {name} features"
-                    raise DataError(f"{where}: track {track_id} holds NaN or infinite values (corrupt cache); "
-                                    "delete the cache folder and run extract_features again")
-                mean, std = self.scale[name]
-                x[name] = ((clips.astype(np.float32) - mean) / std)[..., np.newaxis]
+                x[name] = clips[..., np.newaxis]  # as cached (float16 dB): the model normalises
             return x, self.labels[rows]
+
+        def _check_finite(self, name, array, rows):
+            """Raise DataError if a row not checked before holds NaN or inf: a corrupt cache row must
+            never reach the model. Each row is checked once (its first batch), on the float16 bits."""
+            new = rows[~self.checked[name][rows]]
+            if len(new) == 0:
+                return
+            block = array[new]
+            if block.dtype == np.float16:  # all exponent bits set: inf or NaN; faster than isfinite
+                bad = ((block.view(np.uint16) & 0x7C00) == 0x7C00).any(axis=(1, 2))
+            else:
+                bad = ~np.isfinite(block).all(axis=(1, 2))
+            if bad.any():
+                track_id = self.data.index.index[new[np.argmax(bad)]]
+                where = self.data.path / f"{name}.npy" if self.data.path else f"in-memory {name} features"
+                raise DataError(f"{where}: track {track_id} holds NaN or infinite values (corrupt cache); "
+                                "delete the cache folder and run extract_features again")
+            self.checked[name][new] = True
 
         def on_epoch_end(self):
             self._draw()
@@ -1631,14 +1665,13 @@ def feature_batches(data: Features, rows, cfg: Config, inputs=("mel", "cqt"), sh
                     excerpt_frames: int | None = None, starts=None):
     """A keras.utils.PyDataset over `rows` of `data`, reading one batch at a time from the caches.
 
-    Each batch is ({name: float32 (batch, bins, frames, 1)} for name in `inputs`, int32 labels),
-    normalised per band with the training-split mean/std in `data.stats` (the same at training and
-    prediction time; the saved model expects normalised input). `shuffle` reorders clips every
+    Each batch is ({name: float16 (batch, bins, frames, 1)} for name in `inputs`, int32 labels): the
+    cached dB values as they are (the model normalises them, see `build_model`). `shuffle` reorders clips every
     epoch with a generator seeded by cfg.seed; `excerpt_frames` crops a random excerpt of that many
     frames from every clip, anew each epoch (chunked training); `starts` (one frame number per row,
     with `excerpt_frames`) fixes the excerpts instead (prediction). Raises DataError when arrays or
-    statistics do not fit `cfg`, ConfigError for an excerpt longer than the clips or starts that do
-    not fit them.
+    labels do not fit `cfg`, ConfigError for an excerpt longer than the clips or starts that do
+    not fit them; DataError, when a batch is read, for a row holding NaN or inf.
     """
     _check_features(data, cfg, inputs)
     n_frames = getattr(data, inputs[0]).shape[2]
@@ -1666,7 +1699,8 @@ def _model_inputs(model, cfg: Config) -> list[str]:
 
 # ── Training: Keras fit with checkpoints, logs and resume, one folder per run, read back by load_run ──
 
-RUN_FILES = ("config.json", "versions.json", "stats.npz", "history.csv", "best.keras", "last.keras")
+RUN_FILES = ("config.json", "versions.json", "history.csv", "best.keras", "last.keras")
+RUN_FORMAT = 2  # versions.json's run_format; 2: the model normalises its inputs (1 needed stats.npz)
 
 
 def _versions() -> dict:
@@ -1693,10 +1727,27 @@ def _read_history(path: Path) -> pd.DataFrame:
     return history.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
 
 
-def _write_stats(path: Path, stats: dict[str, np.ndarray]) -> None:
-    """Write normalisation statistics as .npz atomically."""
-    with _atomic_path(path) as tmp, open(tmp, "wb") as file:  # a file object: np.savez adds no suffix
-        np.savez(file, **stats)
+def adapt_normalization(model, data: Features, rows) -> None:
+    """Adapt the per-band Normalization layers of a `build_model` model to `rows` of `data`.
+
+    Each input's layer gets the mean and variance of every band over the given clips and all their
+    frames, accumulated in float64 a chunk of rows at a time, so a memory-mapped cache is never
+    loaded whole. The statistics are layer weights: the saved model carries them. Raises DataError
+    when `rows` is empty or the statistics are not finite (a corrupt cache).
+    """
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    where = data.path or "in-memory features"
+    if len(rows) == 0:
+        raise DataError(f"{where}: no clips to adapt the input normalisation to")
+    for tensor in model.inputs:
+        mean, std = _band_stats(getattr(data, tensor.name), rows)
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+            raise DataError(f"{where}: the {tensor.name} features of the training clips hold NaN or infinite "
+                            "values (corrupt cache); delete the cache folder and run extract_features again")
+        layer = model.get_layer(f"{tensor.name}_normalization")
+        layer.adapt_mean.assign(mean)
+        layer.adapt_variance.assign(np.square(std))
+        layer.finalize_state()
 
 
 @functools.cache
@@ -1772,9 +1823,10 @@ def train(model, data: Features, cfg: Config, run_dir: str | os.PathLike, *, cal
     Writes
     ------
     `run_dir/`
-        config.json, versions.json, stats.npz (the input normalisation, for predicting new audio:
-        `load_run_stats`), history.csv, best.keras (best val_accuracy), last.keras, tensorboard/ and,
-        while running, backup/. `load_run` reads the run back.
+        config.json, versions.json (with RUN_FORMAT), history.csv, best.keras (best val_accuracy),
+        last.keras, tensorboard/ (where TensorFlow is installed) and, while running, backup/. The
+        models hold their input normalisation (`adapt_normalization` on the training split), so they
+        predict from cached features alone. `load_run` reads the run back.
 
     Raises
     ------
@@ -1818,9 +1870,8 @@ def train(model, data: Features, cfg: Config, run_dir: str | os.PathLike, *, cal
             for name in ("tensorboard", "backup"):
                 shutil.rmtree(run_dir / name, ignore_errors=True)
         _write_json(config_path, settings)
-        _write_json(run_dir / "versions.json", _versions())
-        _write_stats(run_dir / "stats.npz", {f"{name}_{stat}": data.stats[f"{name}_{stat}"]
-                                            for name in inputs for stat in ("mean", "std")})
+        _write_json(run_dir / "versions.json", {"run_format": RUN_FORMAT, **_versions()})
+    adapt_normalization(model, data, splits["training"])  # a resumed run restores the same values
 
     schedule = keras.optimizers.schedules.ExponentialDecay(
         cfg.learning_rate, decay_steps=cfg.lr_decay_epochs * len(train_batches), decay_rate=cfg.lr_decay_rate
@@ -1840,7 +1891,8 @@ def train(model, data: Features, cfg: Config, run_dir: str | os.PathLike, *, cal
         keras.callbacks.ModelCheckpoint(run_dir / "best.keras", monitor="val_accuracy", mode="max",
                                         save_best_only=True, initial_value_threshold=best_so_far),
         keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
-        keras.callbacks.TensorBoard(run_dir / "tensorboard"),
+        # Keras writes TensorBoard logs through TensorFlow, whatever the backend
+        *([keras.callbacks.TensorBoard(run_dir / "tensorboard")] if importlib.util.find_spec("tensorflow") else []),
     ]
     model.fit(
         train_batches,
@@ -1881,20 +1933,21 @@ def load_run(run_dir: str | os.PathLike):
     for name in RUN_FILES:
         if not (run_dir / name).is_file():
             raise DataError(f"{run_dir / name}: not found; train into {run_dir} first (notebook 04)")
+    if _run_format(run_dir) != RUN_FORMAT:
+        raise DataError(f"{run_dir}: trained by an older version of this code (its model expects normalised "
+                        f"input); train into {run_dir} again")
     configure_devices()
     cfg = _config_from_dict(json.loads((run_dir / "config.json").read_text()), run_dir / "config.json")
     model = keras.saving.load_model(run_dir / "best.keras")
     return model, cfg, _read_history(run_dir / "history.csv")
 
 
-def load_run_stats(run_dir: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The input normalisation a run was trained with (stats.npz: per-band mean and std of each of
-    its inputs, keys as Features.stats). Raises DataError naming the file when it is missing."""
-    path = Path(run_dir) / "stats.npz"
-    if not path.is_file():
-        raise DataError(f"{path}: not found; train into {Path(run_dir)} first (notebook 04)")
-    with np.load(path) as stats:
-        return {name: stats[name] for name in stats.files}
+def _run_format(run_dir: Path) -> int | None:
+    """RUN_FORMAT recorded in a run's versions.json (1 for runs from before it was recorded)."""
+    try:
+        return json.loads((run_dir / "versions.json").read_text()).get("run_format", 1)
+    except (OSError, ValueError):
+        return None
 
 
 # ── Prediction: genre probabilities of cached clips and of audio files of any length ──
@@ -1920,7 +1973,7 @@ def predict_proba(model, data: Features, rows, cfg: Config) -> np.ndarray:
     return proba.reshape(len(rows), len(starts), -1).mean(axis=1)
 
 
-def predict_file(path: str | os.PathLike, model, cfg: Config, stats: dict[str, np.ndarray]) -> pd.DataFrame:
+def predict_file(path: str | os.PathLike, model, cfg: Config) -> pd.DataFrame:
     """Genre probabilities of one audio file of any length, in any format `load_audio` reads.
 
     The file is decoded whole at cfg.sample_rate and cut into windows as long as the training clips
@@ -1936,8 +1989,6 @@ def predict_file(path: str | os.PathLike, model, cfg: Config, stats: dict[str, n
         A trained model, e.g. from `load_run`.
     cfg : Config
         The run's settings.
-    stats : dict of str to np.ndarray
-        The run's input normalisation (`load_run_stats`).
 
     Returns
     -------
@@ -1960,7 +2011,6 @@ def predict_file(path: str | os.PathLike, model, cfg: Config, stats: dict[str, n
         index=index,
         mel=np.stack([mel_spectrogram(window, cfg) for window in windows]).astype(np.float16),
         cqt=np.stack([cqt(window, cfg) for window in windows]).astype(np.float16),
-        stats=stats,
     )
     proba = predict_proba(model, features, np.arange(len(windows)), cfg)
     return pd.DataFrame(proba, index=index.index, columns=list(cfg.genres))
@@ -2175,6 +2225,8 @@ EXPERIMENT_COLUMNS = ("model", "input", "parameters", "epochs", "train_seconds",
 def _finished_run(run_dir: Path, cfg: Config) -> bool:
     """Whether `run_dir` holds a complete run trained with exactly `cfg`, its epoch times logged."""
     if not all((run_dir / name).is_file() for name in RUN_FILES) or (run_dir / "backup").exists():
+        return False
+    if _run_format(run_dir) != RUN_FORMAT:
         return False
     if json.loads((run_dir / "config.json").read_text()) != json.loads(json.dumps(cfg.to_dict())):
         return False
@@ -3008,11 +3060,10 @@ def _cli_demo_data(cfg: Config, args) -> None:
 def _cli_predict(cfg: Config, args) -> int:
     """`predict`: the top genres of each file with a trained run; returns 1 if a file failed."""
     model, run_cfg, _ = load_run(args.run_dir)
-    stats = load_run_stats(args.run_dir)
     failed = 0
     for song in args.songs:
         try:
-            windows = predict_file(song, model, run_cfg, stats)
+            windows = predict_file(song, model, run_cfg)
         except AudioError as exc:
             print(f"genre_utils.py predict: error: {exc}", file=sys.stderr)
             failed += 1

@@ -1927,8 +1927,6 @@ def load_run(run_dir: str | os.PathLike):
 
     Raises DataError naming the missing file when the folder holds no finished run.
     """
-    keras = import_keras()
-
     run_dir = Path(run_dir)
     for name in RUN_FILES:
         if not (run_dir / name).is_file():
@@ -1936,6 +1934,7 @@ def load_run(run_dir: str | os.PathLike):
     if _run_format(run_dir) != RUN_FORMAT:
         raise DataError(f"{run_dir}: trained by an older version of this code (its model expects normalised "
                         f"input); train into {run_dir} again")
+    keras = import_keras()  # after the checks: a missing run fails at once, without loading Keras
     configure_devices()
     cfg = _config_from_dict(json.loads((run_dir / "config.json").read_text()), run_dir / "config.json")
     model = keras.saving.load_model(run_dir / "best.keras")

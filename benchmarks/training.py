@@ -215,7 +215,8 @@ def run_loader(args) -> None:
         features = synthetic_cache(Path(folder), cfg, args.loader_clips)
         rows = features.rows("training")
         print(f"synthetic seed-size cache: {len(features.index)} clips, mel {features.mel.shape[1:]}, "
-              f"CQT {features.cqt.shape[1:]} float16, {(features.mel.nbytes + features.cqt.nbytes) / 1e9:.2f} GB on disk (in page cache)")
+              f"CQT {features.cqt.shape[1:]} float16, {(features.mel.nbytes + features.cqt.nbytes) / 1e9:.2f} GB "
+              "on disk (in the page cache)")
         excerpt = gu.chunk_frames(cfg)
         loaders = {
             "whole clips, shuffled": dict(shuffle=True),
@@ -305,7 +306,7 @@ def main(argv=None) -> None:
     parser.add_argument("--loader", action="store_true", help="measure the batch loader alone instead")
     parser.add_argument("--loader-clips", type=int, default=2048, help="clips in the synthetic loader cache")
     args = parser.parse_args(argv)
-    mixed = gu.configure_devices() if "mixed" in args.precision else "float32"
+    mixed = gu.configure_devices()  # first, so that each variant's own policy sticks
     args.precision = [mixed if p == "mixed" else p for p in args.precision]
     if args.precision == ["float32", "float32"]:  # no GPU: mixed precision means float32 here
         args.precision = ["float32"]

@@ -680,7 +680,9 @@ class Features:
     index: DataFrame indexed by track_id with columns genre, split, label (int, position in
         cfg.genres). mel: (n, n_mels, n_frames) and cqt: (n, cqt_bins, n_frames) float16 arrays,
         usually read-only memory maps so nothing is loaded until used. stats: per-band mean and
-        standard deviation of the training split, keys mel_mean, mel_std, cqt_mean, cqt_std.
+        standard deviation of the training split, keys mel_mean, mel_std, cqt_mean, cqt_std (a
+        description of the cache; training adapts the model's own normalisation to the rows it
+        trains on, see `adapt_normalization`), empty for features built in memory.
     """
 
     index: pd.DataFrame

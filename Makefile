@@ -7,15 +7,25 @@ BIN    := $(VENV)/bin
 export GENRE_PROFILE ?= demo
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup data demo test report lab clean
+.PHONY: setup musicnn fma data demo test report lab clean
 
-setup: $(VENV)/.installed
+MUSICNN_WEIGHTS := cache/musicnn/msd_musicnn.npz
+
+setup: $(VENV)/.installed $(MUSICNN_WEIGHTS)
 
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	touch $@
+
+musicnn: $(MUSICNN_WEIGHTS)  ## the pretrained musicnn MSD weights (musicnn 0.1.0, ISC licence), from PyPI once
+
+$(MUSICNN_WEIGHTS): | $(VENV)/.installed
+	$(BIN)/python genre_utils.py musicnn-weights
+
+fma: setup  ## download, verify and unpack FMA-small and its metadata into $GENRE_DATA (default data/fma), then check it
+	$(BIN)/python genre_utils.py download metadata small
 
 data: setup  ## generate the demo dataset (data/demo) unless it is there; the tests use it
 	$(BIN)/python genre_utils.py --profile demo --data data/demo demo-data

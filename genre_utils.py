@@ -5,19 +5,29 @@ names (`__all__` lists the same names in the same order; everything else starts 
 
 Config and errors: every knob in one dataclass, its presets, and every error class
     ROOT, GENRES, BRANCHES, SPLITS, GenreError, ConfigError, DataError, AudioError, CacheError,
-    Config, PRESETS, QUICK_EPOCHS, QUICK_DIR, get_config
+    DownloadError, Config, PRESETS, QUICK_EPOCHS, QUICK_DIR, get_config
 Shared helpers: quiet imports, atomic writes and output-folder errors, used by several sections
     import_keras
 Data: track tables for the FMA and folder-per-genre layouts, and audio loading
     AUDIO_EXTENSIONS, load_audio, FMA_SUBSETS, FMA_REQUIRED_COLUMNS, SPLIT_FRACTIONS, audio_path,
     read_fma_tracks, load_tracks, skipped_tracks, audio_info, stratified_split
+Download: FMA archives fetched, verified and unpacked
+    FMA_BASE_URL, FMA_URL_VARIABLE, FmaArchive, FMA_ARCHIVES, FMA_BROKEN_TRACKS, download_fma,
+    DatasetCheck, check_dataset
 Features: mel-spectrogram and CQT in a resumable on-disk cache, and the baseline's clip statistics
     Features, FEATURES_FORMAT, TOP_DB, FEATURE_SETTINGS, mel_spectrogram, cqt, features_key,
-    extract_features, open_features, BASELINE_MFCCS, CLIP_STATISTICS_FORMAT, clip_statistics,
-    extract_clip_statistics
+    extract_features, open_features, band_means, BASELINE_MFCCS, CLIP_STATISTICS_FORMAT,
+    clip_statistics, extract_clip_statistics
 Model: the report's three-branch CNN in backend-neutral Keras 3, and the classical baseline's classifier
     MODEL_BLOCKS, BRANCH_INPUTS, build_model, model_table, branch_parameters, BASELINE_KINDS,
     baseline_classifier
+Pretrained network: musicnn (Pons et al. 2018) ported to Keras 3
+    MUSICNN_SAMPLE_RATE, MUSICNN_N_FFT, MUSICNN_HOP, MUSICNN_MELS, MUSICNN_PATCH_FRAMES, MUSICNN_TAGS,
+    MUSICNN_PACKAGE, MUSICNN_WHEEL_SHA256, MUSICNN_WEIGHTS, MUSICNN_LAYERS, EMBEDDINGS_FORMAT,
+    EMBEDDING_KINDS, EMBEDDING_LOGISTIC_CS, musicnn_patches, build_musicnn, load_musicnn,
+    fetch_musicnn_weights, musicnn_outputs, musicnn_tags, musicnn_embedding, pretrained_embeddings,
+    embedding_classifier, EMBEDDING_RUN_FILES, train_embedding_classifier, load_embedding_run,
+    predict_file_embeddings, embedding_method
 Devices and batches: where Keras runs, and normalised batches of whole clips or excerpts
     gpu_devices, configure_devices, describe_devices, TRAIN_MODES, EXCERPT_HOP, chunk_frames,
     excerpt_starts, feature_batches
@@ -27,7 +37,7 @@ Prediction: genre probabilities of cached clips and of audio files of any length
     predict_proba, predict_file
 Evaluation: accuracy, per-genre scores, confusion matrix and the comparison with the report
     REPORT_VAL_ACCURACY, REPORT_VAL_CLIPS, Scores, classification_scores, evaluate,
-    most_confused_pairs, describe_dataset, compare_with_report
+    most_confused_pairs, describe_dataset, compare_with_report, MethodResult
 Experiments: one results row per CNN variant or classical baseline, reusing finished runs
     EXPERIMENT_COLUMNS, cnn_experiment, baseline_experiment
 Plots: one style and one export helper for every figure
@@ -37,7 +47,7 @@ Report: the executed notebooks as one browsable HTML page
     export_report
 Demo data: a miniature FMA of procedurally synthesized music, self-contained
     DEMO_VERSION, DEMO_MARKER, make_demo_dataset, synthesize_clip
-Command line: python genre_utils.py demo-data | report | predict
+Command line: python genre_utils.py download | demo-data | report | predict | musicnn-weights
     main
 
 Heavy frameworks (Keras and its backend, matplotlib) are imported inside the functions that
@@ -75,19 +85,29 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 __all__ = [
     # Config and errors
     "ROOT", "GENRES", "BRANCHES", "SPLITS", "GenreError", "ConfigError", "DataError", "AudioError",
-    "CacheError", "Config", "PRESETS", "QUICK_EPOCHS", "QUICK_DIR", "get_config",
+    "CacheError", "DownloadError", "Config", "PRESETS", "QUICK_EPOCHS", "QUICK_DIR", "get_config",
     # Shared helpers
     "import_keras",
     # Data
     "AUDIO_EXTENSIONS", "load_audio", "FMA_SUBSETS", "FMA_REQUIRED_COLUMNS", "SPLIT_FRACTIONS", "audio_path",
     "read_fma_tracks", "load_tracks", "skipped_tracks", "audio_info", "stratified_split",
+    # Download
+    "FMA_BASE_URL", "FMA_URL_VARIABLE", "FmaArchive", "FMA_ARCHIVES", "FMA_BROKEN_TRACKS", "download_fma",
+    "DatasetCheck", "check_dataset",
     # Features
     "Features", "FEATURES_FORMAT", "TOP_DB", "FEATURE_SETTINGS", "mel_spectrogram", "cqt", "features_key",
-    "extract_features", "open_features", "BASELINE_MFCCS", "CLIP_STATISTICS_FORMAT", "clip_statistics",
+    "extract_features", "open_features", "band_means", "BASELINE_MFCCS", "CLIP_STATISTICS_FORMAT", "clip_statistics",
     "extract_clip_statistics",
     # Model
     "MODEL_BLOCKS", "BRANCH_INPUTS", "build_model", "model_table", "branch_parameters", "BASELINE_KINDS",
     "baseline_classifier",
+    # Pretrained network
+    "MUSICNN_SAMPLE_RATE", "MUSICNN_N_FFT", "MUSICNN_HOP", "MUSICNN_MELS", "MUSICNN_PATCH_FRAMES", "MUSICNN_TAGS",
+    "MUSICNN_PACKAGE", "MUSICNN_WHEEL_SHA256", "MUSICNN_WEIGHTS", "MUSICNN_LAYERS", "EMBEDDINGS_FORMAT",
+    "EMBEDDING_KINDS", "EMBEDDING_LOGISTIC_CS", "musicnn_patches", "build_musicnn", "load_musicnn",
+    "fetch_musicnn_weights", "musicnn_outputs", "musicnn_tags", "musicnn_embedding", "pretrained_embeddings",
+    "embedding_classifier", "EMBEDDING_RUN_FILES", "train_embedding_classifier", "load_embedding_run",
+    "predict_file_embeddings", "embedding_method",
     # Devices and batches
     "gpu_devices", "configure_devices", "describe_devices", "TRAIN_MODES", "EXCERPT_HOP", "chunk_frames",
     "excerpt_starts", "feature_batches",
@@ -97,7 +117,7 @@ __all__ = [
     "predict_proba", "predict_file",
     # Evaluation
     "REPORT_VAL_ACCURACY", "REPORT_VAL_CLIPS", "Scores", "classification_scores", "evaluate",
-    "most_confused_pairs", "describe_dataset", "compare_with_report",
+    "most_confused_pairs", "describe_dataset", "compare_with_report", "MethodResult",
     # Experiments
     "EXPERIMENT_COLUMNS", "cnn_experiment", "baseline_experiment",
     # Plots
@@ -139,6 +159,10 @@ class AudioError(GenreError):
 
 class CacheError(GenreError):
     """A feature cache folder that is missing, unfinished or does not match this code."""
+
+
+class DownloadError(DataError):
+    """A download that failed: an HTTP error, a time-out, a checksum mismatch, a full disk."""
 
 
 @dataclass(frozen=True)
@@ -671,6 +695,438 @@ def _drop_unusable(tracks: pd.DataFrame, root: Path, genres) -> pd.DataFrame:
     return kept
 
 
+# ── Download: FMA archives fetched, verified and unpacked ──
+
+FMA_BASE_URL = "https://os.unil.cloud.switch.ch/fma"  # the dataset's official location (README of mdeff/fma)
+FMA_URL_VARIABLE = "GENRE_FMA_URL"  # environment variable that replaces FMA_BASE_URL (a mirror)
+_MiB, _GiB = 2**20, 2**30
+
+
+@dataclass(frozen=True)
+class FmaArchive:
+    """One zip of the FMA download and what it unpacks to."""
+
+    file: str  # name of the zip on the server and in the data root
+    folder: str  # the one top-level folder it holds
+    sha1: str  # hex digest published in the README of mdeff/fma
+    size: int  # bytes of the zip (published, rounded: used only until the server gives the exact size)
+    unpacked: int  # bytes once unpacked (an upper estimate: the zip's own directory is checked before unpacking)
+
+
+FMA_ARCHIVES = {
+    "metadata": FmaArchive("fma_metadata.zip", "fma_metadata", "f0df49ffe5f2a6008d7dc83c6915b31835dfe733",
+                           342 * _MiB, 2 * _GiB),
+    "small": FmaArchive("fma_small.zip", "fma_small", "ade154f733639d52e35e32f5593efe5be76c6d70",
+                        int(7.2 * _GiB), int(7.4 * _GiB)),
+    "medium": FmaArchive("fma_medium.zip", "fma_medium", "c67b69ea232021025fca9231fc1c7c1a063ab50b",
+                         22 * _GiB, int(22.5 * _GiB)),
+    "large": FmaArchive("fma_large.zip", "fma_large", "497109f4dd721066b5ce5e5f250ec604dc78939e",
+                        93 * _GiB, 95 * _GiB),
+}
+# FMA-small files reported broken in the issue threads of mdeff/fma: flagged by check_dataset as known
+FMA_BROKEN_TRACKS = {99134: "no audio", 108925: "no audio", 133297: "no audio",
+                     98565: "much shorter than 30 s", 98567: "much shorter than 30 s", 98569: "much shorter than 30 s"}
+_UNPACKED_MARKER = ".unpacked.json"  # written into a folder before it is renamed into place
+_CHUNK_BYTES = _MiB  # bytes read from the network or a file at a time
+_HTTP_RETRIED = (408, 425, 429, 500, 502, 503, 504)  # status codes of transient server trouble
+
+
+def download_fma(
+    root: str | os.PathLike,
+    archives=("metadata", "small"),
+    *,
+    base_url: str | None = None,
+    sha1: dict[str, str] | None = None,
+    retries: int = 5,
+    backoff: float = 2.0,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> list[Path]:
+    """Download, verify and unpack FMA archives into `root`, doing only what is not done yet.
+
+    Parameters
+    ----------
+    root : path
+        Data root; gets `fma_metadata/`, `fma_small/`, ... next to the zips.
+    archives : sequence of str
+        Keys of FMA_ARCHIVES ("metadata", "small", "medium", "large"), in the order to fetch them.
+    base_url : str, optional
+        Where the zips are (`<base_url>/fma_small.zip`); default: the environment variable
+        GENRE_FMA_URL, else FMA_BASE_URL (the official location).
+    sha1 : dict, optional
+        Expected SHA-1 (hex) per archive, by key or file name ({"fma_small.zip": "..."}), for a
+        mirror that repacks; default: FMA_ARCHIVES' published ones.
+    retries : int
+        Attempts after a failed one (connection error, time-out, HTTP 408/429/5xx), waiting
+        `backoff` s, then twice as long each time; a try that received data resets the count.
+    timeout : float
+        Seconds to wait for a connection or for the next data before giving up on an attempt.
+    progress : bool
+        tqdm progress bars for downloading, checking and unpacking.
+
+    Returns
+    -------
+    list of Path
+        The unpacked folders, one per archive.
+
+    Writes
+    ------
+    `<root>/<archive>.zip` (kept after unpacking: a verified zip is never fetched again),
+    `<root>/<archive>.zip.part` while downloading (resumed by the next run with an HTTP Range
+    request), `<root>/<archive>.zip.verified.json` (its verified SHA-1, size and modification time, so a
+    later run need not read the zip again), and the unpacked folder, extracted into
+    `<root>/.<folder>.unpacking/` and renamed into place when complete: an interrupted unzip leaves
+    nothing that `load_tracks` takes for data. A zip whose SHA-1 does not match is renamed to
+    `<archive>.zip.bad-<its sha1>` and never unpacked.
+
+    Raises
+    ------
+    DownloadError
+        Naming the file or URL and the fix: not enough free disk space (checked before any request
+        for every archive still to fetch and unpack, and again with the zip's exact sizes before
+        unpacking), an HTTP error (404, ... ; transient ones after the retries), a time-out, a
+        checksum mismatch, a zip that cannot be read, or a disk that fills up while writing
+        (the `.part` file is kept and resumes once space is freed).
+    ConfigError
+        For an unknown archive key or a malformed SHA-1.
+    """
+    root = Path(root).expanduser().resolve()
+    base_url = (base_url or os.environ.get(FMA_URL_VARIABLE) or FMA_BASE_URL).rstrip("/")
+    chosen = _chosen_archives(archives, sha1 or {})
+    with _writing_to(root, DownloadError, "the data root (--data or GENRE_DATA)"):
+        root.mkdir(parents=True, exist_ok=True)
+        for archive in chosen:  # leftovers of a killed unzip
+            shutil.rmtree(root / f".{archive.folder}.unpacking", ignore_errors=True)
+    for archive in chosen:
+        if (root / archive.folder).exists() and not _is_unpacked(root, archive):
+            warnings.warn(f"{root / archive.folder}: already there but not unpacked from {archive.file} by this "
+                          "command (by hand?); left as it is. Delete it to have it downloaded and unpacked",
+                          stacklevel=2)
+    todo = [archive for archive in chosen if not (root / archive.folder).exists()]
+    _check_free_space(root, todo)
+    for archive in todo:
+        zip_path = root / archive.file
+        if not _is_verified(zip_path, archive.sha1, progress):
+            _fetch(f"{base_url}/{archive.file}", zip_path, retries=retries, backoff=backoff, timeout=timeout,
+                   progress=progress)
+            digest = _sha1_of(zip_path, progress)
+            if digest != archive.sha1:
+                bad = _set_aside(zip_path, digest)
+                raise DownloadError(
+                    f"{zip_path}: SHA-1 {digest} but {archive.sha1} expected: the download is corrupt or not this "
+                    f"archive; it was renamed {bad.name} and not unpacked. Run the download again (for a mirror "
+                    "that repacks the archive, give its SHA-1 with --sha1 NAME=HEX)"
+                )
+            _stamp_verified(zip_path, digest)
+        _unpack(zip_path, root, archive, progress=progress)
+    return [root / archive.folder for archive in chosen]
+
+
+@dataclass
+class DatasetCheck:
+    """What `check_dataset` found: the usable tracks and every file worth a look."""
+
+    root: Path
+    tracks: pd.DataFrame  # as load_tracks returns it
+    problems: pd.DataFrame  # indexed by track_id: path, problem, known (listed in FMA_BROKEN_TRACKS)
+
+    @property
+    def counts(self) -> pd.DataFrame:
+        """Usable tracks per genre (rows) and split (columns), with totals."""
+        table = pd.crosstab(self.tracks["genre"], self.tracks["split"], margins=True, margins_name="total")
+        return table.reindex(columns=[s for s in (*SPLITS, "total") if s in table.columns])
+
+    def summary(self) -> str:
+        """A few lines for a terminal: counts per split and genre, then the problems."""
+        lines = [f"{self.root}: {len(self.tracks)} tracks", self.counts.to_string()]
+        if self.problems.empty:
+            lines.append("no missing, unreadable or short audio file")
+        else:
+            known = int(self.problems["known"].sum())
+            lines.append(f"{len(self.problems)} file(s) missing, unreadable or much shorter than the clips "
+                         f"({known} of them known broken in FMA-small):")
+            lines += [f"  {path}: {problem}{' (known)' * known_}"
+                      for path, problem, known_ in self.problems.itertuples(index=False)]
+        return "\n".join(lines)
+
+
+def check_dataset(cfg: Config, shortest: float = 0.8) -> DatasetCheck:
+    """Check the dataset at cfg.data_root without decoding it, as `download` does after unpacking.
+
+    Parameters
+    ----------
+    cfg : Config
+        data_root, subset, genres and seed say which tracks (as `load_tracks` reads them);
+        clip_seconds how long the clips should be.
+    shortest : float
+        Files shorter than this share of cfg.clip_seconds are reported.
+
+    Returns
+    -------
+    DatasetCheck
+        The usable tracks, their counts per genre and split, and one row per file that is
+        missing, empty, has no readable audio header or is too short (headers are read with
+        `audio_info`: fast, even for all of FMA-small), marked `known` for the files of
+        FMA_BROKEN_TRACKS. The warnings of `load_tracks` are folded into it.
+
+    Raises
+    ------
+    DataError, ConfigError
+        As `load_tracks`: no dataset at cfg.data_root, unreadable metadata, no usable track.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the skipped tracks are reported below instead
+        tracks = load_tracks(cfg.data_root, cfg.subset, cfg.genres, seed=cfg.seed)
+    skipped = skipped_tracks(tracks)
+    problems = skipped.loc[skipped["reason"].str.startswith("audio file"), ["path", "reason"]]
+    problems = problems.rename(columns={"reason": "problem"})
+    info = audio_info(tracks["path"])
+    unreadable = info["error"] != ""
+    short = ~unreadable & (info["seconds"] < shortest * cfg.clip_seconds)
+    found = pd.DataFrame({
+        "path": tracks["path"],
+        "problem": np.where(unreadable, info["error"],
+                            [f"{s:.1f} s long, much shorter than {cfg.clip_seconds:g} s" for s in info["seconds"]]),
+    })[unreadable | short]
+    problems = pd.concat([problems, found]).sort_index()
+    problems["known"] = problems.index.isin(list(FMA_BROKEN_TRACKS))
+    return DatasetCheck(root=Path(cfg.data_root), tracks=tracks, problems=problems)
+
+
+def _chosen_archives(keys, sha1: dict[str, str]) -> list[FmaArchive]:
+    """The FmaArchive of each key, with SHA-1 overrides (by key or file name) applied."""
+    if isinstance(keys, str):
+        keys = [keys]
+    unknown = [key for key in keys if key not in FMA_ARCHIVES]
+    if unknown:
+        raise ConfigError(f"unknown FMA archive(s) {', '.join(unknown)}; choose among {', '.join(FMA_ARCHIVES)}")
+    names = {name: key for key, archive in FMA_ARCHIVES.items() for name in (key, archive.file)}
+    overrides = {}
+    for name, digest in sha1.items():
+        if name not in names:
+            raise ConfigError(f"--sha1 {name}=...: no such archive; use one of {', '.join(sorted(names))}")
+        if not re.fullmatch(r"[0-9a-fA-F]{40}", digest):
+            raise ConfigError(f"--sha1 {name}={digest}: a SHA-1 is 40 hexadecimal digits")
+        overrides[names[name]] = digest.lower()
+    return [dataclasses.replace(FMA_ARCHIVES[key], sha1=overrides.get(key, FMA_ARCHIVES[key].sha1))
+            for key in dict.fromkeys(keys)]
+
+
+def _is_unpacked(root: Path, archive: FmaArchive) -> bool:
+    """Whether `archive` was unpacked completely from a zip with its expected SHA-1."""
+    marker = root / archive.folder / _UNPACKED_MARKER
+    try:
+        return json.loads(marker.read_text()).get("sha1") == archive.sha1
+    except (OSError, ValueError):
+        return False
+
+
+def _is_verified(zip_path: Path, sha1: str, progress: bool = True) -> bool:
+    """Whether `zip_path` holds the archive of SHA-1 `sha1`: its stamp says so and it has not changed
+    since (size, modification time), or it is read again and matches. A zip that does not match is
+    renamed aside (with a warning) and False returned."""
+    if not zip_path.is_file():
+        return False
+    stat = zip_path.stat()
+    with contextlib.suppress(OSError, ValueError):
+        stamp = json.loads(_verified_stamp(zip_path).read_text())
+        if stamp == {"sha1": sha1, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}:
+            return True
+    digest = _sha1_of(zip_path, progress)  # downloaded by hand, changed, or the stamp was lost
+    if digest == sha1:
+        _stamp_verified(zip_path, digest)
+        return True
+    bad = _set_aside(zip_path, digest)
+    warnings.warn(f"{zip_path}: SHA-1 {digest} but {sha1} expected; renamed {bad.name}, downloading it again",
+                  stacklevel=3)
+    return False
+
+
+def _verified_stamp(zip_path: Path) -> Path:
+    """The file recording that `zip_path` was verified: its SHA-1, size and modification time."""
+    return zip_path.with_name(f"{zip_path.name}.verified.json")
+
+
+def _stamp_verified(zip_path: Path, digest: str) -> None:
+    """Record that `zip_path`, as it is now, has SHA-1 `digest`."""
+    stat = zip_path.stat()
+    _write_json(_verified_stamp(zip_path), {"sha1": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+
+
+def _set_aside(zip_path: Path, digest: str) -> Path:
+    """Rename a zip whose SHA-1 is wrong to `<name>.bad-<its sha1>`, so it is never used; returns the new path."""
+    bad = zip_path.with_name(f"{zip_path.name}.bad-{digest}")
+    os.replace(zip_path, bad)
+    _verified_stamp(zip_path).unlink(missing_ok=True)
+    return bad
+
+
+def _sha1_of(path: Path, progress: bool = True) -> str:
+    """SHA-1 (hex) of a file, read a chunk at a time."""
+    import hashlib
+
+    from tqdm import tqdm
+
+    digest = hashlib.sha1()
+    with open(path, "rb") as file, tqdm(total=path.stat().st_size, desc=f"checking {path.name}", unit="B",
+                                        unit_scale=True, unit_divisor=1024, disable=not progress) as bar:
+        while chunk := file.read(_CHUNK_BYTES):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def _check_free_space(root: Path, archives: list[FmaArchive]) -> None:
+    """Raise DownloadError unless the disk of `root` holds what is left to download and unpack."""
+    needed, parts = 0, []
+    for archive in archives:
+        zip_path, part = root / archive.file, root / f"{archive.file}.part"
+        to_fetch = 0 if zip_path.is_file() else max(archive.size - (part.stat().st_size if part.is_file() else 0), 0)
+        needed += to_fetch + archive.unpacked
+        parts.append(f"{archive.file}: {_size(to_fetch)} to download, {_size(archive.unpacked)} unpacked")
+    _require_space(root, needed, "; ".join(parts))
+
+
+def _require_space(root: Path, needed: int, what: str) -> None:
+    """Raise DownloadError when fewer than `needed` bytes are free on the disk of `root`."""
+    free = shutil.disk_usage(root).free
+    if free < needed:
+        raise DownloadError(f"{root}: not enough free disk space: {_size(needed)} needed ({what}), {_size(free)} free. "
+                            "Free some space or download into another folder (--data or GENRE_DATA)")
+
+
+def _size(n_bytes: int) -> str:
+    """Bytes for a message, in GiB or MiB."""
+    return f"{n_bytes / _GiB:.2f} GiB" if n_bytes >= _GiB / 10 else f"{n_bytes / _MiB:.1f} MiB"
+
+
+def _fetch(url: str, zip_path: Path, *, retries: int, backoff: float, timeout: float, progress: bool) -> None:
+    """Download `url` to `zip_path` through `<zip_path>.part`, resuming what is there.
+
+    pooch.retrieve would restart a cut 7 GB download from zero (and delete a file whose hash does
+    not match), so the transfer is done here with requests: HTTP Range requests to resume, bounded
+    retries with exponential back-off. Raises DownloadError.
+    """
+    import requests
+    import urllib3
+    from tqdm import tqdm
+
+    part = zip_path.with_name(zip_path.name + ".part")
+    failures = 0
+    with tqdm(desc=f"downloading {zip_path.name}", unit="B", unit_scale=True, unit_divisor=1024,
+              disable=not progress) as bar:
+        while True:
+            before = part.stat().st_size if part.is_file() else 0
+            try:
+                with _writing_to(zip_path.parent, DownloadError, "the data root (--data or GENRE_DATA)"):
+                    try:
+                        size, total = _fetch_once(url, part, timeout, bar)
+                    except (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError,
+                            TimeoutError) as exc:
+                        detail = str(exc.args[0] if exc.args and isinstance(exc.args[0], (str, Exception))
+                                     else exc).strip()  # the cause, without the tuples of urllib3's wrappers
+                        problem = detail.splitlines()[0] if detail else type(exc).__name__
+                        if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)) \
+                                or "timed out" in problem.lower():
+                            problem = f"no answer or no data for {timeout:g} s"
+                        raise _TransientHTTPError(problem) from None
+                if total is None or size >= total:
+                    break
+                raise _TransientHTTPError(f"connection closed after {size} of {total} bytes")
+            except _TransientHTTPError as exc:
+                kept = part.stat().st_size if part.is_file() else 0
+                failures = 1 if kept > before else failures + 1  # a try that brought data starts the count again
+                if failures > retries:
+                    raise DownloadError(
+                        f"{url}: download failed {failures} time(s) in a row, last: {exc}. Run it again later: "
+                        f"{part.name} keeps the {_size(kept)} received and the next run resumes from there"
+                    ) from None
+                time.sleep(backoff * 2 ** (failures - 1))
+    os.replace(part, zip_path)
+
+
+def _fetch_once(url: str, part: Path, timeout: float, bar) -> tuple[int, int | None]:
+    """One request for what `part` lacks, appended to it; returns (bytes in part, size of the whole
+    file or None if the server does not say). Raises DownloadError for a definite HTTP error,
+    _TransientHTTPError for one worth retrying, requests' and urllib3's errors for network trouble."""
+    import requests
+
+    offset = part.stat().st_size if part.is_file() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:
+        total = _response_total(response, offset)
+        if response.status_code == 416:  # nothing left to send: the part is complete, or longer than the file
+            if total == offset:
+                return offset, total
+            part.unlink()
+            raise _TransientHTTPError("the partial download was longer than the file; starting again")
+        if response.status_code in _HTTP_RETRIED:
+            raise _TransientHTTPError(f"HTTP {response.status_code} {response.reason}")
+        if response.status_code not in (200, 206):
+            raise DownloadError(
+                f"{url}: HTTP {response.status_code} {response.reason}; check the address (--base-url or "
+                f"{FMA_URL_VARIABLE}; the official one is {FMA_BASE_URL})"
+            )
+        if response.status_code == 200:  # the whole file (a server that ignores Range): start over
+            offset = 0
+        bar.reset(total=total)
+        bar.update(offset)
+        with open(part, "ab" if offset else "wb") as file:
+            while chunk := response.raw.read1(_CHUNK_BYTES):  # what has arrived: a cut loses nothing received
+                file.write(chunk)
+                bar.update(len(chunk))
+    return part.stat().st_size, total
+
+
+class _TransientHTTPError(Exception):
+    """A failed download attempt worth retrying: a server error or a connection cut short."""
+
+
+def _response_total(response, offset: int) -> int | None:
+    """Size of the whole file from a response's Content-Range or Content-Length, None if unknown."""
+    content_range = response.headers.get("Content-Range", "")
+    if match := re.fullmatch(r"bytes (?:\d+-\d+|\*)/(\d+)", content_range.strip()):
+        return int(match.group(1))
+    length = response.headers.get("Content-Length")
+    if length is None or not length.isdigit():
+        return None
+    return int(length) + (offset if response.status_code == 206 else 0)
+
+
+def _unpack(zip_path: Path, root: Path, archive: FmaArchive, progress: bool = True) -> None:
+    """Extract `zip_path`, which holds `archive.folder`, into `root` atomically: into a hidden
+    temporary folder, marked complete and renamed into place at the end."""
+    import zipfile
+
+    from tqdm import tqdm
+
+    temporary = root / f".{archive.folder}.unpacking"
+    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(zip_path) as zip_file:
+            members = zip_file.infolist()
+            outside = [m.filename for m in members if m.filename.split("/")[0] != archive.folder]
+            if outside:
+                raise DownloadError(f"{zip_path}: expected everything under {archive.folder}/, found "
+                                    f"{', '.join(outside[:3])}; is this the right archive?")
+            size = sum(m.file_size for m in members)
+            _require_space(root, size, f"unpacking {archive.file}")
+            with tqdm(total=size, desc=f"unpacking {archive.file}", unit="B", unit_scale=True, unit_divisor=1024,
+                      disable=not progress) as bar, \
+                    _writing_to(root, DownloadError, "the data root (--data or GENRE_DATA)"):
+                for member in members:
+                    zip_file.extract(member, temporary)
+                    bar.update(member.file_size)
+                _write_json(temporary / archive.folder / _UNPACKED_MARKER,
+                            {"archive": archive.file, "sha1": archive.sha1, "files": len(members), "bytes": size})
+                os.replace(temporary / archive.folder, root / archive.folder)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+        raise DownloadError(f"{zip_path}: cannot unpack ({_first_line(exc)}); delete it and run the download "
+                            "again") from None
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
 # ── Features: mel-spectrogram and CQT in a resumable on-disk cache, and the baseline's clip statistics ──
 
 @dataclass
@@ -764,7 +1220,9 @@ def extract_features(
     An unchanged dataset with unchanged settings reuses the finished cache without decoding anything.
     Work happens in `features-<key>.partial/`, renamed when complete; an interrupted run resumes from
     the rows already flushed there. Files that cannot be decoded, or give NaN/inf features, are
-    skipped, listed in Features.skipped and summed up in a warning when the extraction ends.
+    skipped, listed in Features.skipped and summed up in a warning when the extraction ends; their
+    rows are removed in place (no second copy of the cache on disk), and a run killed meanwhile
+    finishes that without decoding again.
 
     Parameters
     ----------
@@ -812,8 +1270,9 @@ def extract_features(
     partial = cache_dir / f"features-{key}.partial"
     with _writing_to(cache_dir, CacheError, "cfg.cache_dir"):
         mel, cqt_rows, done = _open_partial(partial, key, table, cfg)
-    todo = np.flatnonzero(done == 0)
-    skipped: list[tuple[int, str, str]] = []  # (row, path, reason)
+    journal = _compaction_journal(partial)  # a run killed while compacting: every file was tried
+    todo = np.flatnonzero(done == 0) if journal is None else np.empty(0, dtype=np.int64)
+    skipped: list[tuple[int, str, str]] = [] if journal is None else [tuple(item) for item in journal["skipped"]]
     unflushed: list[int] = []
 
     def flush() -> None:  # data first, then the flags that vouch for it
@@ -1064,7 +1523,7 @@ def _feature_results(jobs: list[tuple[int, str]], cfg: Config, workers: int, com
 
 def _finish_partial(partial: Path, final: Path, table: pd.DataFrame, done: np.ndarray,
                     skipped: list[tuple[int, str, str]], key: str, cfg: Config) -> None:
-    """Compact the successful rows, write index, stats and skip list, then rename to `final`."""
+    """Compact the successful rows in place, write index, stats and skip list, then rename to `final`."""
     ok_rows = np.flatnonzero(done == 1)
     skipped_table = pd.DataFrame([(path, reason) for _, path, reason in sorted(skipped)],
                                  columns=["path", "reason"])
@@ -1074,19 +1533,15 @@ def _finish_partial(partial: Path, final: Path, table: pd.DataFrame, done: np.nd
     index = table.iloc[ok_rows][["genre", "split", "label"]]
     if not (index["split"] == "training").any():
         raise DataError("every training file was skipped as unreadable: no normalization statistics")
-    # Everything is written beside the row files, which are only renamed or removed at the end:
+    # Everything is written beside the row files, which are only cut short and renamed at the end:
     # a failure (disk full) or kill before that leaves a partial folder that still resumes.
+    if len(ok_rows) < len(table):
+        _compact_rows(partial, ok_rows, skipped)
     stats = {}
-    training_rows = ok_rows[index["split"].to_numpy() == "training"]
+    training_rows = np.flatnonzero(index["split"].to_numpy() == "training")  # the successful rows come first now
     for name in ("mel", "cqt"):
         rows = np.load(partial / f"{name}.rows.npy", mmap_mode="r")
         stats[f"{name}_mean"], stats[f"{name}_std"] = _band_stats(rows, training_rows)
-        if len(ok_rows) < len(table):  # compact the successful rows into a new file
-            out = _new_memmap(partial / f"{name}.npy", (len(ok_rows), *rows.shape[1:]))
-            for start in range(0, len(ok_rows), 256):
-                out[start:start + 256] = rows[ok_rows[start:start + 256]]
-            out.flush()
-            del out
         del rows
     index.to_csv(partial / "index.csv")
     skipped_table.to_csv(partial / "skipped.csv", index=False)
@@ -1094,18 +1549,90 @@ def _finish_partial(partial: Path, final: Path, table: pd.DataFrame, done: np.nd
     info = _cache_info(key, cfg) | {"tracks": len(index), "skipped": len(skipped_table)}
     (partial / "config.json").write_text(json.dumps(info, indent=2))
     for name in ("mel", "cqt"):
-        rows_file = partial / f"{name}.rows.npy"
-        if len(ok_rows) == len(table):
-            os.replace(rows_file, partial / f"{name}.npy")
-        else:
-            rows_file.unlink()
+        _cut_rows(partial / f"{name}.rows.npy", len(ok_rows))
+        os.replace(partial / f"{name}.rows.npy", partial / f"{name}.npy")
     (partial / "done.npy").unlink()
+    (partial / _COMPACTION_JOURNAL).unlink(missing_ok=True)
     try:
         os.replace(partial, final)
     except OSError:  # another run finished the same cache first; keep its copy
         if not final.is_dir():
             raise
         shutil.rmtree(partial)
+
+
+_COMPACTION_JOURNAL = "compaction.json"  # in an unfinished cache: the skipped files and how far rows have moved
+
+
+def _compaction_journal(partial: Path) -> dict | None:
+    """The journal of a compaction that a killed run left unfinished in `partial`, else None."""
+    try:
+        return json.loads((partial / _COMPACTION_JOURNAL).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _compact_rows(partial: Path, ok_rows: np.ndarray, skipped: list[tuple[int, str, str]]) -> None:
+    """Move the successful rows of mel.rows.npy and cqt.rows.npy to the front, in order, in place:
+    no second copy of a multi-GB cache, no second allocation of its disk space.
+
+    A journal records the skipped files and, after every move, how far each file got, so a run
+    killed meanwhile resumes the moves instead of decoding again. A move takes no more rows than
+    the gap between its destinations and its sources, so its sources are never overwritten by
+    itself or an earlier move: a move repeated after a kill reads the same data.
+    """
+    from numpy.lib.format import open_memmap
+
+    journal_path = partial / _COMPACTION_JOURNAL
+    journal = _compaction_journal(partial) or {
+        "skipped": [[int(row), path, reason] for row, path, reason in skipped],
+        "moved": {"mel": 0, "cqt": 0},
+    }
+    _write_json(journal_path, journal)
+    in_place = np.flatnonzero(ok_rows != np.arange(len(ok_rows)))  # rows before the first skipped one stay
+    first_move = int(in_place[0]) if len(in_place) else len(ok_rows)
+    for name in ("mel", "cqt"):
+        rows = open_memmap(partial / f"{name}.rows.npy", mode="r+")
+        position = max(journal["moved"][name], first_move)
+        while position < len(ok_rows):
+            count = min(int(ok_rows[position]) - position, 256, len(ok_rows) - position)
+            rows[position:position + count] = rows[ok_rows[position:position + count]]
+            position += count
+            journal["moved"][name] = position
+            _write_json(journal_path, journal)
+        rows.flush()
+        del rows
+
+
+def _cut_rows(path: Path, n_rows: int) -> None:
+    """Keep the first `n_rows` rows of a .npy file in place: its header gets the new shape, padded to
+    its old length so the data stays where it is, and the file is truncated."""
+    from numpy.lib import format as npy
+
+    with open(path, "r+b") as file:
+        version = npy.read_magic(file)
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(file)
+        if shape[0] == n_rows:
+            return
+        data_start = file.tell()
+        header_start = len(npy.MAGIC_PREFIX) + 2 + (2 if version == (1, 0) else 4)  # magic, version, length
+        header = repr({"descr": npy.dtype_to_descr(dtype), "fortran_order": fortran_order,
+                       "shape": (n_rows, *shape[1:])}).encode("latin1")
+        file.seek(header_start)
+        file.write(header.ljust(data_start - header_start - 1) + b"\n")
+        file.truncate(data_start + n_rows * int(np.prod(shape[1:])) * dtype.itemsize)
+
+
+def band_means(features: np.ndarray, rows=None, chunk_rows: int = 256) -> np.ndarray:
+    """Each clip's mean over frames, per band: float32 (len(rows), bands) for `rows` (default all)
+    of a (clips, bands, frames) array such as Features.mel. Reads `chunk_rows` clips at a time, so
+    a memory map is never loaded whole (FMA-small's training mels are 4 GB as float32)."""
+    rows = np.arange(len(features)) if rows is None else np.asarray(rows)
+    means = np.empty((len(rows), features.shape[1]), dtype=np.float32)
+    for start in range(0, len(rows), chunk_rows):
+        means[start:start + chunk_rows] = features[rows[start:start + chunk_rows]].astype(np.float32).mean(axis=2)
+    return means
 
 
 def _band_stats(features: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1424,6 +1951,535 @@ def baseline_classifier(kind: str = "svm", seed: int = 42):
     else:
         raise ConfigError(f"baseline kind {kind!r}: choose one of {', '.join(BASELINE_KINDS)}")
     return make_pipeline(StandardScaler(), classifier)
+
+
+# ── Pretrained network: musicnn (Pons et al. 2018) ported to Keras 3 ──
+# musicnn's MSD model (Pons & Serra 2019), trained to tag ~200,000 songs of the Million Song Dataset with
+# their 50 most frequent last.fm tags, rebuilt layer for layer as a frozen feature extractor. Its weights
+# come from the `musicnn` package on PyPI (ISC licence), converted once at set-up (`make musicnn`).
+
+MUSICNN_SAMPLE_RATE = 16_000  # Hz
+MUSICNN_N_FFT = 512  # samples
+MUSICNN_HOP = 256  # samples between frames (16 ms)
+MUSICNN_MELS = 96  # mel bands
+MUSICNN_PATCH_FRAMES = 187  # frames of one input patch (3 s); a clip is cut into consecutive patches
+MUSICNN_TAGS = (
+    "rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s", "alternative rock",
+    "jazz", "beautiful", "metal", "chillout", "male vocalists", "classic rock", "soul", "indie rock", "Mellow",
+    "electronica", "80s", "folk", "90s", "chill", "instrumental", "punk", "oldies", "blues", "hard rock", "ambient",
+    "acoustic", "experimental", "female vocalist", "guitar", "Hip-Hop", "70s", "party", "country",
+    "easy listening", "sexy", "catchy", "funk", "electro", "heavy metal", "Progressive rock", "60s", "rnb",
+    "indie pop", "sad", "House", "happy",
+)  # the MSD model's outputs, in order
+MUSICNN_PACKAGE = "musicnn==0.1.0"  # the PyPI release whose wheel ships the TF1 checkpoints
+MUSICNN_WHEEL_SHA256 = "f38a4890c648c1ddbb141c5d96d2b0a8cfcd36746002d896989f7b88beb65cfa"
+MUSICNN_WEIGHTS = ROOT / "cache" / "musicnn" / "msd_musicnn.npz"  # converted weights, written by `make musicnn`
+MUSICNN_LAYERS = ("penultimate", "mean_pool", "max_pool", "taggram")  # outputs, sizes 200, 753, 753, 50
+EMBEDDINGS_FORMAT = 1  # version of the embeddings cache recipe; part of its file name
+EMBEDDING_KINDS = ("logistic", "svm", "mlp")
+# inverse L2 strengths the logistic probe chooses from: 400 embedding values and a few hundred clips need
+# strong regularisation (on the real-music set, C = 1 scores 8 points below C = 0.001)
+EMBEDDING_LOGISTIC_CS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+# checkpoint variable scope -> Keras layer of build_musicnn (tf.compat.v1.layers numbered them in creation order)
+_MUSICNN_CHECKPOINT_LAYERS = {
+    "batch_normalization": "input_norm",
+    "conv2d": "frontend_timbral_7x38", "batch_normalization_1": "frontend_timbral_7x38_norm",
+    "conv2d_1": "frontend_timbral_7x67", "batch_normalization_2": "frontend_timbral_7x67_norm",
+    "conv2d_2": "frontend_temporal_128", "batch_normalization_3": "frontend_temporal_128_norm",
+    "conv2d_3": "frontend_temporal_64", "batch_normalization_4": "frontend_temporal_64_norm",
+    "conv2d_4": "frontend_temporal_32", "batch_normalization_5": "frontend_temporal_32_norm",
+    "conv2d_5": "midend_conv1", "batch_normalization_6": "midend_conv1_norm",
+    "conv2d_6": "midend_conv2", "batch_normalization_7": "midend_conv2_norm",
+    "conv2d_7": "midend_conv3", "batch_normalization_8": "midend_conv3_norm",
+    "batch_normalization_9": "backend_pool_norm",
+    "dense": "backend_dense", "batch_normalization_10": "penultimate",
+    "dense_1": "tag_logits",
+}
+
+
+def musicnn_patches(y: np.ndarray) -> np.ndarray:
+    """musicnn's input: the log-mel patches of a mono clip `y` (float32 samples at 16 kHz).
+
+    As the original's `batch_data`: a 96-band mel power spectrogram (n_fft 512, hop 256), cast to
+    float16, log10(1 + 10000 * mel) in float16, cut into consecutive 187-frame patches (3 s; the
+    incomplete last patch is dropped). Where the original's float16 product overflows (loud bins of
+    real music give inf there, in 1-3 % of the bins of the real-music set's pop and rock, and the
+    original network then outputs the same tags for every such patch), the value is computed in
+    float32 instead, so patches are always finite; elsewhere the values are the original's.
+    A clip shorter than one patch is zero-padded to one. Returns float16 (patches, 187, 96), (time, mel).
+    """
+    import librosa
+
+    y = np.pad(y, (0, max(0, (MUSICNN_PATCH_FRAMES - 1) * MUSICNN_HOP - len(y))))
+    mel = librosa.feature.melspectrogram(y=y, sr=MUSICNN_SAMPLE_RATE, n_fft=MUSICNN_N_FFT,
+                                         hop_length=MUSICNN_HOP, n_mels=MUSICNN_MELS).T.astype(np.float16)
+    with np.errstate(over="ignore"):
+        log_mel = np.log10(10000 * mel + 1)
+    overflow = ~np.isfinite(log_mel)
+    log_mel[overflow] = np.log10(10000 * mel[overflow].astype(np.float32) + 1)
+    n_patches = len(log_mel) // MUSICNN_PATCH_FRAMES
+    return log_mel[:n_patches * MUSICNN_PATCH_FRAMES].reshape(n_patches, MUSICNN_PATCH_FRAMES, MUSICNN_MELS)
+
+
+def build_musicnn():
+    """The MSD_musicnn network of Pons et al. (2018) as a functional Keras 3 model, weights untrained.
+
+    Input: log-mel patches (batch, 187, 96) from `musicnn_patches`. Front-end (musically motivated
+    filters over the batch-normalised input): two timbral convolutions 7 frames x 38 and 67 bands
+    (40 % and 70 % of the mel axis, 204 filters each) and three temporal ones of 128, 64 and 32 frames
+    x 1 band (51 filters each), each followed by batch norm and a max over frequency: 561 features per
+    frame. Mid-end: three 7-frame convolutions of 64 filters with residual connections, densely
+    concatenated with the front-end: 753 features per frame. Back-end: max and mean over time (753
+    each), batch norm, a 200-unit dense layer and batch norm (the penultimate layer), 50 sigmoid tags.
+    Returns a Model named "msd_musicnn" with dict outputs taggram (50), penultimate (200), mean_pool
+    and max_pool (753 each); `load_musicnn` gives it the trained weights.
+
+    References
+    ----------
+    J. Pons, O. Nieto, M. Prockup, E. M. Schmidt, A. F. Ehmann and X. Serra, "End-to-end learning for
+    music audio tagging at scale", ISMIR 2018. J. Pons and X. Serra, "musicnn: pre-trained convolutional
+    neural networks for music audio tagging", ISMIR late-breaking demo 2019.
+    """
+    keras = import_keras()
+    layers = keras.layers
+
+    frames, bands = MUSICNN_PATCH_FRAMES, MUSICNN_MELS
+    patches = keras.Input((frames, bands), name="log_mel")
+    image = layers.Reshape((frames, bands, 1), name="add_channel")(patches)
+    normalized = layers.BatchNormalization(name="input_norm")(image)
+    padded = layers.ZeroPadding2D(((3, 3), (0, 0)), name="frontend_timbral_pad")(normalized)
+    frontend = []
+    for height in (38, 67):  # int(0.4 * 96), int(0.7 * 96) bands: timbre (spectral envelopes)
+        name = f"frontend_timbral_7x{height}"
+        x = layers.Conv2D(204, (7, height), activation="relu", name=name)(padded)
+        frontend.append(_max_over_frequency(layers.BatchNormalization(name=f"{name}_norm")(x), name))
+    for length in (128, 64, 32):  # frames (2 s, 1 s, 0.5 s) x 1 band: rhythm and tempo
+        name = f"frontend_temporal_{length}"
+        x = layers.ZeroPadding2D((((length - 1) // 2, length // 2), (0, 0)), name=f"{name}_pad")(normalized)
+        x = layers.Conv2D(51, (length, 1), activation="relu", name=name)(x)  # TF's "same" padding, made explicit
+        frontend.append(_max_over_frequency(layers.BatchNormalization(name=f"{name}_norm")(x), name))
+    frontend = layers.Concatenate(name="frontend")(frontend)
+    midend = [frontend]
+    x = frontend
+    for number in (1, 2, 3):  # 7-frame convolutions over all features; the 2nd and 3rd add a residual
+        name = f"midend_conv{number}"
+        conv = layers.Conv1D(64, 7, activation="relu", name=name)(layers.ZeroPadding1D(3, name=f"{name}_pad")(x))
+        conv = layers.BatchNormalization(name=f"{name}_norm")(conv)
+        x = conv if number == 1 else layers.Add(name=f"midend_residual{number}")([conv, x])
+        midend.append(x)
+    midend = layers.Concatenate(name="midend")(midend)
+    max_pool = layers.GlobalMaxPooling1D(name="max_pool")(midend)
+    mean_pool = layers.GlobalAveragePooling1D(name="mean_pool")(midend)
+    x = layers.Concatenate(name="backend_pool")([max_pool, mean_pool])
+    x = layers.Dropout(0.5, name="backend_pool_dropout")(layers.BatchNormalization(name="backend_pool_norm")(x))
+    x = layers.Dense(200, activation="relu", name="backend_dense")(x)
+    penultimate = layers.BatchNormalization(name="penultimate")(x)
+    dropped = layers.Dropout(0.5, name="backend_dropout")(penultimate)
+    logits = layers.Dense(len(MUSICNN_TAGS), name="tag_logits")(dropped)
+    taggram = layers.Activation("sigmoid", name="taggram")(logits)
+    outputs = {"taggram": taggram, "penultimate": penultimate, "mean_pool": mean_pool, "max_pool": max_pool}
+    return keras.Model(patches, outputs, name="msd_musicnn")
+
+
+def _max_over_frequency(x, name: str):
+    """(batch, time, bands, filters) -> (batch, time, filters): the strongest response at any band."""
+    layers = import_keras().layers
+    pooled = layers.MaxPooling2D((1, x.shape[2]), name=f"{name}_pool")(x)
+    return layers.Reshape((x.shape[1], x.shape[3]), name=f"{name}_squeeze")(pooled)
+
+
+def load_musicnn(weights: str | os.PathLike = MUSICNN_WEIGHTS):
+    """`build_musicnn()` with the converted MSD weights from `weights` (see `fetch_musicnn_weights`), frozen.
+
+    Raises CacheError naming the file and the command that makes it when it is missing, and when it
+    does not fit the network (delete it and run the command again).
+    """
+    path = Path(weights)
+    if not path.is_file():
+        raise CacheError(f"{path}: musicnn weights not found; run `make musicnn` (or `python genre_utils.py "
+                         "musicnn-weights`) once, with access to PyPI, to download and convert them")
+    with _silenced_stderr():  # TensorFlow logs its CUDA probing on a machine without a GPU
+        model = build_musicnn()
+    try:
+        with np.load(path) as arrays:
+            for layer in model.layers:
+                if layer.weights:
+                    layer.set_weights([arrays[f"{layer.name}/{w.path.rsplit('/', 1)[-1]}"] for w in layer.weights])
+    except (OSError, ValueError, KeyError) as exc:
+        raise CacheError(f"{path}: not musicnn weights for this network ({_first_line(exc)}); delete it and run "
+                         "`make musicnn` again") from None
+    model.trainable = False
+    return model
+
+
+def fetch_musicnn_weights(path: str | os.PathLike = MUSICNN_WEIGHTS) -> Path:
+    """Download musicnn's wheel from PyPI and convert its MSD_musicnn checkpoint into `path` (set-up, once).
+
+    Runs `pip download --no-deps musicnn==0.1.0` (the package itself cannot be installed here: it pins
+    numpy < 1.17), checks the wheel's SHA-256, reads the TF1 checkpoint with TensorFlow and writes its
+    weights as an .npz keyed `<Keras layer>/<weight>` in build_musicnn's shapes, atomically. Does
+    nothing when `path` exists. musicnn is by Jordi Pons, ISC licence (free use with the copyright notice).
+    Returns `path`. Raises CacheError when the download, the check or the conversion fails, or `path`
+    cannot be written.
+
+    Writes
+    ------
+    `path` (3.2 MB), and nothing else: the wheel lives in a temporary folder.
+    """
+    import hashlib
+    import subprocess
+    import tempfile
+    import zipfile
+
+    path = Path(path)
+    if path.is_file():
+        return path
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", MUSICNN_PACKAGE,
+                               "--dest", str(tmp)], capture_output=True, text=True)
+        wheels = sorted(tmp.glob("musicnn-*.whl"))
+        if done.returncode or not wheels:
+            raise CacheError(f"pip download {MUSICNN_PACKAGE} failed ({(done.stderr.strip() or 'no wheel')[-300:]}); "
+                             "the musicnn weights need PyPI once")
+        digest = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
+        if digest != MUSICNN_WHEEL_SHA256:
+            raise CacheError(f"{wheels[0].name}: SHA-256 {digest}, expected {MUSICNN_WHEEL_SHA256}; not the "
+                             "musicnn release these weights were checked against")
+        with zipfile.ZipFile(wheels[0]) as wheel:  # the checkpoint's prefix is empty: name it
+            for suffix in (".index", ".data-00000-of-00001"):
+                (tmp / f"msd_musicnn{suffix}").write_bytes(wheel.read(f"musicnn/MSD_musicnn/{suffix}"))
+        arrays = _converted_musicnn_checkpoint(tmp / "msd_musicnn")
+        with _writing_to(path.parent, CacheError, "the weights path"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with _atomic_path(path) as partial:
+                with open(partial, "wb") as file:
+                    np.savez(file, **arrays)
+    return path
+
+
+def _converted_musicnn_checkpoint(prefix: Path) -> dict[str, np.ndarray]:
+    """The weights of musicnn's TF1 checkpoint `prefix`, keyed and shaped for build_musicnn."""
+    with _silenced_stderr():
+        import tensorflow as tf  # set-up code: reads the original's checkpoint format
+
+    reader = tf.train.load_checkpoint(str(prefix))
+    arrays = {}
+    for scope, layer in _MUSICNN_CHECKPOINT_LAYERS.items():
+        names = ("gamma", "beta", "moving_mean", "moving_variance") if "batch_norm" in scope else ("kernel", "bias")
+        for name in names:
+            arrays[f"{layer}/{name}"] = reader.get_tensor(f"{scope}/{name}").astype(np.float32)
+    for layer in ("midend_conv1", "midend_conv2", "midend_conv3"):  # a conv2d spanning all features = Conv1D
+        kernel = arrays[f"{layer}/kernel"]
+        arrays[f"{layer}/kernel"] = kernel.reshape(kernel.shape[0], kernel.shape[1], kernel.shape[3])
+    # The original flattens (753 features, [max, mean]) interleaved; build_musicnn concatenates all maxima,
+    # then all means: reorder what reads that vector
+    order = np.arange(2 * 753).reshape(753, 2).T.reshape(-1)
+    for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+        arrays[f"backend_pool_norm/{name}"] = arrays[f"backend_pool_norm/{name}"][order]
+    arrays["backend_dense/kernel"] = arrays["backend_dense/kernel"][order]
+    return arrays
+
+
+def musicnn_outputs(patches: np.ndarray, model, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """The network's MUSICNN_LAYERS outputs for log-mel `patches` (n, 187, 96): float32 (n, size) each."""
+    outputs = {name: [] for name in MUSICNN_LAYERS}
+    for start in range(0, len(patches), batch_size):
+        batch = model(np.asarray(patches[start:start + batch_size], dtype=np.float32), training=False)
+        for name in MUSICNN_LAYERS:
+            outputs[name].append(np.asarray(batch[name], dtype=np.float32))
+    return {name: np.concatenate(arrays) for name, arrays in outputs.items()}
+
+
+def musicnn_tags(y: np.ndarray, model) -> pd.DataFrame:
+    """What the frozen MSD network hears in a clip `y` (mono float32 at 16 kHz): the tag probabilities
+    of each 3 s patch, one row per patch (indexed by its start in seconds), one column per MSD tag."""
+    taggram = musicnn_outputs(musicnn_patches(y), model)["taggram"]
+    starts = np.arange(len(taggram)) * MUSICNN_PATCH_FRAMES * MUSICNN_HOP / MUSICNN_SAMPLE_RATE
+    return pd.DataFrame(taggram, index=pd.Index(starts, name="start_s"), columns=list(MUSICNN_TAGS))
+
+
+def musicnn_embedding(y: np.ndarray, model) -> np.ndarray:
+    """One clip's pooled embedding: mean and max over its 3 s patches of every MUSICNN_LAYERS output,
+    float32, in the order of `_embedding_columns()` (3,512 values)."""
+    outputs = musicnn_outputs(musicnn_patches(y), model)
+    return np.concatenate([pooled for name in MUSICNN_LAYERS
+                           for pooled in (outputs[name].mean(axis=0), outputs[name].max(axis=0))])
+
+
+@functools.cache
+def _embedding_columns() -> tuple[str, ...]:
+    """Names of musicnn_embedding's values: `<layer>_<mean|max>_<unit>`."""
+    sizes = {"penultimate": 200, "mean_pool": 753, "max_pool": 753, "taggram": len(MUSICNN_TAGS)}
+    return tuple(f"{name}_{pool}_{unit:03d}" for name in MUSICNN_LAYERS for pool in ("mean", "max")
+                 for unit in range(sizes[name]))
+
+
+def pretrained_embeddings(tracks: pd.DataFrame, cfg: Config, layers=("penultimate",),
+                          cache_dir: str | os.PathLike | None = None, workers: int | None = None,
+                          weights: str | os.PathLike = MUSICNN_WEIGHTS) -> pd.DataFrame:
+    """musicnn embeddings of every track, computed once into `<cache_dir>/musicnn-embeddings-v<N>-<key>.npz`.
+
+    Parameters
+    ----------
+    tracks : pd.DataFrame
+        As for `extract_features` (track_id index; genre, split, path columns).
+    cfg : Config
+        cfg.clip_seconds of each file are used (cropped or zero-padded as in `load_audio`), resampled
+        to 16 kHz; cfg.cache_dir is the default cache_dir; the cache key is `features_key`'s.
+    layers : tuple of str
+        Which MUSICNN_LAYERS to return, each pooled over the clip's 3 s patches by mean and max.
+        The default, the penultimate layer, transfers best to genre on the real-music set.
+    cache_dir : path, optional
+        As for `extract_features`.
+    workers : int, optional
+        Processes; default 1, this one, whose network already computes on every core. More processes
+        each build their own network on one thread: worth it only on many cores (on two cores, two
+        processes ran at 0.7x the speed of one, see benchmarks/embeddings.py).
+    weights : path
+        The converted weights (`make musicnn`).
+
+    Returns
+    -------
+    pd.DataFrame
+        float32, indexed by track_id (sorted), columns `<layer>_<mean|max>_<unit>`; tracks whose audio
+        cannot be decoded are left out, with a warning.
+
+    Writes
+    ------
+    Each finished clip at once into `musicnn-embeddings-v<N>-<key>.partial/` (an interrupted run
+    resumes from there), then the whole table atomically into the .npz, and the partial folder is removed.
+
+    Raises
+    ------
+    CacheError
+        When the weights are missing (naming `make musicnn`) or the cache cannot be written.
+    DataError
+        For a malformed track table, or when no file at all can be decoded.
+    """
+    from tqdm import tqdm
+
+    unknown = sorted(set(layers) - set(MUSICNN_LAYERS))
+    if unknown or not layers:
+        raise ConfigError(f"musicnn layers {unknown or '()'}: choose from {', '.join(MUSICNN_LAYERS)}")
+    if not Path(weights).is_file():
+        load_musicnn(weights)  # raises the error that says how to get them
+    table = _checked_tracks(tracks, cfg)
+    key = _features_key(table, cfg)
+    cache_dir = Path(cache_dir if cache_dir is not None else cfg.cache_dir)
+    path = cache_dir / f"musicnn-embeddings-v{EMBEDDINGS_FORMAT}-{key}.npz"
+    if not path.is_file():
+        partial = path.with_suffix(".partial")
+        with _writing_to(cache_dir, CacheError, "cfg.cache_dir"):
+            partial.mkdir(parents=True, exist_ok=True)
+        jobs = [(int(track_id), str(audio)) for track_id, audio in table["path"].items()
+                if not (partial / f"{track_id}.npy").is_file()]
+        reasons = []
+        progress = tqdm(total=len(table), initial=len(table) - len(jobs), desc=f"musicnn embeddings {key}",
+                        unit="clip", mininterval=1)
+        with progress:
+            for track_id, (embedding, reason) in _feature_results(jobs, _EmbeddingJob(cfg.clip_seconds, str(weights)),
+                                                                  workers or 1,
+                                                                  _musicnn_embedding_of_file):
+                if reason is None:
+                    with _writing_to(cache_dir, CacheError, "cfg.cache_dir"), \
+                            _atomic_path(partial / f"{track_id}.npy") as tmp, open(tmp, "wb") as file:
+                        np.save(file, embedding)
+                else:
+                    reasons.append(f"{table.at[track_id, 'path']}: {reason}")
+                progress.update()
+        done = sorted(int(file.stem) for file in partial.glob("*.npy") if int(file.stem) in table.index)
+        if not done:
+            raise DataError(f"none of the {len(table)} audio files could be decoded ({'; '.join(reasons[:3])})")
+        if reasons:
+            warnings.warn(f"{path}: skipped {len(reasons)} of {len(table)} audio files ({'; '.join(reasons[:3])}"
+                          f"{' ...' * (len(reasons) > 3)})", stacklevel=2)
+        values = np.stack([np.load(partial / f"{track_id}.npy") for track_id in done])
+        with _writing_to(cache_dir, CacheError, "cfg.cache_dir"), _atomic_path(path) as tmp, open(tmp, "wb") as file:
+            np.savez(file, track_id=np.array(done), values=values)
+        shutil.rmtree(partial, ignore_errors=True)
+    with np.load(path) as cached:
+        frame = pd.DataFrame(cached["values"], index=pd.Index(cached["track_id"], name="track_id"),
+                             columns=list(_embedding_columns()))
+    return frame[[column for column in frame.columns if column.rsplit("_", 2)[0] in layers]]
+
+
+@dataclass(frozen=True)
+class _EmbeddingJob:
+    """What a worker needs to embed a file (stands in for the Config that _feature_results passes)."""
+
+    clip_seconds: float
+    weights: str
+
+
+@functools.cache
+def _worker_musicnn(weights: str):
+    """The network of this process, built once; a worker process computes on one thread."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:  # the worker processes already fill the cores
+        for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
+    return load_musicnn(weights)
+
+
+def _musicnn_embedding_of_file(path: str, job: _EmbeddingJob) -> tuple[np.ndarray | None, str | None]:
+    """(musicnn_embedding, None) of one audio file, or (None, reason) if it is unusable."""
+    try:
+        y = load_audio(path, MUSICNN_SAMPLE_RATE, job.clip_seconds)
+    except AudioError as exc:
+        return None, str(exc).removeprefix(f"{path}: ")
+    return musicnn_embedding(y, _worker_musicnn(job.weights)), None
+
+
+def embedding_classifier(kind: str = "logistic", seed: int = 42):
+    """An unfitted scikit-learn Pipeline for pooled embeddings: StandardScaler, then a classifier.
+
+    kind "logistic": multinomial logistic regression (a linear probe) whose L2 strength is chosen
+    among EMBEDDING_LOGISTIC_CS by 3-fold cross-validation on the training clips; "svm": RBF-kernel
+    SVC whose scores become probabilities by Platt scaling fitted on 3-fold cross-validated scores; "mlp": one
+    hidden layer of 256 ReLU units with L2 penalty. `seed` fixes their randomness. Raises ConfigError
+    for an unknown kind.
+    """
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    classifiers = {
+        "logistic": lambda: LogisticRegressionCV(Cs=EMBEDDING_LOGISTIC_CS, cv=3, l1_ratios=(0.0,), scoring="accuracy",
+                                                 use_legacy_attributes=False, max_iter=1000, random_state=seed),
+        "svm": lambda: CalibratedClassifierCV(SVC(kernel="rbf", C=1.0, random_state=seed), cv=3, ensemble=False),
+        "mlp": lambda: MLPClassifier(hidden_layer_sizes=(256,), alpha=1e-2, max_iter=1000, random_state=seed),
+    }
+    if kind not in classifiers:
+        raise ConfigError(f"embedding classifier kind {kind!r}: choose one of {', '.join(EMBEDDING_KINDS)}")
+    return make_pipeline(StandardScaler(), classifiers[kind]())
+
+
+EMBEDDING_RUN_FILES = ("config.json", "versions.json", "classifier.json", "classifier.joblib")
+
+
+def train_embedding_classifier(embeddings: pd.DataFrame, labels, cfg: Config, run_dir: str | os.PathLike,
+                               kind: str = "logistic", seed: int = 42):
+    """Fit `embedding_classifier(kind, seed)` on every clip of `embeddings` and save it as a run folder.
+
+    embeddings: `pretrained_embeddings` output (indexed by track_id); labels: genre per track_id (a
+    Series, or a tracks table with a genre column); clips without a label are left out. cfg: the
+    settings the embeddings were made with (its clip_seconds is the window `predict` cuts files into).
+    Returns the fitted Pipeline. Raises DataError when no clip has both an embedding and a label.
+
+    Writes
+    ------
+    Into `run_dir`: config.json (cfg), versions.json, classifier.json (kind, seed, musicnn layers,
+    embedding columns, clips) and classifier.joblib (the Pipeline), each atomically; `genre_utils.py
+    predict --run run_dir` then predicts with it.
+    """
+    import joblib
+
+    genres = _label_series(labels).reindex(embeddings.index).dropna()
+    if genres.empty:
+        raise DataError("no clip has both an embedding and a genre label")
+    pipeline = embedding_classifier(kind, seed)
+    pipeline.fit(embeddings.loc[genres.index].to_numpy(), genres.to_numpy())
+    run_dir = Path(run_dir)
+    layers = sorted({column.rsplit("_", 2)[0] for column in embeddings.columns}, key=MUSICNN_LAYERS.index)
+    with _writing_to(run_dir, ConfigError, "the run folder"):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run_dir / "config.json", cfg.to_dict())
+        _write_json(run_dir / "versions.json", _versions())
+        _write_json(run_dir / "classifier.json", {
+            "embedding": "musicnn MSD_musicnn (musicnn==0.1.0, Pons & Serra 2019)", "kind": kind, "seed": seed,
+            "layers": layers, "columns": list(embeddings.columns), "clips": len(genres),
+        })
+        with _atomic_path(run_dir / "classifier.joblib") as tmp:
+            joblib.dump(pipeline, tmp)
+    return pipeline
+
+
+def load_embedding_run(run_dir: str | os.PathLike):
+    """(fitted Pipeline, Config, classifier.json dict) of a run folder written by `train_embedding_classifier`.
+
+    Raises DataError naming the missing file when the folder holds no such run.
+    """
+    import joblib
+
+    run_dir = Path(run_dir)
+    for name in EMBEDDING_RUN_FILES:
+        if not (run_dir / name).is_file():
+            raise DataError(f"{run_dir / name}: not found; train an embedding classifier into {run_dir} first "
+                            "(train_embedding_classifier, notebook 07)")
+    cfg = _config_from_dict(json.loads((run_dir / "config.json").read_text()), run_dir / "config.json")
+    return joblib.load(run_dir / "classifier.joblib"), cfg, json.loads((run_dir / "classifier.json").read_text())
+
+
+def predict_file_embeddings(path: str | os.PathLike, classifier, cfg: Config, info: dict, model) -> pd.DataFrame:
+    """Genre probabilities of one audio file with an embedding classifier, in `predict_file`'s format.
+
+    The file is decoded whole at 16 kHz and cut into windows of cfg.clip_seconds as `predict_file`
+    does; each window's musicnn embedding (`model`: `load_musicnn()`) goes through `classifier`
+    (columns as recorded in `info`, from `load_embedding_run`). Returns one row per window indexed by
+    start_s, one column per genre of cfg.genres. Raises AudioError naming the file when it cannot be decoded.
+    """
+    y = load_audio(path, MUSICNN_SAMPLE_RATE, None)
+    window = int(round(MUSICNN_SAMPLE_RATE * cfg.clip_seconds))
+    y = np.pad(y, (0, max(0, window - len(y))))
+    starts = excerpt_starts(len(y), window)
+    positions = [list(_embedding_columns()).index(column) for column in info["columns"]]
+    embeddings = np.stack([musicnn_embedding(y[start:start + window], model)[positions] for start in starts])
+    proba = pd.DataFrame(classifier.predict_proba(embeddings), columns=list(classifier.classes_))
+    proba = proba.reindex(columns=list(cfg.genres), fill_value=0.0)
+    proba.index = pd.Index(starts / MUSICNN_SAMPLE_RATE, name="start_s")
+    return proba
+
+
+def embedding_method(embeddings: pd.DataFrame, labels, cfg: Config, kind: str = "logistic", seed: int = 42):
+    """A cross-validation method (`method(split, run_dir) -> MethodResult`) over pooled musicnn embeddings.
+
+    Per fold, `train_embedding_classifier` fits the fold's training and validation clips together (a
+    scikit-learn classifier has no checkpoint to choose) into run_dir, which is then a run folder that
+    `predict` can use, and the fitted classifier gives the test clips' genre probabilities.
+    Raises ConfigError for an unknown kind.
+    """
+    embedding_classifier(kind, seed)  # checks the kind now
+    genres = _label_series(labels)
+
+    def method(split: pd.Series, run_dir: Path) -> MethodResult:
+        fit = split.index[split.isin(["training", "validation"])].intersection(embeddings.index)
+        test = split.index[split == "test"].intersection(embeddings.index)
+        if fit.empty or test.empty:
+            raise DataError("no clips with embeddings in the fold's training or test split")
+        start = time.perf_counter()
+        pipeline = train_embedding_classifier(embeddings.loc[fit], genres, cfg, run_dir, kind, seed)
+        seconds = time.perf_counter() - start
+        proba = pd.DataFrame(pipeline.predict_proba(embeddings.loc[test].to_numpy()), index=test,
+                             columns=list(pipeline.classes_))
+        return MethodResult(proba, _fitted_numbers(pipeline[-1]), seconds)
+
+    method.settings = {"method": "musicnn embeddings", "kind": kind, "seed": seed, "columns": list(embeddings.columns)}
+    return method
+
+
+def _fitted_numbers(classifier) -> int:
+    """Numbers a fitted scikit-learn classifier stores (weights, support vectors, coefficients)."""
+    if hasattr(classifier, "calibrated_classifiers_"):  # the SVC and its sigmoid per class
+        calibrated = classifier.calibrated_classifiers_[0]
+        return _fitted_numbers(calibrated.estimator) + 2 * len(calibrated.calibrators)
+    names = ("coef_", "intercept_", "support_vectors_", "dual_coef_", "coefs_", "intercepts_")
+    arrays = [getattr(classifier, name) for name in names if hasattr(classifier, name)]
+    return int(sum(np.size(a) for array in arrays for a in (array if isinstance(array, list) else [array])))
+
+
+def _label_series(labels) -> pd.Series:
+    """Genre per track_id from a Series or a tracks table with a genre column."""
+    if isinstance(labels, pd.DataFrame):
+        if "genre" not in labels.columns:
+            raise DataError("the tracks table has no genre column; pass load_tracks output or a Series of genres")
+        labels = labels["genre"]
+    return pd.Series(labels)
+
 
 
 # ── Devices and batches: where Keras runs, and normalised batches of whole clips or excerpts ──
@@ -2218,6 +3274,15 @@ def compare_with_report(scores: dict[str, Scores], cfg: Config, run_name: str) -
     return pd.DataFrame(rows).set_index("result")
 
 
+@dataclass
+class MethodResult:  # the cross-validation contract shared with the real-music benchmark; one copy is kept
+    """What one method returns for one fold."""
+
+    proba: pd.DataFrame  # genre probabilities, index: the fold's test track_ids, columns: cfg.genres
+    parameters: int  # numbers the fitted method stores (weights, support vectors, ...)
+    train_seconds: float  # wall time of fitting (not of feature extraction)
+
+
 # ── Experiments: one results row per CNN variant or classical baseline, reusing finished runs ──
 
 EXPERIMENT_COLUMNS = ("model", "input", "parameters", "epochs", "train_seconds", "val_accuracy", "test_accuracy")
@@ -2631,6 +3696,7 @@ def export_report(notebooks_dir: str | os.PathLike = ROOT / "notebooks", out_dir
 
 DEMO_VERSION = 1  # bump when the synthesis changes, so old demo datasets are regenerated
 DEMO_MARKER = "demo.json"  # written last: the parameters of a complete demo dataset
+_DEMO_SECONDS_PER_WORKER = 200  # s of audio per extra worker process, by default (one starts in about 1 s)
 _DEMO_MP3 = dict(format="MP3", subtype="MPEG_LAYER_III", bitrate_mode="CONSTANT", compression_level=0.5)  # ~80 kb/s
 
 _SCALES = {  # semitones above the key's root
@@ -2725,6 +3791,7 @@ def make_demo_dataset(
     sr: int | None = None,
     seed: int | None = None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Write a miniature FMA of synthesized music at `root` (default `cfg.data_root`) and load it.
 
@@ -2735,10 +3802,12 @@ def make_demo_dataset(
     training clip is a deliberately truncated MP3, like the real set's broken files. Deterministic
     for a `seed` (cfg.seed). The set is built in a temporary folder renamed into place, so an
     interrupted run is redone; a complete set with the same parameters is not regenerated, one
-    with other parameters is replaced. Returns `load_tracks(root, "small", cfg.genres)`.
-    Raises DataError when `root` exists and is not a demo dataset (it is never overwritten).
+    with other parameters is replaced. `workers` processes synthesize the clips (default: every
+    available core, fewer for a small set); each clip has its own seeded generator, so the files
+    are byte for byte the same for any number of workers. Returns
+    `load_tracks(root, "small", cfg.genres)`. Raises DataError when `root` exists and is not a
+    demo dataset (it is never overwritten).
     """
-    import soundfile as sf
     from tqdm import tqdm
 
     cfg = cfg or get_config("demo")
@@ -2762,16 +3831,13 @@ def make_demo_dataset(
     metadata = _demo_metadata(params)
     small = metadata[metadata["set", "subset"] == "small"]
     broken_id = small.index[small["set", "split"] == "training"].min()
-    sr, n_samples = params["sample_rate"], int(round(params["sample_rate"] * params["seconds"]))
-    clips = tqdm(small.iterrows(), total=len(small), desc="demo clips", unit="clip", mininterval=1, disable=not progress)
-    for clip_number, (track_id, row) in enumerate(clips):
-        rng = np.random.default_rng([params["seed"], clip_number])
-        audio = synthesize_clip(row["track", "genre_top"], n_samples, sr, rng)
-        path = audio_path(partial, track_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(path, audio, sr, **_DEMO_MP3)
-        if track_id == broken_id:  # keep the first 64 bytes: a header and no complete frame
-            path.write_bytes(path.read_bytes()[:64])
+    jobs = [(str(audio_path(partial, track_id)), genre, clip_number, bool(track_id == broken_id))
+            for clip_number, (track_id, genre) in enumerate(small["track", "genre_top"].items())]
+    if workers is None:  # a worker process takes about a second to start: not worth it for a few clips
+        workers = min(_available_cores(), int(len(jobs) * params["seconds"] // _DEMO_SECONDS_PER_WORKER))
+    with tqdm(total=len(jobs), desc="demo clips", unit="clip", mininterval=1, disable=not progress) as bar:
+        for _ in _feature_results(list(enumerate(jobs)), params, max(1, workers), compute=_write_demo_clip):
+            bar.update()
     metadata.to_csv(_mkdir(partial / "fma_metadata") / "tracks.csv")
     (partial / DEMO_MARKER).write_text(json.dumps(params, indent=2) + "\n")
     if root.exists():
@@ -2779,6 +3845,22 @@ def make_demo_dataset(
     root.parent.mkdir(parents=True, exist_ok=True)
     os.replace(partial, root)
     return load_tracks(root, "small", cfg.genres)
+
+
+def _write_demo_clip(job: tuple[str, str, int, bool], params: dict) -> None:
+    """Synthesize one demo clip (path, genre, clip number, broken?) and write it as MP3; the
+    generator is seeded by the dataset's seed and the clip number only, so any process gives the
+    same file."""
+    import soundfile as sf
+
+    path, genre, clip_number, broken = job
+    sr = params["sample_rate"]
+    rng = np.random.default_rng([params["seed"], clip_number])
+    audio = synthesize_clip(genre, int(round(sr * params["seconds"])), sr, rng)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, audio, sr, **_DEMO_MP3)
+    if broken:  # keep the first 64 bytes: a header and no complete frame
+        Path(path).write_bytes(Path(path).read_bytes()[:64])
 
 
 def _demo_metadata(params: dict) -> pd.DataFrame:
@@ -3012,7 +4094,7 @@ def _karplus_strong(freq: float, n: int, sr: int, rng: np.random.Generator, loss
     return np.fft.irfft(burst * loop**periods, n=period).ravel()[:n]
 
 
-# ── Command line: python genre_utils.py demo-data | report | predict ──
+# ── Command line: python genre_utils.py download | demo-data | report | predict | musicnn-weights ──
 
 def main(argv: list[str] | None = None) -> int:
     """The command line: `python genre_utils.py [--profile P] [--data DIR] <command>`; returns the exit status."""
@@ -3025,6 +4107,18 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo-data", help="generate the demo dataset at the data root unless it is complete")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(run=_cli_demo_data)
+    download = commands.add_parser(
+        "download", help="download, verify and unpack FMA into the data root (default: the seed preset's, data/fma), "
+                         "then check it"
+    )
+    download.add_argument("archives", nargs="*", default=["metadata", "small"], metavar="ARCHIVE",
+                          help=f"any of {', '.join(FMA_ARCHIVES)} (default: metadata small)")
+    download.add_argument("--base-url", help=f"where the zips are (default: ${FMA_URL_VARIABLE}, else {FMA_BASE_URL})")
+    download.add_argument("--sha1", action="append", default=[], metavar="NAME=HEX",
+                          help="expected SHA-1 of an archive, e.g. fma_small.zip=<40 hex digits>, for a mirror that "
+                               "repacks (repeatable)")
+    download.add_argument("--quiet", action="store_true", help="no progress bars")
+    download.set_defaults(run=_cli_download, default_profile="seed")
     report = commands.add_parser("report", help="export the executed notebooks as one HTML page in report/")
     report.set_defaults(run=_cli_report)
     predict = commands.add_parser(
@@ -3035,9 +4129,13 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--top", type=int, default=3, help="genres to list per file (default 3)")
     predict.add_argument("--plot", help="save a timeline of the window predictions to this image file")
     predict.set_defaults(run=_cli_predict)
+    weights = commands.add_parser(
+        "musicnn-weights", help="download musicnn (ISC licence) from PyPI and convert its MSD weights, once"
+    )
+    weights.set_defaults(run=_cli_musicnn_weights)
     args = parser.parse_args(argv)
     try:
-        cfg = get_config(args.profile, args.data)
+        cfg = get_config(args.profile or getattr(args, "default_profile", None), args.data)
         return args.run(cfg, args) or 0
     except GenreError as exc:
         parser.exit(1, f"{parser.prog} {args.command}: error: {exc}\n")
@@ -3058,13 +4156,41 @@ def _cli_demo_data(cfg: Config, args) -> None:
     )
 
 
+def _cli_download(cfg: Config, args) -> None:
+    """`download`: fetch, verify and unpack FMA archives, then say what the dataset holds."""
+    sha1 = {}
+    for item in args.sha1:
+        name, equals, digest = item.partition("=")
+        if not equals:
+            raise ConfigError(f"--sha1 {item}: expected NAME=HEX, e.g. fma_small.zip=<40 hexadecimal digits>")
+        sha1[name] = digest
+    folders = download_fma(cfg.data_root, args.archives, base_url=args.base_url, sha1=sha1, progress=not args.quiet)
+    print(f"unpacked in {cfg.data_root}: {', '.join(folder.name + '/' for folder in folders)}")
+    audio = [key for key in args.archives if key != "metadata"]
+    if audio and (cfg.data_root / "fma_metadata" / "tracks.csv").is_file():
+        print(check_dataset(cfg.replace(subset=audio[-1])).summary())
+
+
+def _cli_musicnn_weights(cfg: Config, args) -> None:
+    """`musicnn-weights`: fetch and convert musicnn's MSD weights unless they are there."""
+    print(f"musicnn MSD weights (musicnn 0.1.0 by Jordi Pons, ISC licence): {fetch_musicnn_weights()}")
+
+
 def _cli_predict(cfg: Config, args) -> int:
-    """`predict`: the top genres of each file with a trained run; returns 1 if a file failed."""
-    model, run_cfg, _ = load_run(args.run_dir)
+    """`predict`: the top genres of each file with a trained run (a CNN's, or a classifier of musicnn
+    embeddings); returns 1 if a file failed."""
+    if (Path(args.run_dir) / "classifier.joblib").is_file():
+        classifier, run_cfg, info = load_embedding_run(args.run_dir)
+        network = load_musicnn()
+        predict = functools.partial(predict_file_embeddings, classifier=classifier, cfg=run_cfg, info=info,
+                                    model=network)
+    else:
+        model, run_cfg, _ = load_run(args.run_dir)
+        predict = functools.partial(predict_file, model=model, cfg=run_cfg)
     failed = 0
     for song in args.songs:
         try:
-            windows = predict_file(song, model, run_cfg)
+            windows = predict(song)
         except AudioError as exc:
             print(f"genre_utils.py predict: error: {exc}", file=sys.stderr)
             failed += 1

@@ -5,11 +5,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile as sf
 
 import genre_utils as gu  # noqa: E402
-
-SR = 11_025  # Hz, small fixtures
+from conftest import SR, write_tone  # noqa: E402
 
 
 def write_tracks_csv(root: Path, rows: dict[int, dict], drop: tuple = ()) -> Path:
@@ -28,15 +26,6 @@ def fma_row(genre, split="training", subset="small", title="A Song", artist="An 
             ("track", "genre_top"): genre, ("track", "title"): title}
 
 
-def write_sine(path: Path, seconds: float, channels: int = 1, freq: float = 440.0) -> np.ndarray:
-    t = np.arange(int(SR * seconds)) / SR
-    y = 0.5 * np.sin(2 * np.pi * freq * t)
-    data = np.stack([y, 0.5 * y], axis=1) if channels == 2 else y
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, data, SR)
-    return data
-
-
 @pytest.fixture
 def fma_root(tmp_path):
     """Small FMA: tracks 2, 5 (small, audio), 140 (small, test), 1000 (medium), 2000 (large)."""
@@ -50,7 +39,7 @@ def fma_root(tmp_path):
     return tmp_path
 
 
-def test_audio_path_follows_fma():
+def test_audio_path_follows_fmas_folder_scheme():
     assert gu.audio_path("/data", 2) == Path("/data/fma_small/000/000002.mp3")
     assert gu.audio_path(Path("/d"), 155066, "medium") == Path("/d/fma_medium/155/155066.mp3")
 
@@ -63,7 +52,7 @@ def test_read_fma_tracks_orders_subsets(fma_root):
     assert sorted(raw.index[raw["set", "subset"] <= "medium"]) == [2, 5, 140, 1000]
 
 
-def test_load_tracks_fma_small(fma_root):
+def test_load_tracks_reads_fma_small_with_its_split_and_absolute_paths(fma_root):
     tracks = gu.load_tracks(fma_root)
     assert list(tracks.index) == [2, 5, 140]
     assert tracks.index.name == "track_id"
@@ -75,14 +64,14 @@ def test_load_tracks_fma_small(fma_root):
     assert gu.skipped_tracks(tracks).empty
 
 
-def test_load_tracks_fma_missing_columns(tmp_path):
+def test_load_tracks_names_the_fma_columns_that_are_missing(tmp_path):
     path = write_tracks_csv(tmp_path, {2: fma_row("Rock")}, drop=[("track", "genre_top"), ("set", "split")])
     with pytest.raises(gu.DataError, match="set/split, track/genre_top") as error:
         gu.load_tracks(tmp_path)
     assert str(path) in str(error.value)
 
 
-def test_load_tracks_fma_not_two_level(tmp_path):
+def test_load_tracks_rejects_a_tracks_csv_without_fmas_two_header_rows(tmp_path):
     path = tmp_path / "fma_metadata" / "tracks.csv"
     path.parent.mkdir(parents=True)
     path.write_text("track_id,genre\n2,Rock\n")
@@ -90,7 +79,7 @@ def test_load_tracks_fma_not_two_level(tmp_path):
         gu.load_tracks(tmp_path)
 
 
-def test_load_tracks_fma_drops_unknown_genres_missing_and_empty_audio(fma_root):
+def test_load_tracks_drops_unknown_genres_and_missing_or_empty_fma_audio(fma_root):
     rows = {2: fma_row("Hip-Hop"), 5: fma_row("Blues"), 7: fma_row("Rock"), 8: fma_row("Pop"), 9: fma_row(None)}
     write_tracks_csv(fma_root, rows)
     gu.audio_path(fma_root, 8).write_bytes(b"")  # empty; track 7 has no file at all
@@ -106,23 +95,23 @@ def test_load_tracks_fma_drops_unknown_genres_missing_and_empty_audio(fma_root):
     assert len(pd.concat([tracks, tracks])) == 2  # the record of skipped tracks does not break pandas
 
 
-def test_load_tracks_fma_nothing_left(fma_root):
+def test_load_tracks_raises_when_no_fma_track_is_left(fma_root):
     write_tracks_csv(fma_root, {2: fma_row("Blues"), 5: fma_row("Jazz")})
     with pytest.raises(gu.DataError, match="no usable track in 2"):
         gu.load_tracks(fma_root)
 
 
-def test_load_tracks_unknown_subset(fma_root):
+def test_load_tracks_rejects_an_unknown_subset(fma_root):
     with pytest.raises(gu.ConfigError, match="tiny"):
         gu.load_tracks(fma_root, subset="tiny")
 
 
-def test_load_tracks_missing_root(tmp_path):
+def test_load_tracks_of_a_missing_root_says_how_to_get_data(tmp_path):
     with pytest.raises(gu.DataError, match="not found.*GENRE_DATA.*make data"):
         gu.load_tracks(tmp_path / "nowhere")
 
 
-def test_load_tracks_unrecognised_layout(tmp_path):
+def test_load_tracks_lists_what_it_found_in_an_unrecognised_layout(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "empty_folder").mkdir()
     with pytest.raises(gu.DataError, match=r"no dataset layout recognised.*Found: empty_folder/, notes.txt"):
@@ -141,7 +130,7 @@ def genre_folders(tmp_path):
     return tmp_path
 
 
-def test_load_tracks_genre_folders(genre_folders):
+def test_load_tracks_reads_one_folder_per_genre(genre_folders):
     with pytest.warns(UserWarning, match="'blues'"):
         tracks = gu.load_tracks(genre_folders)
     assert sorted(tracks["genre"].unique()) == ["Hip-Hop", "Rock"]
@@ -161,7 +150,7 @@ def test_genre_folders_split_is_deterministic(genre_folders):
     assert not first["split"].equals(other["split"])
 
 
-def test_stratified_split_fractions():
+def test_stratified_split_cuts_every_label_by_the_fractions():
     labels = ["a"] * 20 + ["b"] * 10 + ["c"] * 3
     splits = gu.stratified_split(labels, seed=0)
     table = pd.crosstab(pd.Series(labels, name="label"), pd.Series(splits, name="split"))
@@ -173,21 +162,21 @@ def test_stratified_split_fractions():
 
 def test_load_audio_pads_crops_and_mixes_down(tmp_path):
     short = tmp_path / "short.wav"
-    write_sine(short, 0.5)
+    write_tone(short, 0.5)
     y = gu.load_audio(short, SR, 1.0)
     assert y.dtype == np.float32 and y.shape == (SR,)
     assert np.abs(y[: SR // 2 - 10]).max() > 0.4 and not y[SR // 2 + 10 :].any()
 
     long = tmp_path / "long.wav"
-    write_sine(long, 2.0, channels=2)
+    write_tone(long, 2.0, channels=2)
     y = gu.load_audio(long, SR, 1.0)
     assert y.shape == (SR,)
     assert np.abs(y).max() == pytest.approx(0.375, abs=0.01)  # mean of the two channels (0.5 and 0.25)
 
 
-def test_load_audio_resamples_mp3(tmp_path):
+def test_load_audio_resamples_an_mp3(tmp_path):
     path = tmp_path / "clip.mp3"
-    write_sine(path, 1.0)
+    write_tone(path, 1.0)
     y = gu.load_audio(path, 8000, 1.0)
     assert y.shape == (8000,)
     spectrum = np.abs(np.fft.rfft(y))
@@ -198,7 +187,7 @@ def test_load_audio_resamples_mp3(tmp_path):
     "content, message",
     [(b"", "file is empty"), (b"this is a text file, not audio\n" * 20, "cannot decode")],
 )
-def test_load_audio_bad_files(tmp_path, content, message):
+def test_load_audio_rejects_empty_and_non_audio_files_naming_them(tmp_path, content, message):
     path = tmp_path / "bad.mp3"
     path.write_bytes(content)
     with pytest.raises(gu.AudioError, match=message) as error:
@@ -206,21 +195,21 @@ def test_load_audio_bad_files(tmp_path, content, message):
     assert str(path) in str(error.value)
 
 
-def test_load_audio_truncated_mp3(tmp_path):
+def test_load_audio_rejects_a_truncated_mp3(tmp_path):
     path = tmp_path / "truncated.mp3"
-    write_sine(path, 1.0)
+    write_tone(path, 1.0)
     path.write_bytes(path.read_bytes()[:64])
     with pytest.raises(gu.AudioError, match="truncated.mp3"):
         gu.load_audio(path, SR, 1.0)
 
 
-def test_load_audio_missing_file(tmp_path):
+def test_load_audio_says_a_missing_file_is_not_found(tmp_path):
     with pytest.raises(gu.AudioError, match="not found"):
         gu.load_audio(tmp_path / "missing.wav", SR, 1.0)
 
 
 def test_audio_info_reads_headers_and_flags_broken_files(tmp_path):
-    write_sine(tmp_path / "a.wav", 0.5, channels=2)
+    write_tone(tmp_path / "a.wav", 0.5, channels=2)
     (tmp_path / "b.mp3").write_bytes(b"\xff\xfb" + bytes(30))
     paths = pd.Series([str(tmp_path / "a.wav"), str(tmp_path / "b.mp3")], index=pd.Index([7, 9], name="track_id"))
     info = gu.audio_info(paths)

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 import genre_utils as gu  # noqa: E402
+from conftest import SR  # noqa: E402
 
-SR = 11_025  # Hz
-SMALL = dict(clips_per_genre=3, seconds=1.0, sr=SR, seed=1, progress=False)  # 24 clips of 1 s
+DEMO_SR = SR // 2  # Hz, 11,025: the demo is synthesized at half the shared rate, half the samples
+SMALL = dict(clips_per_genre=3, seconds=1.0, sr=DEMO_SR, seed=1, progress=False)  # 24 clips of 1 s
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_demo_has_exactly_one_broken_training_file(demo):
     broken = []
     for track_id, row in tracks.iterrows():
         try:
-            y = gu.load_audio(row["path"], SR, 1.0)
+            y = gu.load_audio(row["path"], DEMO_SR, 1.0)
         except gu.AudioError:
             broken.append(track_id)
             continue
@@ -68,6 +69,14 @@ def test_demo_is_deterministic_and_seeded(tmp_path):
     assert (tmp_path / "a/fma_metadata/tracks.csv").read_bytes() == (tmp_path / "b/fma_metadata/tracks.csv").read_bytes()
     assert [Path(p).read_bytes() for p in first["path"]] == [Path(p).read_bytes() for p in second["path"]]
     assert list(first.index) != list(other.index)
+
+
+def test_demo_clips_are_the_same_bytes_from_any_number_of_worker_processes(tmp_path):
+    cfg = gu.get_config("demo", genres=("Rock",))
+    params = dict(SMALL, clips_per_genre=2, seconds=0.25)
+    serial = gu.make_demo_dataset(tmp_path / "serial", cfg, workers=1, **params)
+    parallel = gu.make_demo_dataset(tmp_path / "parallel", cfg, workers=2, **params)
+    assert [Path(p).read_bytes() for p in serial["path"]] == [Path(p).read_bytes() for p in parallel["path"]]
 
 
 def test_demo_redoes_an_interrupted_run_and_replaces_other_parameters(tmp_path):
@@ -99,8 +108,8 @@ def test_cli_demo_data_reports_errors(tmp_path, capsys):
 
 @pytest.mark.parametrize("genre", gu.GENRES)
 def test_synthesized_clip_is_listenable(genre):
-    y = gu.synthesize_clip(genre, 2 * SR, SR, np.random.default_rng(0))
-    assert y.dtype == np.float32 and y.shape == (2 * SR,)
+    y = gu.synthesize_clip(genre, 2 * DEMO_SR, DEMO_SR, np.random.default_rng(0))
+    assert y.dtype == np.float32 and y.shape == (2 * DEMO_SR,)
     assert np.isfinite(y).all() and 0.5 <= np.abs(y).max() <= 0.8
     assert np.sqrt(np.mean(y**2)) > 0.02  # not silence
 
@@ -109,9 +118,9 @@ def low_band_share(genre: str, clips: int = 6) -> float:
     """Mean share of a clip's energy below 150 Hz."""
     shares = []
     for k in range(clips):
-        y = gu.synthesize_clip(genre, 2 * SR, SR, np.random.default_rng([0, k]))
+        y = gu.synthesize_clip(genre, 2 * DEMO_SR, DEMO_SR, np.random.default_rng([0, k]))
         power = np.abs(np.fft.rfft(y)) ** 2
-        shares.append(power[np.fft.rfftfreq(y.size, 1 / SR) < 150].sum() / power.sum())
+        shares.append(power[np.fft.rfftfreq(y.size, 1 / DEMO_SR) < 150].sum() / power.sum())
     return float(np.mean(shares))
 
 

@@ -22,7 +22,7 @@ Y_TRUE = np.array([0, 0, 0, 0, 1, 1, 2, 2])
 Y_PRED = np.array([0, 0, 0, 1, 1, 2, 2, 2])
 
 
-def test_scores_on_hand_checked_predictions():
+def test_scores_match_hand_checked_predictions():
     scores = gu.classification_scores(Y_TRUE, one_hot(Y_PRED), GENRES)
 
     assert scores.accuracy == pytest.approx(6 / 8)

@@ -7,10 +7,10 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile as sf
-from test_training import TINY, fake_features
 
 import genre_utils as gu
+from conftest import TINY, tone, write_tone
+from test_training import fake_features
 
 CHUNKED = TINY.replace(train_mode="chunked", chunk_seconds=0.5)  # 22 of the 65 frames of a 1.5 s clip
 
@@ -112,9 +112,8 @@ def test_a_finished_experiment_run_is_reused_not_retrained(chunked_run, data):
 
 def test_clip_statistics_have_fixed_names_and_are_finite_even_for_silence():
     cfg = gu.get_config("demo")
-    t = np.arange(cfg.sample_rate) / cfg.sample_rate
-    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    statistics = [gu.clip_statistics(y, cfg) for y in (tone, np.zeros_like(tone))]
+    sine = tone(1.0, cfg.sample_rate).astype(np.float32)
+    statistics = [gu.clip_statistics(y, cfg) for y in (sine, np.zeros_like(sine))]
     for series in statistics:
         assert series.shape == (88,) and series.dtype == np.float64 and np.isfinite(series).all()
         assert series.index.is_unique
@@ -124,19 +123,14 @@ def test_clip_statistics_have_fixed_names_and_are_finite_even_for_silence():
     assert statistics[0]["chroma_10_mean"] == statistics[0][[f"chroma_{k:02d}_mean" for k in range(1, 13)]].max()  # A
 
 
-def write_tone(path, seconds, freq, sr=22_050):
-    t = np.arange(int(seconds * sr)) / sr
-    sf.write(path, (0.4 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr)
-    return str(path)
-
-
 def test_clip_statistics_are_cached_and_skip_undecodable_files(tmp_path):
     cfg = gu.get_config("demo", clip_seconds=1.0)
     (tmp_path / "empty.wav").write_bytes(b"")
     tracks = pd.DataFrame({
         "genre": ["Rock", "Pop", "Folk"],
         "split": ["training", "validation", "test"],
-        "path": [write_tone(tmp_path / "a.wav", 1.0, 220), write_tone(tmp_path / "b.wav", 0.5, 880),
+        "path": [str(write_tone(tmp_path / "a.wav", 1.0, 220, amplitude=0.4)),
+                 str(write_tone(tmp_path / "b.wav", 0.5, 880, amplitude=0.4)),
                  str(tmp_path / "empty.wav")],
     }, index=pd.Index([5, 3, 9], name="track_id"))
     statistics = gu.extract_clip_statistics(tracks, cfg, cache_dir=tmp_path / "cache", workers=1)
@@ -168,7 +162,8 @@ def test_baseline_learns_separable_statistics(kind):
 def test_predict_file_covers_a_long_file_with_overlapping_windows(chunked_run, tmp_path):
     run_dir, _ = chunked_run
     model, cfg, _ = gu.load_run(run_dir)
-    windows = gu.predict_file(write_tone(tmp_path / "long.wav", 4.0, 330), model, cfg)
+    long_file = write_tone(tmp_path / "long.wav", 4.0, 330, amplitude=0.4)
+    windows = gu.predict_file(long_file, model, cfg)
     assert windows.index.name == "start_s" and windows.index.tolist() == pytest.approx([0, 0.75, 1.5, 2.25, 2.5], abs=1e-4)
     assert list(windows.columns) == list(cfg.genres)
     np.testing.assert_allclose(windows.sum(axis=1), 1.0, rtol=1e-5)
@@ -176,8 +171,8 @@ def test_predict_file_covers_a_long_file_with_overlapping_windows(chunked_run, t
 
 def test_predict_command_ranks_genres_and_reports_bad_files(chunked_run, tmp_path):
     run_dir, _ = chunked_run
-    long_song = write_tone(tmp_path / "long song.wav", 4.0, 330)
-    short = write_tone(tmp_path / "short.flac", 0.4, 550)
+    long_song = write_tone(tmp_path / "long song.wav", 4.0, 330, amplitude=0.4)
+    short = write_tone(tmp_path / "short.flac", 0.4, 550, amplitude=0.4)
     broken = tmp_path / "broken.mp3"
     broken.write_bytes(b"ID3 not really an mp3")
     result = subprocess.run(

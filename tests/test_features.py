@@ -63,7 +63,7 @@ def direct_features(path, cfg):
 
 # ── single clips ──
 
-def test_shapes_dtypes_and_range(cfg):
+def test_features_have_the_documented_shapes_dtype_and_range(cfg):
     y = np.random.default_rng(1).standard_normal(cfg.n_samples).astype(np.float32)
     mel, constant_q = gu.mel_spectrogram(y, cfg), gu.cqt(y, cfg)
     assert mel.shape == (cfg.n_mels, cfg.n_frames) and mel.dtype == np.float32
@@ -72,7 +72,7 @@ def test_shapes_dtypes_and_range(cfg):
         assert array.max() == 0.0 and array.min() >= -gu.TOP_DB
 
 
-def test_seed_preset_frame_count():
+def test_seed_preset_gives_the_reports_1292_frames():
     seed = gu.get_config("seed")
     y = np.zeros(seed.n_samples, np.float32)
     y[::1000] = 1.0
@@ -80,7 +80,7 @@ def test_seed_preset_frame_count():
     assert gu.cqt(y, seed).shape == (84, 1292)
 
 
-def test_agrees_with_direct_librosa(audio_dir, cfg):
+def test_features_agree_with_direct_librosa(audio_dir, cfg):
     path = audio_dir / "000005.mp3"
     y = gu.load_audio(path, cfg.sample_rate, cfg.clip_seconds)
     mel_ref, cqt_ref = direct_features(path, cfg)
@@ -88,7 +88,7 @@ def test_agrees_with_direct_librosa(audio_dir, cfg):
     np.testing.assert_allclose(gu.cqt(y, cfg), cqt_ref, atol=1e-4)
 
 
-def test_silence_gives_finite_values(cfg):
+def test_silence_gives_finite_features(cfg):
     silence = np.zeros(cfg.n_samples, np.float32)
     for array in (gu.mel_spectrogram(silence, cfg), gu.cqt(silence, cfg)):
         assert np.all(np.isfinite(array))
@@ -96,7 +96,7 @@ def test_silence_gives_finite_values(cfg):
 
 # ── the cache ──
 
-def test_cache_layout_and_contents(tracks, cfg):
+def test_the_cache_holds_the_documented_files_and_arrays(tracks, cfg):
     features = gu.extract_features(tracks, cfg, workers=1)
     key = gu.features_key(tracks, cfg)
     assert features.path == cfg.cache_dir / f"features-{key}"
@@ -127,7 +127,7 @@ def test_unchanged_run_reuses_cache_without_decoding(tracks, cfg, monkeypatch):
     np.testing.assert_array_equal(again.mel, first.mel)
 
 
-def test_changed_setting_or_file_recomputes(tracks, cfg, tmp_path):
+def test_a_changed_setting_or_file_recomputes_the_features(tracks, cfg, tmp_path):
     first = gu.extract_features(tracks, cfg, workers=1)
     fewer_bands = gu.extract_features(tracks, cfg.replace(n_mels=16), workers=1)
     assert fewer_bands.path != first.path and fewer_bands.mel.shape[1] == 16
@@ -192,6 +192,40 @@ def test_broken_files_are_skipped_and_listed(tracks, cfg, tmp_path):
     np.testing.assert_array_equal(features.mel, reference.mel)
 
 
+def test_skipped_rows_are_removed_in_place_and_a_kill_meanwhile_resumes_without_decoding(tracks, cfg, tmp_path,
+                                                                                          monkeypatch):
+    empty = tmp_path / "000004.mp3"  # between tracks 3 and 5: every later row moves up by one
+    empty.write_bytes(b"")
+    broken = pd.DataFrame({"genre": ["Pop"], "split": ["training"], "path": [empty]},
+                          index=pd.Index([4], name="track_id"))
+    with_broken = pd.concat([tracks, broken])
+    real_write_json, real_load_audio = gu._write_json, gu.load_audio
+
+    def killed_after_a_move(path, content):
+        real_write_json(path, content)
+        if path.name == "compaction.json" and content["moved"]["mel"] > 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(gu, "_write_json", killed_after_a_move)
+    with pytest.raises(KeyboardInterrupt):
+        gu.extract_features(with_broken, cfg, workers=1)
+    partial = cfg.cache_dir / f"features-{gu.features_key(with_broken, cfg)}.partial"
+    assert (partial / "compaction.json").is_file()
+
+    monkeypatch.setattr(gu, "_write_json", real_write_json)
+    decoded = []
+    monkeypatch.setattr(gu, "load_audio", lambda path, *args: decoded.append(path) or real_load_audio(path, *args))
+    with pytest.warns(UserWarning, match="skipped 1 of 7 audio files"):
+        features = gu.extract_features(with_broken, cfg, workers=1)
+    assert decoded == [] and not partial.exists()
+    assert features.skipped["path"].tolist() == [str(empty)]
+    reference = gu.extract_features(tracks, cfg, cache_dir=tmp_path / "reference", workers=1)
+    for name in ("mel", "cqt"):
+        np.testing.assert_array_equal(getattr(features, name), getattr(reference, name))
+        np.testing.assert_array_equal(features.stats[f"{name}_mean"], reference.stats[f"{name}_mean"])
+        assert (features.path / f"{name}.npy").stat().st_size == (reference.path / f"{name}.npy").stat().st_size
+
+
 def test_nan_feature_is_skipped(tracks, cfg, monkeypatch):
     real_mel = gu.mel_spectrogram
     calls = []
@@ -221,7 +255,7 @@ def test_stats_come_from_training_rows_only(tracks, cfg):
         assert not np.allclose(features.stats[f"{name}_mean"], everything, atol=1e-3)
 
 
-def test_parallel_equals_serial(tracks, cfg, tmp_path):
+def test_parallel_extraction_equals_serial_extraction(tracks, cfg, tmp_path):
     serial = gu.extract_features(tracks, cfg, cache_dir=tmp_path / "serial", workers=1)
     parallel = gu.extract_features(tracks, cfg, cache_dir=tmp_path / "parallel", workers=2)
     pd.testing.assert_frame_equal(parallel.index, serial.index)
@@ -294,3 +328,26 @@ def test_a_script_without_main_guard_gets_the_genre_error(tracks, cfg, tmp_path)
     errors = [line for line in result.stderr.splitlines() if line.startswith("genre_utils.GenreError:")]
     assert errors and 'if __name__ == "__main__":' in errors[0]
     assert "BrokenProcessPool" not in result.stderr
+
+
+class ChunkOnlyArray:
+    """A (clips, bands, frames) array that refuses to hand out more than `limit` clips at once."""
+
+    def __init__(self, array, limit):
+        self.array, self.limit, self.shape = array, limit, array.shape
+
+    def __len__(self):
+        return len(self.array)
+
+    def __getitem__(self, rows):
+        assert len(np.atleast_1d(rows)) <= self.limit, "read more clips at once than one chunk"
+        return self.array[rows]
+
+
+def test_band_means_reads_a_chunk_at_a_time_and_match_the_whole_array_mean():
+    array = np.random.default_rng(0).normal(-40, 10, (7, 3, 5)).astype(np.float16)
+    rows = np.array([6, 0, 3, 2, 5])
+    means = gu.band_means(ChunkOnlyArray(array, 2), rows, chunk_rows=2)
+    assert means.dtype == np.float32
+    np.testing.assert_array_equal(means, array[rows].astype(np.float32).mean(axis=2))
+    assert gu.band_means(array).shape == (7, 3)

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 import genre_utils as gu
-
-TINY = gu.get_config("demo", n_mels=16, cqt_bins=12, clip_seconds=1.5, filters=2, dense_units=8)
+from conftest import TINY
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +52,7 @@ def test_filter_shapes_are_vertical_horizontal_and_square():
     assert widths[0] == 32 and widths == sorted(widths) and max(widths) == 8 * 32
 
 
-def test_he_initialisation_and_dropout_rate(model):
+def test_hidden_layers_use_he_initialisation_and_the_configs_dropout(model):
     hidden = [l for l in model.layers if l.name.endswith("_conv")] + [model.get_layer("dense")]
     assert all(isinstance(layer.kernel_initializer, keras.initializers.HeNormal) for layer in hidden)
     assert model.get_layer("dropout").rate == TINY.dropout == 0.5

@@ -50,7 +50,7 @@ def line_labels(ax):
     return [line.get_label() for line in ax.get_lines()]
 
 
-def test_learning_curves_two_panels_train_vs_validation(history):
+def test_learning_curves_show_training_and_validation_in_two_panels(history):
     fig = gu.plot_learning_curves(history)
     loss_ax, accuracy_ax = fig.axes
     assert loss_ax.get_xlabel() == accuracy_ax.get_xlabel() == "Epoch"
@@ -61,7 +61,7 @@ def test_learning_curves_two_panels_train_vs_validation(history):
     assert [t.get_text() for t in fig.legends[0].get_texts()][:2] == ["training", "validation"]
 
 
-def test_learning_curves_without_validation_and_bad_history(history):
+def test_learning_curves_work_without_validation_and_reject_bad_histories(history):
     fig = gu.plot_learning_curves(history[["loss", "accuracy"]])
     assert line_labels(fig.axes[1]) == ["training"]
     with pytest.raises(gu.GenreError, match="no column\\(s\\) accuracy"):
@@ -83,7 +83,7 @@ def test_confusion_matrix_heat_map_has_genre_names_and_shares(scores):
     assert len(annotations) == len(gu.GENRES) ** 2 and all(a == "" or a.endswith("%") for a in annotations)
 
 
-def test_confusion_matrix_counts_and_bad_shape():
+def test_confusion_matrix_shows_counts_and_rejects_a_bad_shape():
     counts = np.array([[3, 1], [0, 2]])
     fig = gu.plot_confusion_matrix(counts, ["Rock", "Pop"], normalize=False)
     assert [t.get_text() for t in fig.axes[0].texts] == ["3", "1", "", "2"]
@@ -91,7 +91,7 @@ def test_confusion_matrix_counts_and_bad_shape():
         gu.plot_confusion_matrix(counts, ["Rock", "Pop", "Folk"])
 
 
-def test_genre_scores_bars(scores):
+def test_genre_scores_get_three_bars_per_genre(scores):
     fig = gu.plot_genre_scores(scores.per_genre)
     ax = fig.axes[0]
     bars = [bar for container in ax.containers for bar in container]
@@ -103,7 +103,7 @@ def test_genre_scores_bars(scores):
     np.testing.assert_allclose(heights, sorted(scores.per_genre[["precision", "recall", "f1"]].to_numpy().ravel()))
 
 
-def test_comparison_bars_with_report_line(scores):
+def test_comparison_draws_bars_coloured_by_dataset_and_the_reports_line(scores):
     table = gu.compare_with_report({"validation": scores}, gu.get_config("demo"), "demo-full")
     fig = gu.plot_comparison(table)
     ax = fig.axes[0]
@@ -115,7 +115,7 @@ def test_comparison_bars_with_report_line(scores):
     assert ax.patches[0].get_width() == pytest.approx(0.555)
 
 
-def test_comparison_of_a_series_with_error_bars():
+def test_comparison_of_a_series_draws_error_bars():
     table = pd.DataFrame({"accuracy": [0.5, 0.4], "std": [0.02, 0.03]}, index=["all branches", "no CQT"])
     fig = gu.plot_comparison(table, error="std", chance=None)
     assert [t.get_text() for t in fig.axes[0].texts] == ["0.500 ± 0.020", "0.400 ± 0.030"]

@@ -18,18 +18,12 @@ import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 import genre_utils as gu  # noqa: E402
+from conftest import SR, TINY, tone, write_tone  # noqa: E402
 
 # the fixtures' clips are shorter than the CQT's lowest octave needs; librosa says so, rightly
 pytestmark = pytest.mark.filterwarnings("ignore:n_fft=.* is too large:UserWarning")
 
-SR = 22_050  # Hz, the presets' rate: fixtures need no resampling unless a test wants it
-CFG = gu.get_config("demo").replace(clip_seconds=0.5, n_mels=16, cqt_bins=24, filters=2, dense_units=8,
-                                    batch_size=4, epochs=2, seed=3)
-
-
-def sine(seconds: float, sr: int = SR, freq: float = 440.0, amplitude: float = 0.5) -> np.ndarray:
-    t = np.arange(int(round(sr * seconds))) / sr
-    return amplitude * np.sin(2 * np.pi * freq * t)
+CFG = TINY.replace(clip_seconds=0.5, cqt_bins=24, batch_size=4, seed=3)
 
 
 def peak_frequency(y: np.ndarray, sr: int = SR) -> float:
@@ -57,7 +51,7 @@ def clips(tmp_path_factory) -> list[Path]:
     paths = []
     for number in range(8):
         path = folder / f"{number:06d}.wav"
-        sf.write(path, sine(0.5, freq=220 * 2 ** (number / 5)) + 0.01 * np.random.default_rng(number).standard_normal(SR // 2), SR)
+        sf.write(path, tone(0.5, freq=220 * 2 ** (number / 5)) + 0.01 * np.random.default_rng(number).standard_normal(SR // 2), SR)
         paths.append(path)
     return paths
 
@@ -85,7 +79,7 @@ def count_decodes(monkeypatch) -> list[str]:
 @pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "FLOAT"])
 def test_wav_of_any_rate_and_sample_format_loads_resampled(tmp_path, sr, subtype):
     path = tmp_path / f"clip_{sr}_{subtype}.wav"
-    sf.write(path, sine(0.6, sr), sr, subtype=subtype)
+    write_tone(path, 0.6, sr=sr, subtype=subtype)
     y = gu.load_audio(path, SR, 0.5)
     assert y.dtype == np.float32 and y.shape == (SR // 2,) and np.all(np.isfinite(y))
     assert np.abs(y).max() == pytest.approx(0.5, abs=0.03)  # 8-bit is the coarsest
@@ -95,10 +89,10 @@ def test_wav_of_any_rate_and_sample_format_loads_resampled(tmp_path, sr, subtype
 @pytest.mark.parametrize(
     ("name", "write", "seconds_of_sound", "peak"),
     [
-        ("mono.au", lambda p: sf.write(p, sine(1.0, 44_100), 44_100, format="AU", subtype="PCM_16"), 1.0, 0.5),
-        ("stereo.wav", lambda p: sf.write(p, np.stack([sine(1.0), 0.5 * sine(1.0)], axis=1), SR), 1.0, 0.375),
-        ("short.wav", lambda p: sf.write(p, sine(0.25), SR), 0.25, 0.5),  # zero-padded
-        ("long.mp3", lambda p: sf.write(p, sine(6.0, 44_100), 44_100), 1.0, 0.5),  # cropped
+        ("mono.au", lambda p: write_tone(p, 1.0, sr=44_100, format="AU", subtype="PCM_16"), 1.0, 0.5),
+        ("stereo.wav", lambda p: write_tone(p, 1.0, channels=2), 1.0, 0.375),
+        ("short.wav", lambda p: write_tone(p, 0.25), 0.25, 0.5),  # zero-padded
+        ("long.mp3", lambda p: write_tone(p, 6.0, sr=44_100), 1.0, 0.5),  # cropped
     ],
 )
 def test_channels_containers_and_lengths_give_one_second_of_mono(tmp_path, name, write, seconds_of_sound, peak):
@@ -123,7 +117,7 @@ def test_silence_loads_as_zeros_and_gives_finite_features(tmp_path):
 
 def test_mp3_cut_mid_stream_keeps_what_was_decoded(tmp_path):
     path = tmp_path / "cut.mp3"
-    sf.write(path, sine(2.0), SR)
+    write_tone(path, 2.0)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 4])  # about 0.5 s left
     y = gu.load_audio(path, SR, 1.0)
     assert y.shape == (SR,) and np.all(np.isfinite(y))
@@ -132,7 +126,7 @@ def test_mp3_cut_mid_stream_keeps_what_was_decoded(tmp_path):
 
 
 def _mp3_header_only(path):
-    sf.write(path, sine(1.0), SR)
+    write_tone(path, 1.0)
     path.write_bytes(path.read_bytes()[:64])
 
 
@@ -242,12 +236,12 @@ def test_nothing_usable_is_an_error_not_an_empty_table(tmp_path):
 def test_genre_folders_warn_about_empty_folders_stray_files_and_nested_folders(tmp_path):
     for genre in ("rock", "pop"):
         (tmp_path / genre).mkdir()
-        sf.write(tmp_path / genre / "a.wav", sine(0.1), SR)
+        write_tone(tmp_path / genre / "a.wav", 0.1)
     (tmp_path / "folk").mkdir()  # empty genre folder
     (tmp_path / "rock" / "cover.jpg").write_bytes(b"\xff\xd8")
     (tmp_path / "rock" / ".DS_Store").write_bytes(b"")  # hidden: ignored silently
     (tmp_path / "pop" / "live").mkdir()
-    sf.write(tmp_path / "pop" / "live" / "b.wav", sine(0.1), SR)
+    write_tone(tmp_path / "pop" / "live" / "b.wav", 0.1)
     with pytest.warns(UserWarning) as warned:
         tracks = gu.load_tracks(tmp_path)
     message = " ".join(str(w.message) for w in warned)
@@ -387,7 +381,7 @@ def test_extraction_killed_mid_way_resumes_without_redoing_work(tmp_path, clips,
     paths = []
     for number in range(20):  # 20 short clips, one of them not audio
         paths.append(folder / f"{number:06d}.wav")
-        sf.write(paths[-1], sine(0.3, freq=200 + 37 * number), SR)
+        write_tone(paths[-1], 0.3, 200 + 37 * number)
     paths[11].write_text("not audio")
     tracks = track_table(paths, ["validation", "test"] + ["training"] * 18)
     cfg = CFG.replace(clip_seconds=0.3, cache_dir=tmp_path / "cache")

@@ -8,10 +8,7 @@ import pandas as pd
 import pytest
 
 import genre_utils as gu
-
-TINY = gu.get_config(
-    "demo", n_mels=16, cqt_bins=12, clip_seconds=1.5, filters=2, dense_units=8, batch_size=8, epochs=2, seed=7
-)
+from conftest import TINY
 
 
 def fake_features(cfg=TINY, n_train=24, n_val=8, seed=0) -> gu.Features:

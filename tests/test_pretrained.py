@@ -1,0 +1,167 @@
+"""The pretrained musicnn network: the Keras 3 port against the original's outputs, its features, the
+embeddings cache, and classifiers on top as cross-validation methods and predict runs.
+
+The reference (tests/fixtures/musicnn_reference.npz) was computed by the original musicnn code in a side
+environment; tests/fixtures/make_musicnn_reference.py says how. The weights come from `make musicnn`
+(part of `make setup`).
+"""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+import genre_utils as gu
+from conftest import SR, write_tone
+
+FIXTURES = Path(__file__).with_name("fixtures")
+
+
+def _reference_script():
+    spec = importlib.util.spec_from_file_location("make_musicnn_reference", FIXTURES / "make_musicnn_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def reference():
+    with np.load(FIXTURES / "musicnn_reference.npz") as arrays:
+        return {name: arrays[name] for name in arrays.files}
+
+
+@pytest.fixture(scope="module")
+def network():
+    return gu.load_musicnn()
+
+
+def test_patches_match_the_originals_input_features(reference):
+    script = _reference_script()
+    patches = [gu.musicnn_patches(y) for y in script.reference_signals()]
+    assert [len(p) for p in patches] == [1, 2, 1]  # 3.2 s: one 3 s patch; 6.2 s: two, the tail dropped
+    computed = np.concatenate(patches)
+    assert computed.dtype == np.float16 and computed.shape == (4, gu.MUSICNN_PATCH_FRAMES, gu.MUSICNN_MELS)
+    # the same float16 values, but for a rare rounding flip of an FFT computed on another machine
+    assert (computed == reference["patches"]).mean() > 0.999
+    np.testing.assert_allclose(computed.astype(np.float32), reference["patches"].astype(np.float32), atol=4e-3)
+
+
+def test_the_port_matches_the_original_network_within_1e4(reference, network):
+    outputs = gu.musicnn_outputs(reference["patches"], network)
+    np.testing.assert_allclose(outputs["taggram"], reference["taggram"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(outputs["penultimate"], reference["penultimate"], rtol=0, atol=1e-4)
+    for pool in ("mean_pool", "max_pool"):  # values up to ~100: float32 rounding is relative
+        np.testing.assert_allclose(outputs[pool], reference[pool], rtol=1e-5, atol=1e-4)
+    assert list(reference["tags"]) == list(gu.MUSICNN_TAGS)
+    assert network.count_params() == 792_079  # the checkpoint's variables, without the optimizer's
+
+
+def test_loud_audio_gives_finite_patches_where_the_originals_float16_overflows():
+    t = np.arange(4 * gu.MUSICNN_SAMPLE_RATE) / gu.MUSICNN_SAMPLE_RATE
+    loud = (0.9 * np.sign(np.sin(2 * np.pi * 220 * t))).astype(np.float32)  # a full-scale square wave
+    patches = gu.musicnn_patches(loud)
+    assert np.isfinite(patches).all() and patches.max() > np.log10(65504)  # beyond float16's range of 10000 * mel
+    short = gu.musicnn_patches(loud[:8000])  # half a second: zero-padded to one patch
+    assert short.shape == (1, gu.MUSICNN_PATCH_FRAMES, gu.MUSICNN_MELS)
+
+
+def test_missing_weights_name_the_command_that_fetches_them(tmp_path):
+    with pytest.raises(gu.CacheError, match=r"msd_musicnn.npz: musicnn weights not found; run `make musicnn`"):
+        gu.load_musicnn(tmp_path / "msd_musicnn.npz")
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, something=np.zeros(3))
+    with pytest.raises(gu.CacheError, match="wrong.npz: not musicnn weights"):
+        gu.load_musicnn(wrong)
+
+
+def _clips(folder: Path, count: int = 8, seconds: float = 3.5):
+    """A tracks table of `count` short WAV files at SR in two genres: low tones vs noise bursts."""
+    rng = np.random.default_rng(0)
+    rows = {}
+    for track_id in range(count):
+        t = np.arange(int(seconds * SR)) / SR
+        if track_id % 2:
+            y = 0.1 * rng.standard_normal(len(t)) * (np.sin(2 * np.pi * 2 * t) > 0)
+            genre = "Rock"
+        else:
+            y = 0.2 * np.sin(2 * np.pi * (110 + 20 * track_id) * t)
+            genre = "Folk"
+        path = folder / f"{track_id}.wav"
+        sf.write(path, y.astype(np.float32), SR)
+        rows[100 + track_id] = (genre, "training", str(path))
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["genre", "split", "path"])
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    tracks = _clips(folder)
+    (folder / "empty.wav").write_bytes(b"")
+    tracks.loc[999] = ("Rock", "training", str(folder / "empty.wav"))
+    cfg = gu.get_config("demo", clip_seconds=3.5, cache_dir=folder / "cache")
+    with pytest.warns(UserWarning, match="skipped 1 of 9 audio files"):
+        embeddings = gu.pretrained_embeddings(tracks, cfg, workers=1)
+    return tracks, cfg, embeddings
+
+
+def test_embeddings_pool_the_penultimate_layer_over_patches_and_skip_bad_files(embedded, network):
+    tracks, cfg, embeddings = embedded
+    assert embeddings.index.tolist() == list(range(100, 108))  # the empty file is left out
+    assert embeddings.shape == (8, 400) and embeddings.columns[0] == "penultimate_mean_000"
+    assert embeddings.columns[-1] == "penultimate_max_199"
+    y = gu.load_audio(tracks.at[103, "path"], gu.MUSICNN_SAMPLE_RATE, 3.5)
+    penultimate = gu.musicnn_outputs(gu.musicnn_patches(y), network)["penultimate"]
+    np.testing.assert_allclose(embeddings.loc[103].to_numpy(), np.r_[penultimate.mean(0), penultimate.max(0)],
+                               atol=1e-5)
+
+
+def test_embeddings_are_read_back_from_the_cache_and_resume_a_partial_run(embedded, tmp_path):
+    tracks, cfg, embeddings = embedded
+    cached = gu.pretrained_embeddings(tracks.drop(index=999), cfg.replace(cache_dir=tmp_path), workers=1,
+                                      layers=("taggram",))
+    npz = next(tmp_path.glob("musicnn-embeddings-v*.npz"))
+    # a run interrupted after one clip: its finished clip is kept, the others are computed
+    partial = npz.with_suffix(".partial")
+    partial.mkdir()
+    np.save(partial / "100.npy", np.full(len(gu._embedding_columns()), 7.0, np.float32))
+    npz.unlink()
+    resumed = gu.pretrained_embeddings(tracks.drop(index=999), cfg.replace(cache_dir=tmp_path), workers=1,
+                                       layers=("taggram",))
+    assert (resumed.loc[100] == 7.0).all() and not partial.exists()
+    pd.testing.assert_frame_equal(resumed.drop(index=100), cached.drop(index=100))
+    assert cached.shape == (8, 100)  # taggram: mean and max of 50 tags
+    with pytest.raises(gu.ConfigError, match="musicnn layers"):
+        gu.pretrained_embeddings(tracks, cfg, layers=("logits",))
+
+
+@pytest.mark.parametrize("kind", gu.EMBEDDING_KINDS)
+def test_an_embedding_method_fits_training_and_validation_and_predicts_the_test_clips(embedded, tmp_path, kind):
+    tracks, cfg, embeddings = embedded
+    split = pd.Series(["training", "validation", "training", "training", "training", "training", "test", "test"],
+                      index=embeddings.index)
+    result = gu.embedding_method(embeddings, tracks, cfg, kind)(split, tmp_path)
+    assert result.proba.index.tolist() == [106, 107]
+    assert set(result.proba.columns) == {"Folk", "Rock"} and result.parameters > 0 and result.train_seconds >= 0
+    np.testing.assert_allclose(result.proba.sum(axis=1), 1.0)
+    assert result.proba.idxmax(axis=1).tolist() == ["Folk", "Rock"]  # tones vs noise bursts
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(gu.EMBEDDING_RUN_FILES)
+    with pytest.raises(gu.ConfigError, match="kind 'tree'"):
+        gu.embedding_method(embeddings, tracks, cfg, "tree")
+
+
+def test_predict_command_uses_an_embedding_run_like_a_cnn_run(embedded, tmp_path):
+    tracks, cfg, embeddings = embedded
+    run_dir = tmp_path / "run"
+    gu.train_embedding_classifier(embeddings, tracks, cfg, run_dir, "logistic")
+    song = write_tone(tmp_path / "song.wav", 6.0, 150, amplitude=0.2)
+    result = subprocess.run([sys.executable, str(gu.ROOT / "genre_utils.py"), "predict", str(song), "--run",
+                             str(run_dir), "--top", "2"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{song}: 3 windows of 3.5 s (to 6.0 s)"  # starts 0, 1.75, 2.5: the last ends with the file
+    assert lines[1].split()[:2] == ["1.", "Folk"] and lines[2].split()[:2] == ["2.", "Rock"]

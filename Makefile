@@ -38,7 +38,7 @@ demo: data  ## execute every notebook in order, in place; writes figures/
 
 test: data  ## unit tests and the module's doctests, then the notebooks re-executed and compared by nbval
 	$(BIN)/python -m pytest tests/ --doctest-modules genre_utils.py
-	$(BIN)/python -m pytest --nbval notebooks/
+	GENRE_QUICK=1 $(BIN)/python -m pytest --nbval notebooks/
 
 report: setup  ## the executed notebooks as one browsable HTML report in report/
 	$(BIN)/python genre_utils.py report

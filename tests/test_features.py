@@ -295,6 +295,41 @@ def test_bad_track_table_raises_data_error(tracks, cfg, change, message):
         gu.extract_features(change(tracks), cfg, workers=1)
 
 
+def _worker_that_dies(path, cfg):
+    """A feature computation whose process ends abruptly, as when the kernel's OOM killer strikes."""
+    import os
+
+    os._exit(1)
+
+
+def test_a_dying_worker_gives_a_genre_error_saying_what_to_do(tracks, cfg):
+    jobs = [(row, str(path)) for row, path in enumerate(tracks["path"])]
+    with pytest.raises(gu.GenreError, match=r"worker process .* died.*memory.*if __name__ == \"__main__\":.*resumes"):
+        list(gu._feature_results(jobs, cfg, workers=2, compute=_worker_that_dies))
+
+
+def test_a_script_without_main_guard_gets_the_genre_error(tracks, cfg, tmp_path):
+    """Under 'spawn' each worker re-imports the calling script; unguarded, the workers die at start-up."""
+    import subprocess
+    import sys
+
+    tracks.to_csv(tmp_path / "tracks.csv")
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import sys\nimport pandas as pd\n"
+        f"sys.path.insert(0, {str(gu.ROOT)!r})\n"
+        "import genre_utils as gu\n"
+        f"tracks = pd.read_csv({str(tmp_path / 'tracks.csv')!r}, index_col=0)\n"
+        f"gu.extract_features(tracks, gu.get_config('demo', cache_dir={str(tmp_path / 'cache')!r}, "
+        f"clip_seconds={CLIP_SECONDS}), workers=2)\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("genre_utils.GenreError:")]
+    assert errors and 'if __name__ == "__main__":' in errors[0]
+    assert "BrokenProcessPool" not in result.stderr
+
+
 class ChunkOnlyArray:
     """A (clips, bands, frames) array that refuses to hand out more than `limit` clips at once."""
 

@@ -78,7 +78,7 @@ def test_branch_subsets_create_only_the_inputs_they_need(branches, inputs):
     model = gu.build_model(TINY, branches)
     assert sorted(t.name for t in model.inputs) == inputs
     assert {name.split("_block")[0] for name in (l.name for l in model.layers) if "_block" in name} == set(branches)
-    per_branch = gu.branch_parameters(model).drop(["head", "total"])
+    per_branch = gu.branch_parameters(model).drop(["normalization", "head", "total"])
     assert per_branch.index.tolist() == [b for b in gu.BRANCHES if b in branches]
 
 
@@ -97,7 +97,9 @@ def test_model_table_lists_every_block_and_pooling_fits_the_preset_input(profile
     assert all(min(shape) >= 1 for shape in table["output shape"])
     parameters = gu.branch_parameters(model)
     assert parameters["total"] == model.count_params() == parameters.drop("total").sum()
-    assert table["parameters"].sum() + parameters["head"] == model.count_params()
+    assert table["parameters"].sum() + parameters["head"] + parameters["normalization"] == model.count_params()
+    # each input's Normalization layer holds a mean and a variance per band, and a count
+    assert parameters["normalization"] == 2 * (cfg.n_mels + cfg.cqt_bins) + 2
 
 
 def test_importing_genre_utils_does_not_import_keras_or_matplotlib():

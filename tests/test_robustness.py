@@ -266,6 +266,17 @@ def test_unknown_preset_names_the_choices_and_the_variable(monkeypatch):
         gu.get_config()
 
 
+def test_genre_quick_trains_fewer_epochs_into_its_own_folders(monkeypatch):
+    monkeypatch.setenv("GENRE_QUICK", "1")
+    quick = gu.get_config("demo")
+    assert quick.epochs == gu.QUICK_EPOCHS < gu.PRESETS["demo"].epochs
+    assert quick.runs_dir == gu.QUICK_DIR and quick.figures_dir == gu.QUICK_DIR / "figures"
+    assert quick.figures_dir != gu.PRESETS["demo"].figures_dir  # make test never rewrites figures/
+    assert gu.get_config("seed", epochs=5).epochs == 5  # an explicit setting wins
+    monkeypatch.setenv("GENRE_QUICK", "0")
+    assert gu.get_config("demo") == gu.PRESETS["demo"]
+
+
 def test_missing_data_root_says_to_set_genre_data_or_make_data(tmp_path, monkeypatch):
     monkeypatch.setenv("GENRE_DATA", str(tmp_path / "nowhere"))
     cfg = gu.get_config("demo")
@@ -315,14 +326,14 @@ def test_a_corrupt_cache_row_stops_training_and_prediction_naming_file_and_track
         gu.predict_proba(model, features, features.rows("training"), cfg)
 
 
-def test_non_finite_normalisation_statistics_are_refused(corrupt_cache, cfg):
-    with np.load(corrupt_cache / "stats.npz") as stats:
-        stats = dict(stats)
-    stats["mel_std"][2] = np.nan
-    np.savez(corrupt_cache / "stats.npz", **stats)
+def test_non_finite_training_features_are_refused_by_the_input_normalisation(corrupt_cache, cfg):
+    array = np.load(corrupt_cache / "mel.npy", mmap_mode="r+")
+    array[5, 2, 0] = np.nan  # row 5 is a training clip
+    array.flush()
+    del array
     features = gu.open_features(corrupt_cache, cfg)
-    with pytest.raises(gu.DataError, match=f"{corrupt_cache}: normalisation statistic mel_std holds NaN"):
-        gu.feature_batches(features, features.rows("training"), cfg)
+    with pytest.raises(gu.DataError, match=f"{corrupt_cache}: the mel features of the training clips hold NaN"):
+        gu.adapt_normalization(gu.build_model(cfg), features, features.rows("training"))
 
 
 # ── faults: kills, read-only folders, full disks ──
@@ -416,7 +427,7 @@ gu.train(gu.build_model(cfg), data, cfg, sys.argv[2], callbacks=[SlowAfterFirstE
 
 
 def fake_features(cfg: gu.Config, n_train: int = 16, n_val: int = 4) -> gu.Features:
-    """In-memory features whose level depends on the genre, with the training split's statistics."""
+    """In-memory features whose level depends on the genre."""
     rng = np.random.default_rng(0)
     labels = np.arange(n_train + n_val) % len(cfg.genres)
     index = pd.DataFrame({"genre": [cfg.genres[i] for i in labels], "label": labels,
@@ -424,9 +435,7 @@ def fake_features(cfg: gu.Config, n_train: int = 16, n_val: int = 4) -> gu.Featu
                          index=pd.Index(np.arange(len(labels)) + 1, name="track_id"))
     mel = (rng.normal(size=(len(labels), cfg.n_mels, cfg.n_frames)) + labels[:, None, None] / 4).astype(np.float16)
     cqt = rng.normal(size=(len(labels), cfg.cqt_bins, cfg.n_frames)).astype(np.float16)
-    stats = {f"{name}_{stat}": getattr(array[:n_train].astype(np.float32), stat)(axis=(0, 2))
-             for name, array in (("mel", mel), ("cqt", cqt)) for stat in ("mean", "std")}
-    return gu.Features(index, mel, cqt, stats)
+    return gu.Features(index, mel, cqt)
 
 
 class RecordEpochs:

@@ -23,12 +23,8 @@ def fake_features(cfg=TINY, n_train=24, n_val=8, seed=0) -> gu.Features:
     )
     level = labels[:, None, None] / 4.0
     mel = (rng.normal(size=(n, cfg.n_mels, cfg.n_frames)) + level).astype(np.float16)
-    cqt = (rng.normal(size=(n, cfg.cqt_bins, cfg.n_frames)) - level).astype(np.float16)
-    stats = {}
-    for name, array in (("mel", mel), ("cqt", cqt)):
-        training = array[:n_train].astype(np.float32)
-        stats[f"{name}_mean"], stats[f"{name}_std"] = training.mean(axis=(0, 2)), training.std(axis=(0, 2))
-    return gu.Features(index, mel, cqt, stats)
+    cqt = (rng.normal(size=(n, cfg.cqt_bins, cfg.n_frames)) * 3 - 40 - level).astype(np.float16)
+    return gu.Features(index, mel, cqt)
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +32,27 @@ def data():
     return fake_features()
 
 
-def test_batches_are_normalised_float32_with_a_channel_axis(data):
+def test_batches_are_the_cached_float16_values_with_a_channel_axis(data):
     batches = gu.feature_batches(data, data.rows("training"), TINY)
     x, y = batches[0]
-    assert x["mel"].shape == (8, TINY.n_mels, TINY.n_frames, 1) and x["mel"].dtype == np.float32
+    assert x["mel"].shape == (8, TINY.n_mels, TINY.n_frames, 1) and x["mel"].dtype == np.float16
     assert x["cqt"].shape == (8, TINY.cqt_bins, TINY.n_frames, 1)
-    expected = (data.mel[:8].astype(np.float32) - data.stats["mel_mean"][:, None]) / data.stats["mel_std"][:, None]
-    np.testing.assert_allclose(x["mel"][..., 0], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(x["mel"][..., 0], data.mel[:8])
     np.testing.assert_array_equal(y, data.index["label"].to_numpy()[:8])
-    everything = np.concatenate([batches[i][0]["mel"] for i in range(len(batches))])
-    assert abs(everything.mean()) < 0.05 and abs(everything.std() - 1) < 0.05
+
+
+def test_the_model_normalises_each_band_with_the_training_statistics(data):
+    model = gu.build_model(TINY)
+    training = data.rows("training")
+    gu.adapt_normalization(model, data, training)
+    layer = model.get_layer("cqt_normalization")
+    normalised = keras.ops.convert_to_numpy(layer(data.cqt[training][..., np.newaxis]))[..., 0]
+    np.testing.assert_allclose(normalised.mean(axis=(0, 2)), 0, atol=1e-3)
+    np.testing.assert_allclose(normalised.std(axis=(0, 2)), 1, atol=1e-3)
+    everything = keras.ops.convert_to_numpy(layer(data.cqt[..., np.newaxis]))
+    assert abs(everything.mean()) > 1e-3  # the validation clips did not contribute
+    with pytest.raises(gu.DataError, match="no clips"):
+        gu.adapt_normalization(model, data, [])
 
 
 def test_shuffling_visits_every_training_clip_once_per_epoch_in_a_new_order(data):
@@ -67,10 +74,9 @@ def test_excerpts_are_random_crops_of_the_requested_length(data):
     batches = gu.feature_batches(data, data.rows("training"), TINY, inputs=("mel",), shuffle=True, excerpt_frames=10)
     x, _ = batches[0]
     assert x["mel"].shape == (8, TINY.n_mels, 10, 1)
-    full = (data.mel.astype(np.float32) - data.stats["mel_mean"][:, None]) / data.stats["mel_std"][:, None]
     clip = x["mel"][0, :, :, 0]
     matches = [(row, start) for row in range(24) for start in range(TINY.n_frames - 9)
-               if np.allclose(full[row, :, start:start + 10], clip, atol=1e-5)]
+               if np.array_equal(data.mel[row, :, start:start + 10], clip)]
     assert len(matches) == 1
     with pytest.raises(gu.ConfigError, match="excerpt_frames"):
         gu.feature_batches(data, data.rows("training"), TINY, excerpt_frames=TINY.n_frames + 1)
@@ -79,9 +85,6 @@ def test_excerpts_are_random_crops_of_the_requested_length(data):
 def test_features_that_do_not_fit_the_config_raise_data_error(data):
     with pytest.raises(gu.DataError, match="mel array has shape"):
         gu.feature_batches(data, data.rows("training"), TINY.replace(n_mels=32))
-    broken = gu.Features(data.index, data.mel, data.cqt, {k: v for k, v in data.stats.items() if k != "cqt_std"})
-    with pytest.raises(gu.DataError, match="cqt_std"):
-        gu.feature_batches(broken, broken.rows("training"), TINY)
 
 
 def test_a_model_built_for_other_input_sizes_is_refused(tmp_path, data):
@@ -149,7 +152,29 @@ def test_the_run_folder_holds_config_versions_history_and_models(resumed_run):
     assert json.loads((run_dir / "config.json").read_text()) == json.loads(json.dumps(TINY.to_dict()))
     versions = json.loads((run_dir / "versions.json").read_text())
     assert {"python", "keras", "backend", "backend_version", "numpy", "librosa", "platform", "devices"} <= set(versions)
-    assert not list(run_dir.glob(".*.partial"))
+    assert versions["run_format"] == gu.RUN_FORMAT
+    assert not list(run_dir.glob(".*.partial")) and not (run_dir / "stats.npz").exists()
+
+
+def test_the_saved_model_carries_the_input_normalisation_of_the_training_split(resumed_run, data):
+    run_dir = resumed_run[0]
+    model, *_ = gu.load_run(run_dir)
+    training = data.mel[data.rows("training")].astype(np.float64)
+    layer = model.get_layer("mel_normalization")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.adapt_mean), training.mean(axis=(0, 2)), atol=1e-4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.adapt_variance), training.var(axis=(0, 2)), rtol=1e-3)
+
+
+def test_a_run_from_before_the_model_normalised_its_inputs_is_refused(resumed_run, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(resumed_run[0], old)
+    versions = json.loads((old / "versions.json").read_text())
+    del versions["run_format"]
+    (old / "versions.json").write_text(json.dumps(versions))
+    with pytest.raises(gu.DataError, match="older version.*train into"):
+        gu.load_run(old)
 
 
 def test_load_run_returns_the_best_model_config_and_history(resumed_run, data):

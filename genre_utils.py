@@ -85,50 +85,156 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 __all__ = [
     # Config and errors
-    "ROOT", "GENRES", "BRANCHES", "SPLITS", "GenreError", "ConfigError", "DataError", "AudioError",
-    "CacheError", "DownloadError", "Config", "PRESETS", "RECIPE_SETTINGS", "QUICK_EPOCHS", "QUICK_DIR", "get_config",
+    "ROOT",
+    "GENRES",
+    "BRANCHES",
+    "SPLITS",
+    "GenreError",
+    "ConfigError",
+    "DataError",
+    "AudioError",
+    "CacheError",
+    "DownloadError",
+    "Config",
+    "PRESETS",
+    "RECIPE_SETTINGS",
+    "QUICK_EPOCHS",
+    "QUICK_DIR",
+    "get_config",
     # Shared helpers
     "import_keras",
     # Data
-    "AUDIO_EXTENSIONS", "load_audio", "FMA_SUBSETS", "FMA_REQUIRED_COLUMNS", "SPLIT_FRACTIONS", "audio_path",
-    "read_fma_tracks", "load_tracks", "skipped_tracks", "audio_info", "folder_genres", "stratified_split",
+    "AUDIO_EXTENSIONS",
+    "load_audio",
+    "FMA_SUBSETS",
+    "FMA_REQUIRED_COLUMNS",
+    "SPLIT_FRACTIONS",
+    "audio_path",
+    "read_fma_tracks",
+    "load_tracks",
+    "skipped_tracks",
+    "audio_info",
+    "folder_genres",
+    "stratified_split",
     # Download
-    "FMA_BASE_URL", "FMA_URL_VARIABLE", "FmaArchive", "FMA_ARCHIVES", "FMA_BROKEN_TRACKS", "download_fma",
-    "DatasetCheck", "check_dataset",
+    "FMA_BASE_URL",
+    "FMA_URL_VARIABLE",
+    "FmaArchive",
+    "FMA_ARCHIVES",
+    "FMA_BROKEN_TRACKS",
+    "download_fma",
+    "DatasetCheck",
+    "check_dataset",
     # Features
-    "Features", "FEATURES_FORMAT", "TOP_DB", "FEATURE_SETTINGS", "mel_spectrogram", "cqt", "features_key",
-    "extract_features", "open_features", "band_means", "BASELINE_MFCCS", "CLIP_STATISTICS_FORMAT", "clip_statistics",
+    "Features",
+    "FEATURES_FORMAT",
+    "TOP_DB",
+    "FEATURE_SETTINGS",
+    "mel_spectrogram",
+    "cqt",
+    "features_key",
+    "extract_features",
+    "open_features",
+    "band_means",
+    "BASELINE_MFCCS",
+    "CLIP_STATISTICS_FORMAT",
+    "clip_statistics",
     "extract_clip_statistics",
     # Model
-    "MODEL_BLOCKS", "BRANCH_INPUTS", "build_model", "load_model", "model_table", "branch_parameters",
-    "BASELINE_KINDS", "baseline_classifier",
+    "MODEL_BLOCKS",
+    "BRANCH_INPUTS",
+    "build_model",
+    "load_model",
+    "model_table",
+    "branch_parameters",
+    "BASELINE_KINDS",
+    "baseline_classifier",
     # Pretrained network
-    "MUSICNN_SAMPLE_RATE", "MUSICNN_N_FFT", "MUSICNN_HOP", "MUSICNN_MELS", "MUSICNN_PATCH_FRAMES", "MUSICNN_TAGS",
-    "MUSICNN_PACKAGE", "MUSICNN_WHEEL_SHA256", "MUSICNN_WEIGHTS", "MUSICNN_LAYERS", "EMBEDDINGS_FORMAT",
-    "EMBEDDING_KINDS", "EMBEDDING_LOGISTIC_CS", "musicnn_patches", "build_musicnn", "load_musicnn",
-    "fetch_musicnn_weights", "musicnn_outputs", "musicnn_tags", "musicnn_embedding", "pretrained_embeddings",
-    "embedding_classifier", "EMBEDDING_RUN_FILES", "train_embedding_classifier", "load_embedding_run",
-    "predict_file_embeddings", "embedding_method",
+    "MUSICNN_SAMPLE_RATE",
+    "MUSICNN_N_FFT",
+    "MUSICNN_HOP",
+    "MUSICNN_MELS",
+    "MUSICNN_PATCH_FRAMES",
+    "MUSICNN_TAGS",
+    "MUSICNN_PACKAGE",
+    "MUSICNN_WHEEL_SHA256",
+    "MUSICNN_WEIGHTS",
+    "MUSICNN_LAYERS",
+    "EMBEDDINGS_FORMAT",
+    "EMBEDDING_KINDS",
+    "EMBEDDING_LOGISTIC_CS",
+    "musicnn_patches",
+    "build_musicnn",
+    "load_musicnn",
+    "fetch_musicnn_weights",
+    "musicnn_outputs",
+    "musicnn_tags",
+    "musicnn_embedding",
+    "pretrained_embeddings",
+    "embedding_classifier",
+    "EMBEDDING_RUN_FILES",
+    "train_embedding_classifier",
+    "load_embedding_run",
+    "predict_file_embeddings",
+    "embedding_method",
     # Devices and batches
-    "gpu_devices", "configure_devices", "describe_devices", "TRAIN_MODES", "EXCERPT_HOP", "chunk_frames",
-    "excerpt_starts", "feature_batches",
+    "gpu_devices",
+    "configure_devices",
+    "describe_devices",
+    "TRAIN_MODES",
+    "EXCERPT_HOP",
+    "chunk_frames",
+    "excerpt_starts",
+    "feature_batches",
     # Training
-    "RUN_FILES", "RUN_FORMAT", "adapt_normalization", "train", "LR_SCHEDULES", "MONITORS", "load_run",
+    "RUN_FILES",
+    "RUN_FORMAT",
+    "adapt_normalization",
+    "train",
+    "LR_SCHEDULES",
+    "MONITORS",
+    "load_run",
     # Prediction
-    "predict_proba", "predict_file",
+    "predict_proba",
+    "predict_file",
     # Evaluation
-    "REPORT_VAL_ACCURACY", "REPORT_VAL_CLIPS", "Scores", "classification_scores", "evaluate",
-    "most_confused_pairs", "describe_dataset", "compare_with_report", "CV_COLUMNS", "CV_FORMAT", "MethodResult",
-    "CrossValidation", "cross_validation_folds", "cross_validate",
+    "REPORT_VAL_ACCURACY",
+    "REPORT_VAL_CLIPS",
+    "Scores",
+    "classification_scores",
+    "evaluate",
+    "most_confused_pairs",
+    "describe_dataset",
+    "compare_with_report",
+    "CV_COLUMNS",
+    "CV_FORMAT",
+    "MethodResult",
+    "CrossValidation",
+    "cross_validation_folds",
+    "cross_validate",
     # Experiments
-    "EXPERIMENT_COLUMNS", "cnn_experiment", "baseline_experiment", "cnn_method", "baseline_method",
+    "EXPERIMENT_COLUMNS",
+    "cnn_experiment",
+    "baseline_experiment",
+    "cnn_method",
+    "baseline_method",
     # Plots
-    "FIGURE_DPI", "set_plot_style", "save_figure", "plot_learning_curves", "plot_confusion_matrix",
-    "plot_genre_scores", "plot_comparison", "plot_cross_validation", "plot_prediction_timeline",
+    "FIGURE_DPI",
+    "set_plot_style",
+    "save_figure",
+    "plot_learning_curves",
+    "plot_confusion_matrix",
+    "plot_genre_scores",
+    "plot_comparison",
+    "plot_cross_validation",
+    "plot_prediction_timeline",
     # Report
     "export_report",
     # Demo data
-    "DEMO_VERSION", "DEMO_MARKER", "make_demo_dataset", "synthesize_clip",
+    "DEMO_VERSION",
+    "DEMO_MARKER",
+    "make_demo_dataset",
+    "synthesize_clip",
     # Command line
     "main",
 ]
@@ -313,6 +419,7 @@ def get_config(profile: str | None = None, data_root: str | os.PathLike | None =
 
 # ── Shared helpers: quiet imports, atomic writes and output-folder errors, used by several sections ──
 
+
 def import_keras():
     """Keras, imported with its backend's C++ start-up messages muted: TensorFlow prints some
     (CUDA probing, oneDNN notices) before its logging is configured, whatever TF_CPP_MIN_LOG_LEVEL
@@ -367,8 +474,11 @@ def _mkdir(path: Path) -> Path:
 
 
 _WRITE_PROBLEMS = {  # errno -> what it means for an output folder
-    errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
-    errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
     errno.ENOTDIR: "a file is in the way: part of the path is not a folder",
     errno.EEXIST: "a file is in the way: part of the path is not a folder",
 }
@@ -383,8 +493,10 @@ def _writing_to(folder: Path, error: type[GenreError], setting: str):
     except OSError as exc:
         reason = _WRITE_PROBLEMS.get(exc.errno, exc.strerror or type(exc).__name__)
         file = f" (writing {exc.filename})" if exc.filename else ""
-        raise error(f"{folder}: cannot write there: {reason}{file}. Free some space or make the folder "
-                    f"writable, or set {setting} to another folder; finished results are untouched") from None
+        raise error(
+            f"{folder}: cannot write there: {reason}{file}. Free some space or make the folder "
+            f"writable, or set {setting} to another folder; finished results are untouched"
+        ) from None
 
 
 # ── Data: track tables for the FMA and folder-per-genre layouts, and audio loading ──
@@ -645,11 +757,17 @@ def _genre_folders(root: Path) -> dict[str, list[Path]]:
             folders[folder.name] = files
         else:
             empty.append(f"{folder.name}/")
-    ignored = [(empty, "folder(s) without audio files"), (stray, f"file(s) that are not {'/'.join(AUDIO_EXTENSIONS)}"),
-               (nested, "nested folder(s) (audio must sit directly in a genre folder)")]
+    ignored = [
+        (empty, "folder(s) without audio files"),
+        (stray, f"file(s) that are not {'/'.join(AUDIO_EXTENSIONS)}"),
+        (nested, "nested folder(s) (audio must sit directly in a genre folder)"),
+    ]
     if folders and any(names for names, _ in ignored):
-        details = "; ".join(f"{len(names)} {what}: {', '.join(names[:5])}{' ...' * (len(names) > 5)}"
-                            for names, what in ignored if names)
+        details = "; ".join(
+            f"{len(names)} {what}: {', '.join(names[:5])}{' ...' * (len(names) > 5)}"
+            for names, what in ignored
+            if names
+        )
         warnings.warn(f"{root}: ignored {details}", stacklevel=3)
     return folders
 
@@ -667,8 +785,9 @@ def folder_genres(root: str | os.PathLike) -> tuple[str, ...]:
         warnings.simplefilter("ignore")  # load_tracks warns about what it ignores
         folders = _genre_folders(root)
     if not folders:
-        raise DataError(f"{root}: no sub-folder holds {'/'.join(AUDIO_EXTENSIONS)} files; "
-                        "expected one folder per genre")
+        raise DataError(
+            f"{root}: no sub-folder holds {'/'.join(AUDIO_EXTENSIONS)} files; expected one folder per genre"
+        )
     return tuple(folders)
 
 
@@ -772,18 +891,26 @@ class FmaArchive:
 
 
 FMA_ARCHIVES = {
-    "metadata": FmaArchive("fma_metadata.zip", "fma_metadata", "f0df49ffe5f2a6008d7dc83c6915b31835dfe733",
-                           342 * _MiB, 2 * _GiB),
-    "small": FmaArchive("fma_small.zip", "fma_small", "ade154f733639d52e35e32f5593efe5be76c6d70",
-                        int(7.2 * _GiB), int(7.4 * _GiB)),
-    "medium": FmaArchive("fma_medium.zip", "fma_medium", "c67b69ea232021025fca9231fc1c7c1a063ab50b",
-                         22 * _GiB, int(22.5 * _GiB)),
-    "large": FmaArchive("fma_large.zip", "fma_large", "497109f4dd721066b5ce5e5f250ec604dc78939e",
-                        93 * _GiB, 95 * _GiB),
+    "metadata": FmaArchive(
+        "fma_metadata.zip", "fma_metadata", "f0df49ffe5f2a6008d7dc83c6915b31835dfe733", 342 * _MiB, 2 * _GiB
+    ),
+    "small": FmaArchive(
+        "fma_small.zip", "fma_small", "ade154f733639d52e35e32f5593efe5be76c6d70", int(7.2 * _GiB), int(7.4 * _GiB)
+    ),
+    "medium": FmaArchive(
+        "fma_medium.zip", "fma_medium", "c67b69ea232021025fca9231fc1c7c1a063ab50b", 22 * _GiB, int(22.5 * _GiB)
+    ),
+    "large": FmaArchive("fma_large.zip", "fma_large", "497109f4dd721066b5ce5e5f250ec604dc78939e", 93 * _GiB, 95 * _GiB),
 }
 # FMA-small files reported broken in the issue threads of mdeff/fma: flagged by check_dataset as known
-FMA_BROKEN_TRACKS = {99134: "no audio", 108925: "no audio", 133297: "no audio",
-                     98565: "much shorter than 30 s", 98567: "much shorter than 30 s", 98569: "much shorter than 30 s"}
+FMA_BROKEN_TRACKS = {
+    99134: "no audio",
+    108925: "no audio",
+    133297: "no audio",
+    98565: "much shorter than 30 s",
+    98567: "much shorter than 30 s",
+    98569: "much shorter than 30 s",
+}
 _UNPACKED_MARKER = ".unpacked.json"  # written into a folder before it is renamed into place
 _CHUNK_BYTES = _MiB  # bytes read from the network or a file at a time
 _HTTP_RETRIED = (408, 425, 429, 500, 502, 503, 504)  # status codes of transient server trouble
@@ -857,16 +984,24 @@ def download_fma(
             shutil.rmtree(root / f".{archive.folder}.unpacking", ignore_errors=True)
     for archive in chosen:
         if (root / archive.folder).exists() and not _is_unpacked(root, archive):
-            warnings.warn(f"{root / archive.folder}: already there but not unpacked from {archive.file} by this "
-                          "command (by hand?); left as it is. Delete it to have it downloaded and unpacked",
-                          stacklevel=2)
+            warnings.warn(
+                f"{root / archive.folder}: already there but not unpacked from {archive.file} by this "
+                "command (by hand?); left as it is. Delete it to have it downloaded and unpacked",
+                stacklevel=2,
+            )
     todo = [archive for archive in chosen if not (root / archive.folder).exists()]
     _check_free_space(root, todo)
     for archive in todo:
         zip_path = root / archive.file
         if not _is_verified(zip_path, archive.sha1, progress):
-            _fetch(f"{base_url}/{archive.file}", zip_path, retries=retries, backoff=backoff, timeout=timeout,
-                   progress=progress)
+            _fetch(
+                f"{base_url}/{archive.file}",
+                zip_path,
+                retries=retries,
+                backoff=backoff,
+                timeout=timeout,
+                progress=progress,
+            )
             digest = _sha1_of(zip_path, progress)
             if digest != archive.sha1:
                 bad = _set_aside(zip_path, digest)
@@ -901,10 +1036,14 @@ class DatasetCheck:
             lines.append("no missing, unreadable or short audio file")
         else:
             known = int(self.problems["known"].sum())
-            lines.append(f"{len(self.problems)} file(s) missing, unreadable or much shorter than the clips "
-                         f"({known} of them known broken in FMA-small):")
-            lines += [f"  {path}: {problem}{' (known)' * known_}"
-                      for path, problem, known_ in self.problems.itertuples(index=False)]
+            lines.append(
+                f"{len(self.problems)} file(s) missing, unreadable or much shorter than the clips "
+                f"({known} of them known broken in FMA-small):"
+            )
+            lines += [
+                f"  {path}: {problem}{' (known)' * known_}"
+                for path, problem, known_ in self.problems.itertuples(index=False)
+            ]
         return "\n".join(lines)
 
 
@@ -941,11 +1080,16 @@ def check_dataset(cfg: Config, shortest: float = 0.8) -> DatasetCheck:
     info = audio_info(tracks["path"])
     unreadable = info["error"] != ""
     short = ~unreadable & (info["seconds"] < shortest * cfg.clip_seconds)
-    found = pd.DataFrame({
-        "path": tracks["path"],
-        "problem": np.where(unreadable, info["error"],
-                            [f"{s:.1f} s long, much shorter than {cfg.clip_seconds:g} s" for s in info["seconds"]]),
-    })[unreadable | short]
+    found = pd.DataFrame(
+        {
+            "path": tracks["path"],
+            "problem": np.where(
+                unreadable,
+                info["error"],
+                [f"{s:.1f} s long, much shorter than {cfg.clip_seconds:g} s" for s in info["seconds"]],
+            ),
+        }
+    )[unreadable | short]
     problems = pd.concat([problems, found]).sort_index()
     problems["known"] = problems.index.isin(list(FMA_BROKEN_TRACKS))
     return DatasetCheck(root=Path(cfg.data_root), tracks=tracks, problems=problems)
@@ -966,8 +1110,10 @@ def _chosen_archives(keys, sha1: dict[str, str]) -> list[FmaArchive]:
         if not re.fullmatch(r"[0-9a-fA-F]{40}", digest):
             raise ConfigError(f"--sha1 {name}={digest}: a SHA-1 is 40 hexadecimal digits")
         overrides[names[name]] = digest.lower()
-    return [dataclasses.replace(FMA_ARCHIVES[key], sha1=overrides.get(key, FMA_ARCHIVES[key].sha1))
-            for key in dict.fromkeys(keys)]
+    return [
+        dataclasses.replace(FMA_ARCHIVES[key], sha1=overrides.get(key, FMA_ARCHIVES[key].sha1))
+        for key in dict.fromkeys(keys)
+    ]
 
 
 def _is_unpacked(root: Path, archive: FmaArchive) -> bool:
@@ -995,8 +1141,9 @@ def _is_verified(zip_path: Path, sha1: str, progress: bool = True) -> bool:
         _stamp_verified(zip_path, digest)
         return True
     bad = _set_aside(zip_path, digest)
-    warnings.warn(f"{zip_path}: SHA-1 {digest} but {sha1} expected; renamed {bad.name}, downloading it again",
-                  stacklevel=3)
+    warnings.warn(
+        f"{zip_path}: SHA-1 {digest} but {sha1} expected; renamed {bad.name}, downloading it again", stacklevel=3
+    )
     return False
 
 
@@ -1026,8 +1173,17 @@ def _sha1_of(path: Path, progress: bool = True) -> str:
     from tqdm import tqdm
 
     digest = hashlib.sha1()
-    with open(path, "rb") as file, tqdm(total=path.stat().st_size, desc=f"checking {path.name}", unit="B",
-                                        unit_scale=True, unit_divisor=1024, disable=not progress) as bar:
+    with (
+        open(path, "rb") as file,
+        tqdm(
+            total=path.stat().st_size,
+            desc=f"checking {path.name}",
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            disable=not progress,
+        ) as bar,
+    ):
         while chunk := file.read(_CHUNK_BYTES):
             digest.update(chunk)
             bar.update(len(chunk))
@@ -1049,8 +1205,10 @@ def _require_space(root: Path, needed: int, what: str) -> None:
     """Raise DownloadError when fewer than `needed` bytes are free on the disk of `root`."""
     free = shutil.disk_usage(root).free
     if free < needed:
-        raise DownloadError(f"{root}: not enough free disk space: {_size(needed)} needed ({what}), {_size(free)} free. "
-                            "Free some space or download into another folder (--data or GENRE_DATA)")
+        raise DownloadError(
+            f"{root}: not enough free disk space: {_size(needed)} needed ({what}), {_size(free)} free. "
+            "Free some space or download into another folder (--data or GENRE_DATA)"
+        )
 
 
 def _size(n_bytes: int) -> str:
@@ -1071,21 +1229,29 @@ def _fetch(url: str, zip_path: Path, *, retries: int, backoff: float, timeout: f
 
     part = zip_path.with_name(zip_path.name + ".part")
     failures = 0
-    with tqdm(desc=f"downloading {zip_path.name}", unit="B", unit_scale=True, unit_divisor=1024,
-              disable=not progress) as bar:
+    with tqdm(
+        desc=f"downloading {zip_path.name}", unit="B", unit_scale=True, unit_divisor=1024, disable=not progress
+    ) as bar:
         while True:
             before = part.stat().st_size if part.is_file() else 0
             try:
                 with _writing_to(zip_path.parent, DownloadError, "the data root (--data or GENRE_DATA)"):
                     try:
                         size, total = _fetch_once(url, part, timeout, bar)
-                    except (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError,
-                            TimeoutError) as exc:
-                        detail = str(exc.args[0] if exc.args and isinstance(exc.args[0], (str, Exception))
-                                     else exc).strip()  # the cause, without the tuples of urllib3's wrappers
+                    except (
+                        requests.RequestException,
+                        urllib3.exceptions.HTTPError,
+                        ConnectionError,
+                        TimeoutError,
+                    ) as exc:
+                        detail = str(
+                            exc.args[0] if exc.args and isinstance(exc.args[0], (str, Exception)) else exc
+                        ).strip()  # the cause, without the tuples of urllib3's wrappers
                         problem = detail.splitlines()[0] if detail else type(exc).__name__
-                        if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)) \
-                                or "timed out" in problem.lower():
+                        if (
+                            isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError))
+                            or "timed out" in problem.lower()
+                        ):
                             problem = f"no answer or no data for {timeout:g} s"
                         raise _TransientHTTPError(problem) from None
                 if total is None or size >= total:
@@ -1165,27 +1331,41 @@ def _unpack(zip_path: Path, root: Path, archive: FmaArchive, progress: bool = Tr
             members = zip_file.infolist()
             outside = [m.filename for m in members if m.filename.split("/")[0] != archive.folder]
             if outside:
-                raise DownloadError(f"{zip_path}: expected everything under {archive.folder}/, found "
-                                    f"{', '.join(outside[:3])}; is this the right archive?")
+                raise DownloadError(
+                    f"{zip_path}: expected everything under {archive.folder}/, found "
+                    f"{', '.join(outside[:3])}; is this the right archive?"
+                )
             size = sum(m.file_size for m in members)
             _require_space(root, size, f"unpacking {archive.file}")
-            with tqdm(total=size, desc=f"unpacking {archive.file}", unit="B", unit_scale=True, unit_divisor=1024,
-                      disable=not progress) as bar, \
-                    _writing_to(root, DownloadError, "the data root (--data or GENRE_DATA)"):
+            with (
+                tqdm(
+                    total=size,
+                    desc=f"unpacking {archive.file}",
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    disable=not progress,
+                ) as bar,
+                _writing_to(root, DownloadError, "the data root (--data or GENRE_DATA)"),
+            ):
                 for member in members:
                     zip_file.extract(member, temporary)
                     bar.update(member.file_size)
-                _write_json(temporary / archive.folder / _UNPACKED_MARKER,
-                            {"archive": archive.file, "sha1": archive.sha1, "files": len(members), "bytes": size})
+                _write_json(
+                    temporary / archive.folder / _UNPACKED_MARKER,
+                    {"archive": archive.file, "sha1": archive.sha1, "files": len(members), "bytes": size},
+                )
                 os.replace(temporary / archive.folder, root / archive.folder)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
-        raise DownloadError(f"{zip_path}: cannot unpack ({_first_line(exc)}); delete it and run the download "
-                            "again") from None
+        raise DownloadError(
+            f"{zip_path}: cannot unpack ({_first_line(exc)}); delete it and run the download again"
+        ) from None
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
 
 
 # ── Features: mel-spectrogram and CQT in a resumable on-disk cache, and the baseline's clip statistics ──
+
 
 @dataclass
 class Features:
@@ -1216,8 +1396,15 @@ TOP_DB = 80.0  # dB: dynamic range kept below each clip's loudest bin
 # Config fields that change the features. A new field that changes them must be added here,
 # or old caches would be reused for it. Model and training settings are deliberately absent.
 FEATURE_SETTINGS = (
-    "sample_rate", "clip_seconds", "n_fft", "hop_length", "n_mels",
-    "cqt_bins", "cqt_bins_per_octave", "cqt_fmin", "genres",
+    "sample_rate",
+    "clip_seconds",
+    "n_fft",
+    "hop_length",
+    "n_mels",
+    "cqt_bins",
+    "cqt_bins_per_octave",
+    "cqt_fmin",
+    "genres",
 )
 _FLUSH_ROWS = 64  # rows computed between two flushes of the cache's done flags to disk
 _CACHE_FILES = ("mel.npy", "cqt.npy", "index.csv", "stats.npz", "skipped.csv", "config.json")
@@ -1252,8 +1439,12 @@ def cqt(y: np.ndarray, cfg: Config) -> np.ndarray:
 
     magnitude = np.abs(
         librosa.cqt(
-            y, sr=cfg.sample_rate, hop_length=cfg.hop_length, fmin=cfg.cqt_fmin,
-            n_bins=cfg.cqt_bins, bins_per_octave=cfg.cqt_bins_per_octave,
+            y,
+            sr=cfg.sample_rate,
+            hop_length=cfg.hop_length,
+            fmin=cfg.cqt_fmin,
+            n_bins=cfg.cqt_bins,
+            bins_per_octave=cfg.cqt_bins_per_octave,
         )
     )
     return librosa.amplitude_to_db(magnitude, ref=np.max, top_db=TOP_DB).astype(np.float32, copy=False)
@@ -1380,29 +1571,36 @@ def open_features(path: str | os.PathLike, cfg: Config | None = None) -> Feature
     """
     path = Path(path)
     if path.name.endswith(".partial"):
-        raise CacheError(f"{path}: unfinished feature cache (an interrupted extraction); "
-                         "run extract_features again to resume it")
+        raise CacheError(
+            f"{path}: unfinished feature cache (an interrupted extraction); run extract_features again to resume it"
+        )
     if not path.is_dir():
         raise CacheError(f"{path}: no feature cache here; run extract_features to build it")
     missing = [name for name in _CACHE_FILES if not (path / name).is_file()]
     if missing:
-        raise CacheError(f"{path}: incomplete feature cache, missing {', '.join(missing)}; "
-                         "delete the folder and run extract_features again")
+        raise CacheError(
+            f"{path}: incomplete feature cache, missing {', '.join(missing)}; "
+            "delete the folder and run extract_features again"
+        )
     try:
         info = json.loads((path / "config.json").read_text())
-        index = pd.read_csv(path / "index.csv", index_col="track_id",
-                            dtype={"genre": str, "split": str, "label": np.int64})
+        index = pd.read_csv(
+            path / "index.csv", index_col="track_id", dtype={"genre": str, "split": str, "label": np.int64}
+        )
         skipped = pd.read_csv(path / "skipped.csv", dtype=str, keep_default_na=False)
         mel = np.load(path / "mel.npy", mmap_mode="r")
         cqt_rows = np.load(path / "cqt.npy", mmap_mode="r")
         with np.load(path / "stats.npz") as stats_file:
             stats = {name: stats_file[name] for name in stats_file.files}
     except (OSError, ValueError, KeyError) as exc:
-        raise CacheError(f"{path}: unreadable feature cache ({exc}); delete the folder and "
-                         "run extract_features again") from None
+        raise CacheError(
+            f"{path}: unreadable feature cache ({exc}); delete the folder and run extract_features again"
+        ) from None
     if info.get("format") != FEATURES_FORMAT:
-        raise CacheError(f"{path}: cache format {info.get('format')} but this code reads format "
-                         f"{FEATURES_FORMAT}; delete the folder and run extract_features again")
+        raise CacheError(
+            f"{path}: cache format {info.get('format')} but this code reads format "
+            f"{FEATURES_FORMAT}; delete the folder and run extract_features again"
+        )
     problems = []
     if path.name != f"features-{info.get('key')}":
         problems.append(f"folder name does not match its key {info.get('key')}")
@@ -1416,16 +1614,23 @@ def open_features(path: str | os.PathLike, cfg: Config | None = None) -> Feature
                 if stats.get(f"{name}_{stat}", np.empty(0)).shape != (array.shape[1],):
                     problems.append(f"stats.npz lacks a {name}_{stat} of {array.shape[1]} bands")
     if problems:
-        raise CacheError(f"{path}: inconsistent feature cache ({'; '.join(problems)}); delete the "
-                         "folder and run extract_features again")
+        raise CacheError(
+            f"{path}: inconsistent feature cache ({'; '.join(problems)}); delete the "
+            "folder and run extract_features again"
+        )
     if cfg is not None:
         wanted = json.loads(json.dumps({name: getattr(cfg, name) for name in FEATURE_SETTINGS}))
         cached = info.get("settings", {})
-        differing = [f"{name} {cached.get(name)!r} (config: {wanted[name]!r})"
-                     for name in FEATURE_SETTINGS if cached.get(name) != wanted[name]]
+        differing = [
+            f"{name} {cached.get(name)!r} (config: {wanted[name]!r})"
+            for name in FEATURE_SETTINGS
+            if cached.get(name) != wanted[name]
+        ]
         if differing:
-            raise CacheError(f"{path}: features extracted with other settings: {', '.join(differing)}; "
-                             "call extract_features with this config to get matching features")
+            raise CacheError(
+                f"{path}: features extracted with other settings: {', '.join(differing)}; "
+                "call extract_features with this config to get matching features"
+            )
     return Features(index=index, mel=mel, cqt=cqt_rows, stats=stats, path=path, skipped=skipped)
 
 
@@ -1438,8 +1643,9 @@ def _checked_tracks(tracks: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     """`tracks` sorted by track_id with a label column; DataError for anything unusable."""
     missing = {"genre", "split", "path"} - set(tracks.columns)
     if missing:
-        raise DataError(f"track table lacks column(s) {', '.join(sorted(missing))}; "
-                        "expected genre, split, path (see load_tracks)")
+        raise DataError(
+            f"track table lacks column(s) {', '.join(sorted(missing))}; expected genre, split, path (see load_tracks)"
+        )
     if tracks.empty:
         raise DataError("track table is empty: no audio to extract features from")
     if tracks.index.has_duplicates:
@@ -1477,8 +1683,9 @@ def _features_key(table: pd.DataFrame, cfg: Config) -> str:
         [str(track_id), genre, split, path, *file_signature(path)]
         for track_id, genre, split, path in table[["genre", "split", "path"]].itertuples()
     ]
-    text = json.dumps({"format": FEATURES_FORMAT, "librosa": version("librosa"), "settings": settings,
-                       "tracks": rows}, sort_keys=True)
+    text = json.dumps(
+        {"format": FEATURES_FORMAT, "librosa": version("librosa"), "settings": settings, "tracks": rows}, sort_keys=True
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -1511,8 +1718,14 @@ def _cache_info(key: str, cfg: Config) -> dict:
     from importlib.metadata import version
 
     settings = {name: getattr(cfg, name) for name in FEATURE_SETTINGS}
-    return {"format": FEATURES_FORMAT, "key": key, "librosa": version("librosa"), "top_db": TOP_DB,
-            "n_frames": cfg.n_frames, "settings": settings}
+    return {
+        "format": FEATURES_FORMAT,
+        "key": key,
+        "librosa": version("librosa"),
+        "top_db": TOP_DB,
+        "n_frames": cfg.n_frames,
+        "settings": settings,
+    }
 
 
 def _init_feature_worker() -> None:
@@ -1571,7 +1784,7 @@ def _feature_results(jobs: list[tuple[int, str]], cfg: Config, workers: int, com
         raise GenreError(
             f"a worker process of the {workers} computing features died. Either it ran out of "
             "memory (pass workers=1 or fewer workers, or free memory), or the calling script starts the "
-            "extraction without `if __name__ == \"__main__\":`: each worker process re-imports the script "
+            'extraction without `if __name__ == "__main__":`: each worker process re-imports the script '
             "(the 'spawn' start method), so put the calling code under that guard. Run again afterwards: "
             "finished clips are kept and the extraction resumes"
         ) from None
@@ -1579,12 +1792,18 @@ def _feature_results(jobs: list[tuple[int, str]], cfg: Config, workers: int, com
         executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _finish_partial(partial: Path, final: Path, table: pd.DataFrame, done: np.ndarray,
-                    skipped: list[tuple[int, str, str]], key: str, cfg: Config) -> None:
+def _finish_partial(
+    partial: Path,
+    final: Path,
+    table: pd.DataFrame,
+    done: np.ndarray,
+    skipped: list[tuple[int, str, str]],
+    key: str,
+    cfg: Config,
+) -> None:
     """Compact the successful rows in place, write index, stats and skip list, then rename to `final`."""
     ok_rows = np.flatnonzero(done == 1)
-    skipped_table = pd.DataFrame([(path, reason) for _, path, reason in sorted(skipped)],
-                                 columns=["path", "reason"])
+    skipped_table = pd.DataFrame([(path, reason) for _, path, reason in sorted(skipped)], columns=["path", "reason"])
     if len(ok_rows) == 0:
         examples = "; ".join(f"{path}: {reason}" for path, reason in skipped_table.head(3).itertuples(index=False))
         raise DataError(f"none of the {len(table)} audio files could be decoded ({examples})")
@@ -1654,7 +1873,7 @@ def _compact_rows(partial: Path, ok_rows: np.ndarray, skipped: list[tuple[int, s
         position = max(journal["moved"][name], first_move)
         while position < len(ok_rows):
             count = min(int(ok_rows[position]) - position, 256, len(ok_rows) - position)
-            rows[position:position + count] = rows[ok_rows[position:position + count]]
+            rows[position : position + count] = rows[ok_rows[position : position + count]]
             position += count
             journal["moved"][name] = position
             _write_json(journal_path, journal)
@@ -1675,8 +1894,9 @@ def _cut_rows(path: Path, n_rows: int) -> None:
             return
         data_start = file.tell()
         header_start = len(npy.MAGIC_PREFIX) + 2 + (2 if version == (1, 0) else 4)  # magic, version, length
-        header = repr({"descr": npy.dtype_to_descr(dtype), "fortran_order": fortran_order,
-                       "shape": (n_rows, *shape[1:])}).encode("latin1")
+        header = repr(
+            {"descr": npy.dtype_to_descr(dtype), "fortran_order": fortran_order, "shape": (n_rows, *shape[1:])}
+        ).encode("latin1")
         file.seek(header_start)
         file.write(header.ljust(data_start - header_start - 1) + b"\n")
         file.truncate(data_start + n_rows * int(np.prod(shape[1:])) * dtype.itemsize)
@@ -1689,7 +1909,7 @@ def band_means(features: np.ndarray, rows=None, chunk_rows: int = 256) -> np.nda
     rows = np.arange(len(features)) if rows is None else np.asarray(rows)
     means = np.empty((len(rows), features.shape[1]), dtype=np.float32)
     for start in range(0, len(rows), chunk_rows):
-        means[start:start + chunk_rows] = features[rows[start:start + chunk_rows]].astype(np.float32).mean(axis=2)
+        means[start : start + chunk_rows] = features[rows[start : start + chunk_rows]].astype(np.float32).mean(axis=2)
     return means
 
 
@@ -1699,7 +1919,7 @@ def _band_stats(features: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.
     total = np.zeros(features.shape[1])
     total_sq = np.zeros(features.shape[1])
     for start in range(0, len(rows), 256):
-        chunk = features[rows[start:start + 256]].astype(np.float64)
+        chunk = features[rows[start : start + 256]].astype(np.float64)
         total += chunk.sum(axis=(0, 2))
         total_sq += np.square(chunk).sum(axis=(0, 2))
     count = len(rows) * features.shape[2]
@@ -1778,15 +1998,19 @@ def extract_clip_statistics(
 
     table = _checked_tracks(tracks, cfg)
     key = _features_key(table, cfg)
-    path = Path(cache_dir if cache_dir is not None else cfg.cache_dir) / f"clip-statistics-v{CLIP_STATISTICS_FORMAT}-{key}.csv"
+    path = (
+        Path(cache_dir if cache_dir is not None else cfg.cache_dir)
+        / f"clip-statistics-v{CLIP_STATISTICS_FORMAT}-{key}.csv"
+    )
     if path.is_file():
         return pd.read_csv(path, index_col="track_id")
     jobs = [(int(track_id), str(audio)) for track_id, audio in table["path"].items()]
     results, reasons = {}, []
     progress = tqdm(total=len(jobs), desc=f"clip statistics {key}", unit="clip", mininterval=1)
     with progress:
-        for track_id, (statistics, reason) in _feature_results(jobs, cfg, workers or _available_cores(),
-                                                               _clip_statistics_of_file):
+        for track_id, (statistics, reason) in _feature_results(
+            jobs, cfg, workers or _available_cores(), _clip_statistics_of_file
+        ):
             if reason is None:
                 results[track_id] = statistics
             else:
@@ -1923,16 +2147,19 @@ def build_model(cfg: Config, branches=None):
             for name in dict.fromkeys(BRANCH_INPUTS[b] for b in branches)
         }
         # per-band (axis 1) standardisation in float32, adapted by `adapt_normalization`
-        normalised = {name: layers.Normalization(axis=1, dtype="float32", name=f"{name}_normalization")(x)
-                      for name, x in inputs.items()}
+        normalised = {
+            name: layers.Normalization(axis=1, dtype="float32", name=f"{name}_normalization")(x)
+            for name, x in inputs.items()
+        }
         augmented = {name: _spec_augment(tensor, name, cfg) for name, tensor in normalised.items()}
         pooled = []
         for branch in branches:
             x = augmented[BRANCH_INPUTS[branch]]
             for b, block in enumerate(_branch_blocks(branch, heights[BRANCH_INPUTS[branch]], cfg), start=1):
                 name = f"{branch}_block{b}"
-                x = layers.Conv2D(block.filters, block.kernel, padding="same",
-                                  kernel_initializer="he_normal", name=f"{name}_conv")(x)
+                x = layers.Conv2D(
+                    block.filters, block.kernel, padding="same", kernel_initializer="he_normal", name=f"{name}_conv"
+                )(x)
                 x = layers.ReLU(name=f"{name}_relu")(x)
                 x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"{name}_bn")(x)
                 if block.pool:
@@ -1949,8 +2176,14 @@ def _spec_augment(tensor, name: str, cfg: Config):
     """`tensor` through a SpecAugment layer named `<name>_spec_augment` when cfg asks for masks, else itself."""
     if not (cfg.time_masks and cfg.time_mask_frames) and not (cfg.freq_masks and cfg.freq_mask_bins):
         return tensor
-    return _spec_augment_class()(cfg.time_masks, cfg.time_mask_frames, cfg.freq_masks, cfg.freq_mask_bins,
-                                 seed=cfg.seed, name=f"{name}_spec_augment")(tensor)
+    return _spec_augment_class()(
+        cfg.time_masks,
+        cfg.time_mask_frames,
+        cfg.freq_masks,
+        cfg.freq_mask_bins,
+        seed=cfg.seed,
+        name=f"{name}_spec_augment",
+    )(tensor)
 
 
 @functools.cache
@@ -2006,8 +2239,14 @@ def _spec_augment_class():
             return input_shape
 
         def get_config(self):
-            return {**super().get_config(), "time_masks": self.time_masks, "time_mask_frames": self.time_mask_frames,
-                    "freq_masks": self.freq_masks, "freq_mask_bins": self.freq_mask_bins, "seed": self.seed}
+            return {
+                **super().get_config(),
+                "time_masks": self.time_masks,
+                "time_mask_frames": self.time_mask_frames,
+                "freq_masks": self.freq_masks,
+                "freq_mask_bins": self.freq_mask_bins,
+                "seed": self.seed,
+            }
 
     return SpecAugment
 
@@ -2037,18 +2276,21 @@ def model_table(model, n_frames: int | None = None) -> pd.DataFrame:
             length = -(-length // pool.pool_size[1])  # "same" pooling rounds up
         frames[branch] = length
         height, _, channels = (pool or bn).output.shape[1:]
-        rows.append({
-            "branch": branch,
-            "block": int(block),
-            "kernel": "x".join(map(str, layer.kernel_size)),
-            "filters": layer.filters,
-            "pool": "x".join(map(str, pool.pool_size)) if pool else "-",
-            "output shape": (height, length, channels),
-            "parameters": layer.count_params() + bn.count_params(),
-        })
+        rows.append(
+            {
+                "branch": branch,
+                "block": int(block),
+                "kernel": "x".join(map(str, layer.kernel_size)),
+                "filters": layer.filters,
+                "pool": "x".join(map(str, pool.pool_size)) if pool else "-",
+                "output shape": (height, length, channels),
+                "parameters": layer.count_params() + bn.count_params(),
+            }
+        )
     order = {branch: i for i, branch in enumerate(MODEL_BLOCKS)}
-    return pd.DataFrame(rows).sort_values(["branch", "block"], key=lambda c: c.map(order) if c.name == "branch" else c,
-                                          ignore_index=True)
+    return pd.DataFrame(rows).sort_values(
+        ["branch", "block"], key=lambda c: c.map(order) if c.name == "branch" else c, ignore_index=True
+    )
 
 
 def branch_parameters(model) -> pd.Series:
@@ -2056,8 +2298,11 @@ def branch_parameters(model) -> pd.Series:
     inputs' per-band means and variances), and "total"."""
     counts = dict.fromkeys((*MODEL_BLOCKS, "normalization", "head"), 0)
     for layer in model.layers:
-        branch = "normalization" if layer.name.endswith("_normalization") else \
-            next((b for b in MODEL_BLOCKS if layer.name.startswith(b + "_")), "head")
+        branch = (
+            "normalization"
+            if layer.name.endswith("_normalization")
+            else next((b for b in MODEL_BLOCKS if layer.name.startswith(b + "_")), "head")
+        )
         counts[branch] += layer.count_params()
     counts = {name: count for name, count in counts.items() if count or name == "head"}
     counts["total"] = model.count_params()
@@ -2099,12 +2344,56 @@ MUSICNN_HOP = 256  # samples between frames (16 ms)
 MUSICNN_MELS = 96  # mel bands
 MUSICNN_PATCH_FRAMES = 187  # frames of one input patch (3 s); a clip is cut into consecutive patches
 MUSICNN_TAGS = (
-    "rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s", "alternative rock",
-    "jazz", "beautiful", "metal", "chillout", "male vocalists", "classic rock", "soul", "indie rock", "Mellow",
-    "electronica", "80s", "folk", "90s", "chill", "instrumental", "punk", "oldies", "blues", "hard rock", "ambient",
-    "acoustic", "experimental", "female vocalist", "guitar", "Hip-Hop", "70s", "party", "country",
-    "easy listening", "sexy", "catchy", "funk", "electro", "heavy metal", "Progressive rock", "60s", "rnb",
-    "indie pop", "sad", "House", "happy",
+    "rock",
+    "pop",
+    "alternative",
+    "indie",
+    "electronic",
+    "female vocalists",
+    "dance",
+    "00s",
+    "alternative rock",
+    "jazz",
+    "beautiful",
+    "metal",
+    "chillout",
+    "male vocalists",
+    "classic rock",
+    "soul",
+    "indie rock",
+    "Mellow",
+    "electronica",
+    "80s",
+    "folk",
+    "90s",
+    "chill",
+    "instrumental",
+    "punk",
+    "oldies",
+    "blues",
+    "hard rock",
+    "ambient",
+    "acoustic",
+    "experimental",
+    "female vocalist",
+    "guitar",
+    "Hip-Hop",
+    "70s",
+    "party",
+    "country",
+    "easy listening",
+    "sexy",
+    "catchy",
+    "funk",
+    "electro",
+    "heavy metal",
+    "Progressive rock",
+    "60s",
+    "rnb",
+    "indie pop",
+    "sad",
+    "House",
+    "happy",
 )  # the MSD model's outputs, in order
 MUSICNN_PACKAGE = "musicnn==0.1.0"  # the PyPI release whose wheel ships the TF1 checkpoints
 MUSICNN_WHEEL_SHA256 = "f38a4890c648c1ddbb141c5d96d2b0a8cfcd36746002d896989f7b88beb65cfa"
@@ -2118,16 +2407,25 @@ EMBEDDING_LOGISTIC_CS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 # checkpoint variable scope -> Keras layer of build_musicnn (tf.compat.v1.layers numbered them in creation order)
 _MUSICNN_CHECKPOINT_LAYERS = {
     "batch_normalization": "input_norm",
-    "conv2d": "frontend_timbral_7x38", "batch_normalization_1": "frontend_timbral_7x38_norm",
-    "conv2d_1": "frontend_timbral_7x67", "batch_normalization_2": "frontend_timbral_7x67_norm",
-    "conv2d_2": "frontend_temporal_128", "batch_normalization_3": "frontend_temporal_128_norm",
-    "conv2d_3": "frontend_temporal_64", "batch_normalization_4": "frontend_temporal_64_norm",
-    "conv2d_4": "frontend_temporal_32", "batch_normalization_5": "frontend_temporal_32_norm",
-    "conv2d_5": "midend_conv1", "batch_normalization_6": "midend_conv1_norm",
-    "conv2d_6": "midend_conv2", "batch_normalization_7": "midend_conv2_norm",
-    "conv2d_7": "midend_conv3", "batch_normalization_8": "midend_conv3_norm",
+    "conv2d": "frontend_timbral_7x38",
+    "batch_normalization_1": "frontend_timbral_7x38_norm",
+    "conv2d_1": "frontend_timbral_7x67",
+    "batch_normalization_2": "frontend_timbral_7x67_norm",
+    "conv2d_2": "frontend_temporal_128",
+    "batch_normalization_3": "frontend_temporal_128_norm",
+    "conv2d_3": "frontend_temporal_64",
+    "batch_normalization_4": "frontend_temporal_64_norm",
+    "conv2d_4": "frontend_temporal_32",
+    "batch_normalization_5": "frontend_temporal_32_norm",
+    "conv2d_5": "midend_conv1",
+    "batch_normalization_6": "midend_conv1_norm",
+    "conv2d_6": "midend_conv2",
+    "batch_normalization_7": "midend_conv2_norm",
+    "conv2d_7": "midend_conv3",
+    "batch_normalization_8": "midend_conv3_norm",
     "batch_normalization_9": "backend_pool_norm",
-    "dense": "backend_dense", "batch_normalization_10": "penultimate",
+    "dense": "backend_dense",
+    "batch_normalization_10": "penultimate",
     "dense_1": "tag_logits",
 }
 
@@ -2146,14 +2444,15 @@ def musicnn_patches(y: np.ndarray) -> np.ndarray:
     import librosa
 
     y = np.pad(y, (0, max(0, (MUSICNN_PATCH_FRAMES - 1) * MUSICNN_HOP - len(y))))
-    mel = librosa.feature.melspectrogram(y=y, sr=MUSICNN_SAMPLE_RATE, n_fft=MUSICNN_N_FFT,
-                                         hop_length=MUSICNN_HOP, n_mels=MUSICNN_MELS).T.astype(np.float16)
+    mel = librosa.feature.melspectrogram(
+        y=y, sr=MUSICNN_SAMPLE_RATE, n_fft=MUSICNN_N_FFT, hop_length=MUSICNN_HOP, n_mels=MUSICNN_MELS
+    ).T.astype(np.float16)
     with np.errstate(over="ignore"):
         log_mel = np.log10(10000 * mel + 1)
     overflow = ~np.isfinite(log_mel)
     log_mel[overflow] = np.log10(10000 * mel[overflow].astype(np.float32) + 1)
     n_patches = len(log_mel) // MUSICNN_PATCH_FRAMES
-    return log_mel[:n_patches * MUSICNN_PATCH_FRAMES].reshape(n_patches, MUSICNN_PATCH_FRAMES, MUSICNN_MELS)
+    return log_mel[: n_patches * MUSICNN_PATCH_FRAMES].reshape(n_patches, MUSICNN_PATCH_FRAMES, MUSICNN_MELS)
 
 
 def build_musicnn():
@@ -2231,8 +2530,10 @@ def load_musicnn(weights: str | os.PathLike = MUSICNN_WEIGHTS):
     """
     path = Path(weights)
     if not path.is_file():
-        raise CacheError(f"{path}: musicnn weights not found; run `make musicnn` (or `python genre_utils.py "
-                         "musicnn-weights`) once, with access to PyPI, to download and convert them")
+        raise CacheError(
+            f"{path}: musicnn weights not found; run `make musicnn` (or `python genre_utils.py "
+            "musicnn-weights`) once, with access to PyPI, to download and convert them"
+        )
     with _silenced_stderr():  # TensorFlow logs its CUDA probing on a machine without a GPU
         model = build_musicnn()
     try:
@@ -2241,8 +2542,9 @@ def load_musicnn(weights: str | os.PathLike = MUSICNN_WEIGHTS):
                 if layer.weights:
                     layer.set_weights([arrays[f"{layer.name}/{w.path.rsplit('/', 1)[-1]}"] for w in layer.weights])
     except (OSError, ValueError, KeyError) as exc:
-        raise CacheError(f"{path}: not musicnn weights for this network ({_first_line(exc)}); delete it and run "
-                         "`make musicnn` again") from None
+        raise CacheError(
+            f"{path}: not musicnn weights for this network ({_first_line(exc)}); delete it and run `make musicnn` again"
+        ) from None
     model.trainable = False
     return model
 
@@ -2271,16 +2573,23 @@ def fetch_musicnn_weights(path: str | os.PathLike = MUSICNN_WEIGHTS) -> Path:
         return path
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", MUSICNN_PACKAGE,
-                               "--dest", str(tmp)], capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", MUSICNN_PACKAGE, "--dest", str(tmp)],
+            capture_output=True,
+            text=True,
+        )
         wheels = sorted(tmp.glob("musicnn-*.whl"))
         if done.returncode or not wheels:
-            raise CacheError(f"pip download {MUSICNN_PACKAGE} failed ({(done.stderr.strip() or 'no wheel')[-300:]}); "
-                             "the musicnn weights need PyPI once")
+            raise CacheError(
+                f"pip download {MUSICNN_PACKAGE} failed ({(done.stderr.strip() or 'no wheel')[-300:]}); "
+                "the musicnn weights need PyPI once"
+            )
         digest = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
         if digest != MUSICNN_WHEEL_SHA256:
-            raise CacheError(f"{wheels[0].name}: SHA-256 {digest}, expected {MUSICNN_WHEEL_SHA256}; not the "
-                             "musicnn release these weights were checked against")
+            raise CacheError(
+                f"{wheels[0].name}: SHA-256 {digest}, expected {MUSICNN_WHEEL_SHA256}; not the "
+                "musicnn release these weights were checked against"
+            )
         with zipfile.ZipFile(wheels[0]) as wheel:  # the checkpoint's prefix is empty: name it
             for suffix in (".index", ".data-00000-of-00001"):
                 (tmp / f"msd_musicnn{suffix}").write_bytes(wheel.read(f"musicnn/MSD_musicnn/{suffix}"))
@@ -2320,7 +2629,7 @@ def musicnn_outputs(patches: np.ndarray, model, batch_size: int = 32) -> dict[st
     """The network's MUSICNN_LAYERS outputs for log-mel `patches` (n, 187, 96): float32 (n, size) each."""
     outputs = {name: [] for name in MUSICNN_LAYERS}
     for start in range(0, len(patches), batch_size):
-        batch = model(np.asarray(patches[start:start + batch_size], dtype=np.float32), training=False)
+        batch = model(np.asarray(patches[start : start + batch_size], dtype=np.float32), training=False)
         for name in MUSICNN_LAYERS:
             outputs[name].append(np.asarray(batch[name], dtype=np.float32))
     return {name: np.concatenate(arrays) for name, arrays in outputs.items()}
@@ -2338,21 +2647,31 @@ def musicnn_embedding(y: np.ndarray, model) -> np.ndarray:
     """One clip's pooled embedding: mean and max over its 3 s patches of every MUSICNN_LAYERS output,
     float32, in the order of `_embedding_columns()` (3,512 values)."""
     outputs = musicnn_outputs(musicnn_patches(y), model)
-    return np.concatenate([pooled for name in MUSICNN_LAYERS
-                           for pooled in (outputs[name].mean(axis=0), outputs[name].max(axis=0))])
+    return np.concatenate(
+        [pooled for name in MUSICNN_LAYERS for pooled in (outputs[name].mean(axis=0), outputs[name].max(axis=0))]
+    )
 
 
 @functools.cache
 def _embedding_columns() -> tuple[str, ...]:
     """Names of musicnn_embedding's values: `<layer>_<mean|max>_<unit>`."""
     sizes = {"penultimate": 200, "mean_pool": 753, "max_pool": 753, "taggram": len(MUSICNN_TAGS)}
-    return tuple(f"{name}_{pool}_{unit:03d}" for name in MUSICNN_LAYERS for pool in ("mean", "max")
-                 for unit in range(sizes[name]))
+    return tuple(
+        f"{name}_{pool}_{unit:03d}"
+        for name in MUSICNN_LAYERS
+        for pool in ("mean", "max")
+        for unit in range(sizes[name])
+    )
 
 
-def pretrained_embeddings(tracks: pd.DataFrame, cfg: Config, layers=("penultimate",),
-                          cache_dir: str | os.PathLike | None = None, workers: int | None = None,
-                          weights: str | os.PathLike = MUSICNN_WEIGHTS) -> pd.DataFrame:
+def pretrained_embeddings(
+    tracks: pd.DataFrame,
+    cfg: Config,
+    layers=("penultimate",),
+    cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
+    weights: str | os.PathLike = MUSICNN_WEIGHTS,
+) -> pd.DataFrame:
     """musicnn embeddings of every track, computed once into `<cache_dir>/musicnn-embeddings-v<N>-<key>.npz`.
 
     Parameters
@@ -2407,18 +2726,29 @@ def pretrained_embeddings(tracks: pd.DataFrame, cfg: Config, layers=("penultimat
         partial = path.with_suffix(".partial")
         with _writing_to(cache_dir, CacheError, "cfg.cache_dir"):
             partial.mkdir(parents=True, exist_ok=True)
-        jobs = [(int(track_id), str(audio)) for track_id, audio in table["path"].items()
-                if not (partial / f"{track_id}.npy").is_file()]
+        jobs = [
+            (int(track_id), str(audio))
+            for track_id, audio in table["path"].items()
+            if not (partial / f"{track_id}.npy").is_file()
+        ]
         reasons = []
-        progress = tqdm(total=len(table), initial=len(table) - len(jobs), desc=f"musicnn embeddings {key}",
-                        unit="clip", mininterval=1)
+        progress = tqdm(
+            total=len(table),
+            initial=len(table) - len(jobs),
+            desc=f"musicnn embeddings {key}",
+            unit="clip",
+            mininterval=1,
+        )
         with progress:
-            for track_id, (embedding, reason) in _feature_results(jobs, _EmbeddingJob(cfg.clip_seconds, str(weights)),
-                                                                  workers or 1,
-                                                                  _musicnn_embedding_of_file):
+            for track_id, (embedding, reason) in _feature_results(
+                jobs, _EmbeddingJob(cfg.clip_seconds, str(weights)), workers or 1, _musicnn_embedding_of_file
+            ):
                 if reason is None:
-                    with _writing_to(cache_dir, CacheError, "cfg.cache_dir"), \
-                            _atomic_path(partial / f"{track_id}.npy") as tmp, open(tmp, "wb") as file:
+                    with (
+                        _writing_to(cache_dir, CacheError, "cfg.cache_dir"),
+                        _atomic_path(partial / f"{track_id}.npy") as tmp,
+                        open(tmp, "wb") as file,
+                    ):
                         np.save(file, embedding)
                 else:
                     reasons.append(f"{table.at[track_id, 'path']}: {reason}")
@@ -2427,15 +2757,19 @@ def pretrained_embeddings(tracks: pd.DataFrame, cfg: Config, layers=("penultimat
         if not done:
             raise DataError(f"none of the {len(table)} audio files could be decoded ({'; '.join(reasons[:3])})")
         if reasons:
-            warnings.warn(f"{path}: skipped {len(reasons)} of {len(table)} audio files ({'; '.join(reasons[:3])}"
-                          f"{' ...' * (len(reasons) > 3)})", stacklevel=2)
+            warnings.warn(
+                f"{path}: skipped {len(reasons)} of {len(table)} audio files ({'; '.join(reasons[:3])}"
+                f"{' ...' * (len(reasons) > 3)})",
+                stacklevel=2,
+            )
         values = np.stack([np.load(partial / f"{track_id}.npy") for track_id in done])
         with _writing_to(cache_dir, CacheError, "cfg.cache_dir"), _atomic_path(path) as tmp, open(tmp, "wb") as file:
             np.savez(file, track_id=np.array(done), values=values)
         shutil.rmtree(partial, ignore_errors=True)
     with np.load(path) as cached:
-        frame = pd.DataFrame(cached["values"], index=pd.Index(cached["track_id"], name="track_id"),
-                             columns=list(_embedding_columns()))
+        frame = pd.DataFrame(
+            cached["values"], index=pd.Index(cached["track_id"], name="track_id"), columns=list(_embedding_columns())
+        )
     return frame[[column for column in frame.columns if column.rsplit("_", 2)[0] in layers]]
 
 
@@ -2484,8 +2818,15 @@ def embedding_classifier(kind: str = "logistic", seed: int = 42):
     from sklearn.svm import SVC
 
     classifiers = {
-        "logistic": lambda: LogisticRegressionCV(Cs=EMBEDDING_LOGISTIC_CS, cv=3, l1_ratios=(0.0,), scoring="accuracy",
-                                                 use_legacy_attributes=False, max_iter=1000, random_state=seed),
+        "logistic": lambda: LogisticRegressionCV(
+            Cs=EMBEDDING_LOGISTIC_CS,
+            cv=3,
+            l1_ratios=(0.0,),
+            scoring="accuracy",
+            use_legacy_attributes=False,
+            max_iter=1000,
+            random_state=seed,
+        ),
         "svm": lambda: CalibratedClassifierCV(SVC(kernel="rbf", C=1.0, random_state=seed), cv=3, ensemble=False),
         "mlp": lambda: MLPClassifier(hidden_layer_sizes=(256,), alpha=1e-2, max_iter=1000, random_state=seed),
     }
@@ -2497,8 +2838,9 @@ def embedding_classifier(kind: str = "logistic", seed: int = 42):
 EMBEDDING_RUN_FILES = ("config.json", "versions.json", "classifier.json", "classifier.joblib")
 
 
-def train_embedding_classifier(embeddings: pd.DataFrame, labels, cfg: Config, run_dir: str | os.PathLike,
-                               kind: str = "logistic", seed: int = 42):
+def train_embedding_classifier(
+    embeddings: pd.DataFrame, labels, cfg: Config, run_dir: str | os.PathLike, kind: str = "logistic", seed: int = 42
+):
     """Fit `embedding_classifier(kind, seed)` on every clip of `embeddings` and save it as a run folder.
 
     embeddings: `pretrained_embeddings` output (indexed by track_id); labels: genre per track_id (a
@@ -2525,10 +2867,17 @@ def train_embedding_classifier(embeddings: pd.DataFrame, labels, cfg: Config, ru
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / "config.json", cfg.to_dict())
         _write_json(run_dir / "versions.json", _versions())
-        _write_json(run_dir / "classifier.json", {
-            "embedding": "musicnn MSD_musicnn (musicnn==0.1.0, Pons & Serra 2019)", "kind": kind, "seed": seed,
-            "layers": layers, "columns": list(embeddings.columns), "clips": len(genres),
-        })
+        _write_json(
+            run_dir / "classifier.json",
+            {
+                "embedding": "musicnn MSD_musicnn (musicnn==0.1.0, Pons & Serra 2019)",
+                "kind": kind,
+                "seed": seed,
+                "layers": layers,
+                "columns": list(embeddings.columns),
+                "clips": len(genres),
+            },
+        )
         with _atomic_path(run_dir / "classifier.joblib") as tmp:
             joblib.dump(pipeline, tmp)
     return pipeline
@@ -2544,8 +2893,10 @@ def load_embedding_run(run_dir: str | os.PathLike):
     run_dir = Path(run_dir)
     for name in EMBEDDING_RUN_FILES:
         if not (run_dir / name).is_file():
-            raise DataError(f"{run_dir / name}: not found; train an embedding classifier into {run_dir} first "
-                            "(train_embedding_classifier, notebook 07)")
+            raise DataError(
+                f"{run_dir / name}: not found; train an embedding classifier into {run_dir} first "
+                "(train_embedding_classifier, notebook 07)"
+            )
     cfg = _config_from_dict(json.loads((run_dir / "config.json").read_text()), run_dir / "config.json")
     return joblib.load(run_dir / "classifier.joblib"), cfg, json.loads((run_dir / "classifier.json").read_text())
 
@@ -2563,7 +2914,7 @@ def predict_file_embeddings(path: str | os.PathLike, classifier, cfg: Config, in
     y = np.pad(y, (0, max(0, window - len(y))))
     starts = excerpt_starts(len(y), window)
     positions = [list(_embedding_columns()).index(column) for column in info["columns"]]
-    embeddings = np.stack([musicnn_embedding(y[start:start + window], model)[positions] for start in starts])
+    embeddings = np.stack([musicnn_embedding(y[start : start + window], model)[positions] for start in starts])
     proba = pd.DataFrame(classifier.predict_proba(embeddings), columns=list(classifier.classes_))
     proba = proba.reindex(columns=list(cfg.genres), fill_value=0.0)
     proba.index = pd.Index(starts / MUSICNN_SAMPLE_RATE, name="start_s")
@@ -2589,8 +2940,9 @@ def embedding_method(embeddings: pd.DataFrame, labels, cfg: Config, kind: str = 
         start = time.perf_counter()
         pipeline = train_embedding_classifier(embeddings.loc[fit], genres, cfg, run_dir, kind, seed)
         seconds = time.perf_counter() - start
-        proba = pd.DataFrame(pipeline.predict_proba(embeddings.loc[test].to_numpy()), index=test,
-                             columns=list(pipeline.classes_))
+        proba = pd.DataFrame(
+            pipeline.predict_proba(embeddings.loc[test].to_numpy()), index=test, columns=list(pipeline.classes_)
+        )
         return MethodResult(proba, _fitted_numbers(pipeline[-1]), seconds)
 
     method.settings = {"method": "musicnn embeddings", "kind": kind, "seed": seed, "columns": list(embeddings.columns)}
@@ -2616,8 +2968,8 @@ def _label_series(labels) -> pd.Series:
     return pd.Series(labels)
 
 
-
 # ── Devices and batches: where Keras runs, and normalised batches of whole clips or excerpts ──
+
 
 @functools.cache
 def gpu_devices() -> tuple[tuple[str, int], ...]:
@@ -2734,8 +3086,10 @@ def chunk_frames(cfg: Config, n_frames: int | None = None) -> int:
     n_frames = cfg.n_frames if n_frames is None else n_frames
     frames = 1 + int(round(cfg.sample_rate * cfg.chunk_seconds)) // cfg.hop_length
     if cfg.chunk_seconds <= 0 or frames > n_frames:
-        raise ConfigError(f"chunk_seconds={cfg.chunk_seconds:g}: excerpts must be longer than 0 s and fit in "
-                          f"the clips ({n_frames} frames, {cfg.clip_seconds:g} s)")
+        raise ConfigError(
+            f"chunk_seconds={cfg.chunk_seconds:g}: excerpts must be longer than 0 s and fit in "
+            f"the clips ({n_frames} frames, {cfg.clip_seconds:g} s)"
+        )
     return frames
 
 
@@ -2824,7 +3178,7 @@ def _feature_batches_class():
                 if self.excerpt_frames:
                     clips = np.empty((len(rows), array.shape[1], self.excerpt_frames), array.dtype)
                     for i, (row, start) in enumerate(zip(rows, starts)):
-                        clips[i] = array[row, :, start:start + self.excerpt_frames]
+                        clips[i] = array[row, :, start : start + self.excerpt_frames]
                 else:
                     clips = array[rows]
                 x[name] = clips[..., np.newaxis]  # as cached (float16 dB): the model normalises
@@ -2844,8 +3198,10 @@ def _feature_batches_class():
             if bad.any():
                 track_id = self.data.index.index[new[np.argmax(bad)]]
                 where = self.data.path / f"{name}.npy" if self.data.path else f"in-memory {name} features"
-                raise DataError(f"{where}: track {track_id} holds NaN or infinite values (corrupt cache); "
-                                "delete the cache folder and run extract_features again")
+                raise DataError(
+                    f"{where}: track {track_id} holds NaN or infinite values (corrupt cache); "
+                    "delete the cache folder and run extract_features again"
+                )
             self.checked[name][new] = True
 
         def on_epoch_end(self):
@@ -2854,8 +3210,15 @@ def _feature_batches_class():
     return FeatureBatches
 
 
-def feature_batches(data: Features, rows, cfg: Config, inputs=("mel", "cqt"), shuffle: bool = False,
-                    excerpt_frames: int | None = None, starts=None):
+def feature_batches(
+    data: Features,
+    rows,
+    cfg: Config,
+    inputs=("mel", "cqt"),
+    shuffle: bool = False,
+    excerpt_frames: int | None = None,
+    starts=None,
+):
     """A keras.utils.PyDataset over `rows` of `data`, reading one batch at a time from the caches.
 
     Each batch is ({name: float16 (batch, bins, frames, 1)} for name in `inputs`, int32 labels): the
@@ -2872,8 +3235,12 @@ def feature_batches(data: Features, rows, cfg: Config, inputs=("mel", "cqt"), sh
         raise ConfigError(f"excerpt_frames={excerpt_frames}: must be between 1 and the clips' {n_frames} frames")
     if starts is not None:
         starts = np.asarray(starts, dtype=np.int64)
-        if excerpt_frames is None or starts.shape != (len(rows),) or starts.min(initial=0) < 0 \
-                or starts.max(initial=0) > n_frames - excerpt_frames:
+        if (
+            excerpt_frames is None
+            or starts.shape != (len(rows),)
+            or starts.min(initial=0) < 0
+            or starts.max(initial=0) > n_frames - excerpt_frames
+        ):
             raise ConfigError(f"starts: need one start in 0..{n_frames} - excerpt_frames per row, with excerpt_frames")
     return _feature_batches_class()(data, rows, inputs, cfg.batch_size, shuffle, excerpt_frames, cfg.seed, starts)
 
@@ -2935,8 +3302,10 @@ def adapt_normalization(model, data: Features, rows) -> None:
     for tensor in model.inputs:
         mean, std = _band_stats(getattr(data, tensor.name), rows)
         if not (np.isfinite(mean).all() and np.isfinite(std).all()):
-            raise DataError(f"{where}: the {tensor.name} features of the training clips hold NaN or infinite "
-                            "values (corrupt cache); delete the cache folder and run extract_features again")
+            raise DataError(
+                f"{where}: the {tensor.name} features of the training clips hold NaN or infinite "
+                "values (corrupt cache); delete the cache folder and run extract_features again"
+            )
         layer = model.get_layer(f"{tensor.name}_normalization")
         layer.adapt_mean.assign(mean)
         layer.adapt_variance.assign(np.square(std))
@@ -2980,8 +3349,9 @@ def _clip_validation_class():
     return ClipValidation
 
 
-def train(model, data: Features, cfg: Config, run_dir: str | os.PathLike, *, callbacks=(),
-          verbose="auto") -> pd.DataFrame:
+def train(
+    model, data: Features, cfg: Config, run_dir: str | os.PathLike, *, callbacks=(), verbose="auto"
+) -> pd.DataFrame:
     """Fit `model` on the training split of `data`, validating on the validation split.
 
     Adam at cfg.learning_rate, multiplied by cfg.lr_decay_rate every cfg.lr_decay_epochs epochs
@@ -3041,8 +3411,14 @@ def train(model, data: Features, cfg: Config, run_dir: str | os.PathLike, *, cal
             raise DataError(f"{data.path or 'in-memory features'}: no clips in the {split} split")
     chunked = _train_mode(cfg) == "chunked"
     keras.utils.set_random_seed(cfg.seed)
-    train_batches = feature_batches(data, splits["training"], cfg, inputs, shuffle=True,
-                                    excerpt_frames=chunk_frames(cfg, data.mel.shape[2]) if chunked else None)
+    train_batches = feature_batches(
+        data,
+        splits["training"],
+        cfg,
+        inputs,
+        shuffle=True,
+        excerpt_frames=chunk_frames(cfg, data.mel.shape[2]) if chunked else None,
+    )
     val_batches = None if chunked else feature_batches(data, splits["validation"], cfg, inputs)
     train_batches, val_batches, loss = _recipe_batches(train_batches, val_batches, cfg)
 
@@ -3082,8 +3458,13 @@ def train(model, data: Features, cfg: Config, run_dir: str | os.PathLike, *, cal
         *([_clip_validation_class()(data, splits["validation"], cfg)] if chunked else []),
         _epoch_timer_class()(),  # after the clip validation, so the time includes it
         keras.callbacks.CSVLogger(history_path, append=True),
-        keras.callbacks.ModelCheckpoint(run_dir / "best.keras", monitor=cfg.monitor, mode=mode,
-                                        save_best_only=True, initial_value_threshold=best_so_far),
+        keras.callbacks.ModelCheckpoint(
+            run_dir / "best.keras",
+            monitor=cfg.monitor,
+            mode=mode,
+            save_best_only=True,
+            initial_value_threshold=best_so_far,
+        ),
         *([keras.callbacks.EarlyStopping("val_loss", patience=cfg.early_stopping)] if cfg.early_stopping else []),
         keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
         # Keras writes TensorBoard logs through TensorFlow, whatever the backend
@@ -3121,13 +3502,18 @@ def _optimizer(cfg: Config, steps_per_epoch: int):
     if cfg.lr_schedule == "step":
         if cfg.warmup_epochs:
             raise ConfigError("warmup_epochs needs lr_schedule='cosine'")
-        schedule = schedules.ExponentialDecay(cfg.learning_rate, decay_steps=cfg.lr_decay_epochs * steps_per_epoch,
-                                              decay_rate=cfg.lr_decay_rate)
+        schedule = schedules.ExponentialDecay(
+            cfg.learning_rate, decay_steps=cfg.lr_decay_epochs * steps_per_epoch, decay_rate=cfg.lr_decay_rate
+        )
     else:
         warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
         decay = max(1, cfg.epochs * steps_per_epoch - warmup)
-        schedule = schedules.CosineDecay(0.0 if warmup else cfg.learning_rate, decay, warmup_steps=warmup,
-                                         warmup_target=cfg.learning_rate if warmup else None)
+        schedule = schedules.CosineDecay(
+            0.0 if warmup else cfg.learning_rate,
+            decay,
+            warmup_steps=warmup,
+            warmup_target=cfg.learning_rate if warmup else None,
+        )
     if cfg.weight_decay:
         return keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
     return keras.optimizers.Adam(schedule)
@@ -3149,8 +3535,11 @@ def _recipe_batches(train_batches, val_batches, cfg: Config):
     train_batches = _augmented_batches_class()(train_batches, classes, one_hot, cfg.mixup_alpha, cfg.gain_db, cfg.seed)
     if val_batches is not None and one_hot:
         val_batches = _augmented_batches_class()(val_batches, classes, one_hot, 0.0, 0.0, cfg.seed)
-    loss = (keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing) if one_hot
-            else "sparse_categorical_crossentropy")
+    loss = (
+        keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+        if one_hot
+        else "sparse_categorical_crossentropy"
+    )
     return train_batches, val_batches, loss
 
 
@@ -3184,8 +3573,10 @@ def _augmented_batches_class():
             if self.mixup_alpha:
                 share = self.rng.beta(self.mixup_alpha, self.mixup_alpha, n).astype(np.float32)
                 partner = self.rng.permutation(n)
-                x = {name: share[:, None, None, None] * array + (1 - share[:, None, None, None]) * array[partner]
-                     for name, array in x.items()}
+                x = {
+                    name: share[:, None, None, None] * array + (1 - share[:, None, None, None]) * array[partner]
+                    for name, array in x.items()
+                }
                 y = share[:, None] * y + (1 - share[:, None]) * y[partner]
             return x, y
 
@@ -3222,8 +3613,10 @@ def load_run(run_dir: str | os.PathLike):
         if not (run_dir / name).is_file():
             raise DataError(f"{run_dir / name}: not found; train into {run_dir} first (notebook 04)")
     if _run_format(run_dir) != RUN_FORMAT:
-        raise DataError(f"{run_dir}: trained by an older version of this code (its model expects normalised "
-                        f"input); train into {run_dir} again")
+        raise DataError(
+            f"{run_dir}: trained by an older version of this code (its model expects normalised "
+            f"input); train into {run_dir} again"
+        )
     configure_devices()  # after the checks: a missing run fails at once, without loading Keras
     cfg = _config_from_dict(json.loads((run_dir / "config.json").read_text()), run_dir / "config.json")
     model = load_model(run_dir / "best.keras")
@@ -3240,6 +3633,7 @@ def _run_format(run_dir: Path) -> int | None:
 
 # ── Prediction: genre probabilities of cached clips and of audio files of any length ──
 
+
 def predict_proba(model, data: Features, rows, cfg: Config) -> np.ndarray:
     """Genre probabilities, float32 (len(rows), len(cfg.genres)), for `rows` of `data`, normalised
     exactly as in training. A model trained on whole clips (cfg.train_mode "full") sees each clip
@@ -3255,8 +3649,9 @@ def predict_proba(model, data: Features, rows, cfg: Config) -> np.ndarray:
         return np.asarray(model.predict(batches, verbose=0), dtype=np.float32)
     length = chunk_frames(cfg, data.mel.shape[2])
     starts = excerpt_starts(data.mel.shape[2], length)
-    batches = feature_batches(data, np.repeat(rows, len(starts)), cfg, inputs, excerpt_frames=length,
-                              starts=np.tile(starts, len(rows)))
+    batches = feature_batches(
+        data, np.repeat(rows, len(starts)), cfg, inputs, excerpt_frames=length, starts=np.tile(starts, len(rows))
+    )
     proba = np.asarray(model.predict(batches, verbose=0), dtype=np.float32)
     return proba.reshape(len(rows), len(starts), -1).mean(axis=1)
 
@@ -3292,9 +3687,11 @@ def predict_file(path: str | os.PathLike, model, cfg: Config) -> pd.DataFrame:
     y = load_audio(path, cfg.sample_rate, None)
     y = np.pad(y, (0, max(0, cfg.n_samples - len(y))))
     starts = excerpt_starts(len(y), cfg.n_samples)
-    windows = [y[start:start + cfg.n_samples] for start in starts]
-    index = pd.DataFrame({"genre": cfg.genres[0], "split": "prediction", "label": 0},  # labels unused
-                         index=pd.Index(starts / cfg.sample_rate, name="start_s"))
+    windows = [y[start : start + cfg.n_samples] for start in starts]
+    index = pd.DataFrame(
+        {"genre": cfg.genres[0], "split": "prediction", "label": 0},  # labels unused
+        index=pd.Index(starts / cfg.sample_rate, name="start_s"),
+    )
     features = Features(
         index=index,
         mel=np.stack([mel_spectrogram(window, cfg) for window in windows]).astype(np.float16),
@@ -3351,21 +3748,23 @@ def classification_scores(y_true, proba, genres=GENRES) -> Scores:
     y_true = np.asarray(y_true)
     proba = np.asarray(proba, dtype=np.float64)
     if proba.ndim != 2 or proba.shape[1] != len(genres):
-        raise GenreError(f"probabilities have shape {proba.shape}; expected (n_clips, {len(genres)}) for {len(genres)} genres")
+        raise GenreError(
+            f"probabilities have shape {proba.shape}; expected (n_clips, {len(genres)}) for {len(genres)} genres"
+        )
     if y_true.ndim != 1 or len(y_true) != len(proba):
         raise GenreError(f"{y_true.shape} labels for {len(proba)} rows of probabilities; expected one label per row")
     if len(y_true) == 0:
         raise GenreError("no clips to score (empty labels and probabilities)")
     if not np.issubdtype(y_true.dtype, np.integer) or y_true.min() < 0 or y_true.max() >= len(genres):
-        raise GenreError(f"labels must be integers in 0..{len(genres) - 1} (positions in genres); got {np.unique(y_true)[:10]}")
+        raise GenreError(
+            f"labels must be integers in 0..{len(genres) - 1} (positions in genres); got {np.unique(y_true)[:10]}"
+        )
     if not np.all(np.isfinite(proba)):
         raise GenreError("probabilities contain NaN or infinite values")
 
     y_pred = proba.argmax(axis=1)
     labels = np.arange(len(genres))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     per_genre = pd.DataFrame(
         {"precision": precision, "recall": recall, "f1": f1, "support": support},
         index=pd.Index(genres, name="genre"),
@@ -3445,7 +3844,10 @@ def most_confused_pairs(confusion, genres=None, k: int = 5) -> pd.DataFrame:
     counts = np.asarray(confusion)
     genres = list(genres)
     if counts.ndim != 2 or counts.shape != (len(genres), len(genres)):
-        raise GenreError(f"confusion matrix has shape {counts.shape}; expected ({len(genres)}, {len(genres)}) for {len(genres)} genres")
+        raise GenreError(
+            f"confusion matrix has shape {counts.shape}; expected ({len(genres)}, {len(genres)}) "
+            f"for {len(genres)} genres"
+        )
     pairs = (
         pd.DataFrame(counts, index=pd.Index(genres, name="true"), columns=pd.Index(genres, name="predicted"))
         .stack()
@@ -3573,8 +3975,10 @@ def cross_validation_folds(labels, folds: int = 5, seed: int = 42, validation: f
         raise GenreError(f"validation={validation!r}: need a share of the clips between 0 and {1 - 1 / folds:.2f}")
     counts = labels.value_counts()
     if counts.min() < folds:
-        raise GenreError(f"folds={folds}: every genre needs at least {folds} clips, but {counts.idxmin()!r} has "
-                         f"{counts.min()}; use fewer folds")
+        raise GenreError(
+            f"folds={folds}: every genre needs at least {folds} clips, but {counts.idxmin()!r} has "
+            f"{counts.min()}; use fewer folds"
+        )
     y = labels.to_numpy().astype(str)
     n_validation = max(len(counts), int(round(validation * len(labels))))
     assignment = pd.DataFrame(index=labels.index, columns=pd.RangeIndex(folds, name="fold"), dtype=object)
@@ -3587,9 +3991,17 @@ def cross_validation_folds(labels, folds: int = 5, seed: int = 42, validation: f
     return assignment
 
 
-def cross_validate(methods: dict, labels, cfg: Config, folds: int = 5, seed: int = 42,
-                   out_dir: str | os.PathLike | None = None, validation: float = 0.1,
-                   progress: bool = True, max_folds: int | None = None) -> CrossValidation:
+def cross_validate(
+    methods: dict,
+    labels,
+    cfg: Config,
+    folds: int = 5,
+    seed: int = 42,
+    out_dir: str | os.PathLike | None = None,
+    validation: float = 0.1,
+    progress: bool = True,
+    max_folds: int | None = None,
+) -> CrossValidation:
     """Run every method on every fold of `cross_validation_folds(labels, folds, seed, validation)`.
 
     Parameters
@@ -3649,11 +4061,18 @@ def cross_validate(methods: dict, labels, cfg: Config, folds: int = 5, seed: int
         with _atomic_path(out_dir / "folds.csv") as tmp:
             assignment.to_csv(tmp)
         packages = ("numpy", "pandas", "scikit-learn", "librosa", "keras")
-        _write_json(out_dir / "run.json", {
-            "config": cfg.to_dict(), "folds": folds, "seed": seed, "validation": validation,
-            "methods": {name: getattr(method, "settings", None) for name, method in methods.items()},
-            "python": platform.python_version(), "versions": {name: version(name) for name in packages},
-        })
+        _write_json(
+            out_dir / "run.json",
+            {
+                "config": cfg.to_dict(),
+                "folds": folds,
+                "seed": seed,
+                "validation": validation,
+                "methods": {name: getattr(method, "settings", None) for name, method in methods.items()},
+                "python": platform.python_version(),
+                "versions": {name: version(name) for name in packages},
+            },
+        )
     codes = {genre: k for k, genre in enumerate(cfg.genres)}
     rows, pooled = [], {}
     n_run = folds if max_folds is None else max(1, min(folds, int(max_folds)))
@@ -3667,22 +4086,34 @@ def cross_validate(methods: dict, labels, cfg: Config, folds: int = 5, seed: int
                 result = _fold_result(name, method, split, out_dir / _safe_name(name) / f"fold-{fold}", cfg)
                 y_true = labels[result.proba.index].map(codes).to_numpy()
                 y_pred = result.proba.to_numpy().argmax(axis=1)
-                rows.append({"method": name, "fold": fold, "clips": len(y_true),
-                             "accuracy": float((y_true == y_pred).mean()),
-                             "macro_f1": float(f1_score(y_true, y_pred, labels=range(len(cfg.genres)),
-                                                        average="macro", zero_division=0)),
-                             "train_seconds": result.train_seconds, "parameters": result.parameters})
+                rows.append(
+                    {
+                        "method": name,
+                        "fold": fold,
+                        "clips": len(y_true),
+                        "accuracy": float((y_true == y_pred).mean()),
+                        "macro_f1": float(
+                            f1_score(y_true, y_pred, labels=range(len(cfg.genres)), average="macro", zero_division=0)
+                        ),
+                        "train_seconds": result.train_seconds,
+                        "parameters": result.parameters,
+                    }
+                )
                 parts.append(result.proba)
                 bar.update()
             pooled[name] = pd.concat(parts).sort_index()
     per_fold = pd.DataFrame(rows)
-    summary = per_fold.groupby("method", sort=False).agg(
-        accuracy_mean=("accuracy", "mean"),
-        accuracy_se=("accuracy", lambda a: a.std(ddof=1) / np.sqrt(len(a))),
-        macro_f1=("macro_f1", "mean"),
-        train_seconds=("train_seconds", "mean"),
-        parameters=("parameters", "mean"),
-    ).reset_index()
+    summary = (
+        per_fold.groupby("method", sort=False)
+        .agg(
+            accuracy_mean=("accuracy", "mean"),
+            accuracy_se=("accuracy", lambda a: a.std(ddof=1) / np.sqrt(len(a))),
+            macro_f1=("macro_f1", "mean"),
+            train_seconds=("train_seconds", "mean"),
+            parameters=("parameters", "mean"),
+        )
+        .reset_index()
+    )
     summary["parameters"] = summary["parameters"].round().astype(int)
     return CrossValidation(summary[list(CV_COLUMNS)], per_fold, pooled, assignment)
 
@@ -3695,8 +4126,11 @@ def _safe_name(name: str) -> str:
 def _fold_result(name: str, method, split: pd.Series, fold_dir: Path, cfg: Config) -> MethodResult:
     """One method on one fold: read back from `fold_dir` when finished there with the same settings, else run."""
     test_ids = sorted(int(t) for t in split.index[split == "test"])
-    record = {"format": CV_FORMAT, "settings": json.loads(json.dumps(getattr(method, "settings", None), default=str)),
-              "test": test_ids}
+    record = {
+        "format": CV_FORMAT,
+        "settings": json.loads(json.dumps(getattr(method, "settings", None), default=str)),
+        "test": test_ids,
+    }
     done = fold_dir / "result.json"
     if done.is_file() and (fold_dir / "proba.csv").is_file():
         saved = json.loads(done.read_text())
@@ -3711,11 +4145,14 @@ def _fold_result(name: str, method, split: pd.Series, fold_dir: Path, cfg: Confi
     proba = result.proba
     missing = sorted(set(test_ids) - set(proba.index))
     if missing or len(proba) != len(test_ids):
-        raise GenreError(f"method {name!r}: probabilities for {len(proba)} clips, but the fold's test split has "
-                         f"{len(test_ids)} (missing e.g. {missing[:5]}); return one row per test clip")
+        raise GenreError(
+            f"method {name!r}: probabilities for {len(proba)} clips, but the fold's test split has "
+            f"{len(test_ids)} (missing e.g. {missing[:5]}); return one row per test clip"
+        )
     if sorted(map(str, proba.columns)) != sorted(cfg.genres):
-        raise GenreError(f"method {name!r}: probability columns {list(proba.columns)}, expected cfg.genres "
-                         f"{list(cfg.genres)}")
+        raise GenreError(
+            f"method {name!r}: probability columns {list(proba.columns)}, expected cfg.genres {list(cfg.genres)}"
+        )
     proba = proba.loc[test_ids, list(cfg.genres)].astype(np.float64)
     proba.index.name = "track_id"
     if not np.all(np.isfinite(proba.to_numpy())):
@@ -3723,8 +4160,9 @@ def _fold_result(name: str, method, split: pd.Series, fold_dir: Path, cfg: Confi
     with _writing_to(fold_dir, GenreError, "out_dir"):
         with _atomic_path(fold_dir / "proba.csv") as tmp:
             proba.to_csv(tmp)
-        _write_json(done, {**record, "parameters": int(result.parameters),
-                           "train_seconds": float(result.train_seconds)})
+        _write_json(
+            done, {**record, "parameters": int(result.parameters), "train_seconds": float(result.train_seconds)}
+        )
     # as later runs will read it back, to the last digit
     proba = pd.read_csv(fold_dir / "proba.csv", index_col="track_id")
     return MethodResult(proba, int(result.parameters), float(result.train_seconds))
@@ -3765,19 +4203,25 @@ def cnn_experiment(name: str, cfg: Config, features: Features, run_dir: str | os
         train(build_model(cfg), features, cfg, run_dir, verbose=verbose)
     model, run_cfg, history = load_run(run_dir)
     chunked = _train_mode(run_cfg) == "chunked"
-    return pd.Series({
-        "model": "CNN: " + " + ".join(run_cfg.branches),
-        "input": f"{run_cfg.chunk_seconds:g} s excerpts, averaged" if chunked else f"whole {run_cfg.clip_seconds:g} s clips",
-        "parameters": model.count_params(),
-        "epochs": len(history),
-        "train_seconds": float(history["epoch_seconds"].sum()),
-        "val_accuracy": evaluate(model, features, run_cfg, "validation").accuracy,
-        "test_accuracy": evaluate(model, features, run_cfg, "test").accuracy,
-    }, name=name)
+    return pd.Series(
+        {
+            "model": "CNN: " + " + ".join(run_cfg.branches),
+            "input": f"{run_cfg.chunk_seconds:g} s excerpts, averaged"
+            if chunked
+            else f"whole {run_cfg.clip_seconds:g} s clips",
+            "parameters": model.count_params(),
+            "epochs": len(history),
+            "train_seconds": float(history["epoch_seconds"].sum()),
+            "val_accuracy": evaluate(model, features, run_cfg, "validation").accuracy,
+            "test_accuracy": evaluate(model, features, run_cfg, "test").accuracy,
+        },
+        name=name,
+    )
 
 
-def baseline_experiment(name: str, statistics: pd.DataFrame, index: pd.DataFrame, kind: str = "svm",
-                        seed: int = 42) -> pd.Series:
+def baseline_experiment(
+    name: str, statistics: pd.DataFrame, index: pd.DataFrame, kind: str = "svm", seed: int = 42
+) -> pd.Series:
     """Fit `baseline_classifier(kind, seed)` on the training clips and score it: one row of an experiment table.
 
     statistics: `extract_clip_statistics` output (indexed by track_id); index: a table indexed by
@@ -3798,15 +4242,18 @@ def baseline_experiment(name: str, statistics: pd.DataFrame, index: pd.DataFrame
     start = time.perf_counter()
     pipeline.fit(x["training"], y["training"])
     seconds = time.perf_counter() - start
-    return pd.Series({
-        "model": {"svm": "SVM (RBF)", "logistic": "logistic regression"}[kind],
-        "input": f"{statistics.shape[1]} MFCC and spectral statistics",
-        "parameters": _stored_numbers(pipeline, kind),
-        "epochs": 1,
-        "train_seconds": seconds,
-        "val_accuracy": float((pipeline.predict(x["validation"]) == y["validation"]).mean()),
-        "test_accuracy": float((pipeline.predict(x["test"]) == y["test"]).mean()),
-    }, name=name)
+    return pd.Series(
+        {
+            "model": {"svm": "SVM (RBF)", "logistic": "logistic regression"}[kind],
+            "input": f"{statistics.shape[1]} MFCC and spectral statistics",
+            "parameters": _stored_numbers(pipeline, kind),
+            "epochs": 1,
+            "train_seconds": seconds,
+            "val_accuracy": float((pipeline.predict(x["validation"]) == y["validation"]).mean()),
+            "test_accuracy": float((pipeline.predict(x["test"]) == y["test"]).mean()),
+        },
+        name=name,
+    )
 
 
 def _fold_features(features: Features, split: pd.Series) -> Features:
@@ -3816,8 +4263,14 @@ def _fold_features(features: Features, split: pd.Series) -> Features:
     index["split"] = split.reindex(index.index).fillna("unused").astype(str).to_numpy()
     if not (index["split"] == "training").any():
         raise DataError(f"{features.path or 'in-memory features'}: no clip of the fold's training split has features")
-    return Features(index=index, mel=features.mel, cqt=features.cqt, stats=features.stats, path=features.path,
-                    skipped=features.skipped)
+    return Features(
+        index=index,
+        mel=features.mel,
+        cqt=features.cqt,
+        stats=features.stats,
+        path=features.path,
+        skipped=features.skipped,
+    )
 
 
 def cnn_method(features: Features, cfg: Config, verbose=0):
@@ -3841,8 +4294,11 @@ def cnn_method(features: Features, cfg: Config, verbose=0):
         seconds = time.perf_counter() - start
         test = view.rows("test")
         proba = predict_proba(load_model(Path(run_dir) / "best.keras"), view, test, cfg)
-        return MethodResult(pd.DataFrame(proba, index=view.index.index[test], columns=list(cfg.genres)),
-                            int(model.count_params()), seconds)
+        return MethodResult(
+            pd.DataFrame(proba, index=view.index.index[test], columns=list(cfg.genres)),
+            int(model.count_params()),
+            seconds,
+        )
 
     method.settings = {"method": "cnn", "config": json.loads(json.dumps(cfg.to_dict()))}
     return method
@@ -3876,8 +4332,9 @@ def baseline_method(statistics: pd.DataFrame, labels, kind: str = "svm", seed: i
             proba = pipeline.predict_proba(x_test)
         else:
             proba = (pipeline.predict(x_test)[:, None] == np.asarray(classes)[None, :]).astype(np.float64)
-        return MethodResult(pd.DataFrame(proba, index=test.index, columns=classes), _stored_numbers(pipeline, kind),
-                            seconds)
+        return MethodResult(
+            pd.DataFrame(proba, index=test.index, columns=classes), _stored_numbers(pipeline, kind), seconds
+        )
 
     method.settings = {"method": "baseline", "kind": kind, "seed": seed, "statistics": list(statistics.columns)}
     return method
@@ -3886,8 +4343,11 @@ def baseline_method(statistics: pd.DataFrame, labels, kind: str = "svm", seed: i
 def _stored_numbers(pipeline, kind: str) -> int:
     """Numbers a fitted baseline classifier stores: support vectors and dual coefficients, or weights."""
     classifier = pipeline[-1]
-    stored = [classifier.support_vectors_, classifier.dual_coef_, classifier.intercept_] if kind == "svm" \
+    stored = (
+        [classifier.support_vectors_, classifier.dual_coef_, classifier.intercept_]
+        if kind == "svm"
         else [classifier.coef_, classifier.intercept_]
+    )
     return int(sum(np.size(array) for array in stored))
 
 
@@ -3912,7 +4372,12 @@ def save_figure(fig, name: str, figures_dir: str | os.PathLike = ROOT / "figures
     figures_dir.mkdir(parents=True, exist_ok=True)
     paths = [figures_dir / f"{name}.png", figures_dir / f"{name}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight", metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
+        fig.savefig(
+            path,
+            dpi=FIGURE_DPI,
+            bbox_inches="tight",
+            metadata={"CreationDate": None} if path.suffix == ".pdf" else None,
+        )
     return paths
 
 
@@ -3939,7 +4404,9 @@ def _require_columns(table: pd.DataFrame, columns, what: str) -> None:
     """Raise GenreError naming the missing columns of `table`."""
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise GenreError(f"{what} has no column(s) {', '.join(missing)}; it has {', '.join(map(str, table.columns)) or 'none'}")
+        raise GenreError(
+            f"{what} has no column(s) {', '.join(missing)}; it has {', '.join(map(str, table.columns)) or 'none'}"
+        )
 
 
 def plot_learning_curves(history: pd.DataFrame):
@@ -3992,7 +4459,10 @@ def plot_confusion_matrix(confusion, genres=None, normalize: bool = True):
     genres = list(genres)
     counts = np.asarray(confusion, dtype=np.float64)
     if counts.shape != (len(genres), len(genres)):
-        raise GenreError(f"confusion matrix has shape {counts.shape}; expected ({len(genres)}, {len(genres)}) for {len(genres)} genres")
+        raise GenreError(
+            f"confusion matrix has shape {counts.shape}; expected ({len(genres)}, {len(genres)}) "
+            f"for {len(genres)} genres"
+        )
     matrix = pd.DataFrame(counts, index=genres, columns=genres)
     if normalize:
         matrix = matrix.div(matrix.sum(axis=1).where(lambda total: total > 0), axis=0).fillna(0.0)
@@ -4022,7 +4492,11 @@ def plot_confusion_matrix(confusion, genres=None, normalize: bool = True):
         )
         if not normalize:  # whole clips on the colour bar
             ax.collections[0].colorbar.locator = MaxNLocator(integer=True)
-        ax.set(xlabel="Predicted genre", ylabel="True genre", title="Confusion matrix" + (" (row-normalised)" if normalize else ""))
+        ax.set(
+            xlabel="Predicted genre",
+            ylabel="True genre",
+            title="Confusion matrix" + (" (row-normalised)" if normalize else ""),
+        )
         ax.tick_params(axis="x", labelrotation=40)
         ax.tick_params(axis="y", labelrotation=0)
         plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
@@ -4039,7 +4513,11 @@ def plot_genre_scores(per_genre: pd.DataFrame):
     import seaborn as sns
 
     _require_columns(per_genre, ["precision", "recall", "f1"], "the per-genre scores")
-    labels = [f"{genre}\n(n={int(n)})" for genre, n in per_genre["support"].items()] if "support" in per_genre else list(map(str, per_genre.index))
+    labels = (
+        [f"{genre}\n(n={int(n)})" for genre, n in per_genre["support"].items()]
+        if "support" in per_genre
+        else list(map(str, per_genre.index))
+    )
     long = (
         per_genre[["precision", "recall", "f1"]]
         .rename(columns={"precision": "Precision", "recall": "Recall", "f1": "F1"})
@@ -4097,8 +4575,13 @@ def plot_comparison(
         )
         errors = table[error].to_numpy(dtype=float) if error else np.zeros(len(table))
         for position, v, e in zip(positions, values, errors):  # value labels right of the error bars
-            ax.text(np.nan_to_num(v + e) + 0.015, position, f"{v:.3f}" + (f" ± {e:.3f}" if error else ""),
-                    va="center", bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+            ax.text(
+                np.nan_to_num(v + e) + 0.015,
+                position,
+                f"{v:.3f}" + (f" ± {e:.3f}" if error else ""),
+                va="center",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+            )
         if len(palette) > 1:  # say which bar used which data: the demo is not FMA
             for dataset, color in palette.items():
                 ax.barh([np.nan], [np.nan], color=color, label=dataset)
@@ -4108,15 +4591,23 @@ def plot_comparison(
             ax.axvline(reference, color="C3", linestyle="--", label=f"report: {reference:.3f} (FMA-small validation)")
         if chance is not None:
             ax.axvline(chance, color="0.5", linestyle=":", label=f"chance: {chance:.3f}")
-        ax.set(xlim=(0, 1.15), xlabel=value.replace("_", " ").capitalize(), title=f"{value.replace('_', ' ').capitalize()} by run")
+        ax.set(
+            xlim=(0, 1.15),
+            xlabel=value.replace("_", " ").capitalize(),
+            title=f"{value.replace('_', ' ').capitalize()} by run",
+        )
         ax.grid(axis="y", visible=False)
         if ax.get_legend_handles_labels()[0]:
             fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, frameon=False)
     return fig
 
 
-def plot_cross_validation(summary: pd.DataFrame, per_fold: pd.DataFrame | None = None, baseline: str | None = "svm",
-                          labels: dict[str, str] | None = None):
+def plot_cross_validation(
+    summary: pd.DataFrame,
+    per_fold: pd.DataFrame | None = None,
+    baseline: str | None = "svm",
+    labels: dict[str, str] | None = None,
+):
     """Mean cross-validated accuracy per method with its standard error, each fold as a dot; returns the Figure.
 
     summary: `CrossValidation.summary` (or its CSV): method, accuracy_mean, accuracy_se. per_fold:
@@ -4135,14 +4626,27 @@ def plot_cross_validation(summary: pd.DataFrame, per_fold: pd.DataFrame | None =
     positions = np.arange(len(methods))
     with _plot_style():
         fig, ax = plt.subplots(figsize=(8, 1.4 + 0.55 * len(methods)), layout="constrained")
-        ax.barh(positions, summary["accuracy_mean"], xerr=summary["accuracy_se"], color="C0", alpha=0.75,
-                capsize=3, label="mean ± standard error over folds")
+        ax.barh(
+            positions,
+            summary["accuracy_mean"],
+            xerr=summary["accuracy_se"],
+            color="C0",
+            alpha=0.75,
+            capsize=3,
+            label="mean ± standard error over folds",
+        )
         if per_fold is not None:
             _require_columns(per_fold, ["method", "accuracy"], "the per-fold table")
             for position, method in zip(positions, methods):
                 accuracy = per_fold.loc[per_fold["method"] == method, "accuracy"].to_numpy(dtype=float)
-                ax.plot(accuracy, np.full(len(accuracy), position), "o", color="0.15", markersize=3.5,
-                        label="one fold" if position == 0 else None)
+                ax.plot(
+                    accuracy,
+                    np.full(len(accuracy), position),
+                    "o",
+                    color="0.15",
+                    markersize=3.5,
+                    label="one fold" if position == 0 else None,
+                )
         if baseline in methods:
             level = float(summary.loc[summary["method"] == baseline, "accuracy_mean"].iloc[0])
             ax.axvline(level, color="C3", linestyle="--", label=f"{labels.get(baseline, baseline)}: {level:.3f}")
@@ -4150,8 +4654,13 @@ def plot_cross_validation(summary: pd.DataFrame, per_fold: pd.DataFrame | None =
             right = np.nan_to_num(mean + se)  # the label goes right of the error bar and the dots
             if per_fold is not None:
                 right = max([right, *per_fold.loc[per_fold["method"] == method, "accuracy"]])
-            ax.text(min(right + 0.02, 0.82), position, f"{mean:.3f} ± {se:.3f}", va="center",
-                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+            ax.text(
+                min(right + 0.02, 0.82),
+                position,
+                f"{mean:.3f} ± {se:.3f}",
+                va="center",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+            )
         ax.set_yticks(positions, [labels.get(m, m) for m in methods])
         ax.invert_yaxis()
         ax.set(xlim=(0, 1.05), xlabel="Test accuracy (cross-validated)", title="Cross-validated accuracy by method")
@@ -4184,6 +4693,7 @@ def plot_prediction_timeline(windows: pd.DataFrame, title: str = ""):
 
 # ── Report: the executed notebooks as one browsable HTML page ──
 
+
 def _merged_notebook(notebooks: dict):
     """One nbformat notebook: a title and table of contents, then each notebook's cells as a part.
 
@@ -4192,7 +4702,8 @@ def _merged_notebook(notebooks: dict):
     import nbformat
 
     contents = "\n".join(
-        f"{i}. [{_notebook_title(notebook, path)}](#part-{path.stem})" for i, (path, notebook) in enumerate(notebooks.items(), 1)
+        f"{i}. [{_notebook_title(notebook, path)}](#part-{path.stem})"
+        for i, (path, notebook) in enumerate(notebooks.items(), 1)
     )
     cells = [
         nbformat.v4.new_markdown_cell(
@@ -4234,7 +4745,9 @@ def _notebook_title(notebook, path: Path) -> str:
     return path.stem
 
 
-def export_report(notebooks_dir: str | os.PathLike = ROOT / "notebooks", out_dir: str | os.PathLike = ROOT / "report") -> Path:
+def export_report(
+    notebooks_dir: str | os.PathLike = ROOT / "notebooks", out_dir: str | os.PathLike = ROOT / "report"
+) -> Path:
     """Merge the executed notebooks `NN_*.ipynb` of `notebooks_dir` into one HTML page, `out_dir/index.html`.
 
     The page starts with a table of contents linking to each notebook's part; figures are embedded
@@ -4255,7 +4768,9 @@ def export_report(notebooks_dir: str | os.PathLike = ROOT / "notebooks", out_dir
             raise GenreError(f"{path}: not executed (no code cell has run); run `make demo` first")
 
     exporter = HTMLExporter(template_name="lab", embed_images=True)
-    html, _ = exporter.from_notebook_node(_merged_notebook(notebooks), resources={"metadata": {"path": str(notebooks_dir)}})
+    html, _ = exporter.from_notebook_node(
+        _merged_notebook(notebooks), resources={"metadata": {"path": str(notebooks_dir)}}
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / "index.html"
     with _atomic_path(target) as tmp:
@@ -4305,52 +4820,151 @@ _DRUM_PATTERNS = {  # 16 steps per bar; x = hit; "?" = hit with probability 1/2
 # bass/chords/lead: (voice, rhythm) or None; drive: guitar distortion; lowpass: master cutoff (Hz);
 # reverb: decay (s); texture: background noise (kind, level range).
 _DEMO_GENRE_RECIPES = {
-    "Hip-Hop": dict(tempo=(75, 98), drums=("boom_bap", "trap"), swing=(0.1, 0.35), scales=("minor", "dorian"),
-                    progressions=("minor", "static"), bass=(("sub", "kick"),),
-                    chords=(("piano", "stabs"), ("fm", "stabs"), ("pad", "sustain")), lead=(None, ("flute", 2)),
-                    drive=(0, 0.2), lowpass=(2500, 6000), reverb=(0.1, 0.4), texture=("vinyl", (0.01, 0.04))),
-    "Pop": dict(tempo=(100, 128), drums=("pop", "four_floor"), swing=(0, 0.05), scales=("major",),
-                progressions=("pop",), bass=(("pluck", "eighths"), ("saw", "root")),
-                chords=(("piano", "strum"), ("pad", "sustain"), ("fm", "stabs")), lead=(("fm", 4), ("saw", 4)),
-                drive=(0, 0.1), lowpass=(8000, 11000), reverb=(0.3, 0.8), texture=(None, (0, 0))),
-    "Folk": dict(tempo=(85, 125), drums=(None, None, "brushes"), swing=(0, 0.15), scales=("major", "mixolydian"),
-                 progressions=("pop", "static"), bass=(None, ("pluck", "root")),
-                 chords=(("pluck", "strum"), ("pluck", "arpeggio")), lead=(None, ("flute", 2), ("pluck", 4)),
-                 drive=(0, 0), lowpass=(6000, 10000), reverb=(0.2, 0.6), texture=(None, (0, 0))),
-    "Rock": dict(tempo=(110, 165), drums=("rock", "rock", "breakbeat"), swing=(0, 0.05),
-                 scales=("minor", "mixolydian", "pentatonic"), progressions=("minor", "pop"),
-                 bass=(("saw", "eighths"),), chords=(("guitar", "power"),), lead=(None, ("guitar", 4)),
-                 drive=(0.5, 1.0), lowpass=(5000, 9000), reverb=(0.2, 0.5), texture=(None, (0, 0))),
-    "Experimental": dict(tempo=(60, 160), drums=(None, "glitch", "glitch"), swing=(0, 0.5),
-                         scales=("chromatic", "whole_tone"), progressions=("random",),
-                         bass=(None, ("sub", "root")), chords=(None, ("bell", "sustain"), ("pad", "sustain")),
-                         lead=(("bell", 3), ("fm", 6)), drive=(0, 0.6), lowpass=(3000, 11000),
-                         reverb=(0.8, 2.0), texture=("wind", (0.05, 0.2))),
-    "International": dict(tempo=(90, 135), drums=("world", "world", None), swing=(0, 0.2),
-                          scales=("hijaz", "bhairav", "pelog", "pentatonic"), progressions=("static",),
-                          bass=(("drone", "drone"),), chords=(None, ("pluck", "arpeggio")),
-                          lead=(("sitar", 4), ("flute", 3)), drive=(0, 0.1), lowpass=(6000, 10000),
-                          reverb=(0.3, 0.8), texture=(None, (0, 0))),
-    "Electronic": dict(tempo=(118, 138), drums=("four_floor", "breakbeat"), swing=(0, 0.1),
-                       scales=("minor", "dorian"), progressions=("minor", "static"),
-                       bass=(("saw", "offbeat"), ("sub", "kick")), chords=(("pad", "sustain"), ("saw", "stabs")),
-                       lead=(("saw", 8), ("fm", 8)), drive=(0, 0.3), lowpass=(7000, 11000),
-                       reverb=(0.3, 0.9), texture=(None, (0, 0))),
-    "Instrumental": dict(tempo=(60, 95), drums=(None, None, "brushes"), swing=(0, 0.1),
-                         scales=("major", "minor", "dorian"), progressions=("pop", "minor"),
-                         bass=(None, ("piano", "walking")), chords=(("piano", "arpeggio"), ("pad", "sustain")),
-                         lead=(("piano", 3), ("flute", 2)), drive=(0, 0), lowpass=(5000, 10000),
-                         reverb=(0.8, 1.8), texture=(None, (0, 0))),
+    "Hip-Hop": dict(
+        tempo=(75, 98),
+        drums=("boom_bap", "trap"),
+        swing=(0.1, 0.35),
+        scales=("minor", "dorian"),
+        progressions=("minor", "static"),
+        bass=(("sub", "kick"),),
+        chords=(("piano", "stabs"), ("fm", "stabs"), ("pad", "sustain")),
+        lead=(None, ("flute", 2)),
+        drive=(0, 0.2),
+        lowpass=(2500, 6000),
+        reverb=(0.1, 0.4),
+        texture=("vinyl", (0.01, 0.04)),
+    ),
+    "Pop": dict(
+        tempo=(100, 128),
+        drums=("pop", "four_floor"),
+        swing=(0, 0.05),
+        scales=("major",),
+        progressions=("pop",),
+        bass=(("pluck", "eighths"), ("saw", "root")),
+        chords=(("piano", "strum"), ("pad", "sustain"), ("fm", "stabs")),
+        lead=(("fm", 4), ("saw", 4)),
+        drive=(0, 0.1),
+        lowpass=(8000, 11000),
+        reverb=(0.3, 0.8),
+        texture=(None, (0, 0)),
+    ),
+    "Folk": dict(
+        tempo=(85, 125),
+        drums=(None, None, "brushes"),
+        swing=(0, 0.15),
+        scales=("major", "mixolydian"),
+        progressions=("pop", "static"),
+        bass=(None, ("pluck", "root")),
+        chords=(("pluck", "strum"), ("pluck", "arpeggio")),
+        lead=(None, ("flute", 2), ("pluck", 4)),
+        drive=(0, 0),
+        lowpass=(6000, 10000),
+        reverb=(0.2, 0.6),
+        texture=(None, (0, 0)),
+    ),
+    "Rock": dict(
+        tempo=(110, 165),
+        drums=("rock", "rock", "breakbeat"),
+        swing=(0, 0.05),
+        scales=("minor", "mixolydian", "pentatonic"),
+        progressions=("minor", "pop"),
+        bass=(("saw", "eighths"),),
+        chords=(("guitar", "power"),),
+        lead=(None, ("guitar", 4)),
+        drive=(0.5, 1.0),
+        lowpass=(5000, 9000),
+        reverb=(0.2, 0.5),
+        texture=(None, (0, 0)),
+    ),
+    "Experimental": dict(
+        tempo=(60, 160),
+        drums=(None, "glitch", "glitch"),
+        swing=(0, 0.5),
+        scales=("chromatic", "whole_tone"),
+        progressions=("random",),
+        bass=(None, ("sub", "root")),
+        chords=(None, ("bell", "sustain"), ("pad", "sustain")),
+        lead=(("bell", 3), ("fm", 6)),
+        drive=(0, 0.6),
+        lowpass=(3000, 11000),
+        reverb=(0.8, 2.0),
+        texture=("wind", (0.05, 0.2)),
+    ),
+    "International": dict(
+        tempo=(90, 135),
+        drums=("world", "world", None),
+        swing=(0, 0.2),
+        scales=("hijaz", "bhairav", "pelog", "pentatonic"),
+        progressions=("static",),
+        bass=(("drone", "drone"),),
+        chords=(None, ("pluck", "arpeggio")),
+        lead=(("sitar", 4), ("flute", 3)),
+        drive=(0, 0.1),
+        lowpass=(6000, 10000),
+        reverb=(0.3, 0.8),
+        texture=(None, (0, 0)),
+    ),
+    "Electronic": dict(
+        tempo=(118, 138),
+        drums=("four_floor", "breakbeat"),
+        swing=(0, 0.1),
+        scales=("minor", "dorian"),
+        progressions=("minor", "static"),
+        bass=(("saw", "offbeat"), ("sub", "kick")),
+        chords=(("pad", "sustain"), ("saw", "stabs")),
+        lead=(("saw", 8), ("fm", 8)),
+        drive=(0, 0.3),
+        lowpass=(7000, 11000),
+        reverb=(0.3, 0.9),
+        texture=(None, (0, 0)),
+    ),
+    "Instrumental": dict(
+        tempo=(60, 95),
+        drums=(None, None, "brushes"),
+        swing=(0, 0.1),
+        scales=("major", "minor", "dorian"),
+        progressions=("pop", "minor"),
+        bass=(None, ("piano", "walking")),
+        chords=(("piano", "arpeggio"), ("pad", "sustain")),
+        lead=(("piano", 3), ("flute", 2)),
+        drive=(0, 0),
+        lowpass=(5000, 10000),
+        reverb=(0.8, 1.8),
+        texture=(None, (0, 0)),
+    ),
 }
 _DEMO_CROSSOVER = 0.2  # probability that a clip borrows a trait group from another genre, per group
-_DEMO_TRAIT_GROUPS = (("tempo", "swing"), ("drums",), ("scales", "progressions"), ("bass", "chords"), ("lead",),
-                     ("drive", "lowpass", "reverb", "texture"))
+_DEMO_TRAIT_GROUPS = (
+    ("tempo", "swing"),
+    ("drums",),
+    ("scales", "progressions"),
+    ("bass", "chords"),
+    ("lead",),
+    ("drive", "lowpass", "reverb", "texture"),
+)
 # FMA's own genre ids, and two genres of FMA-medium whose tracks the demo lists without audio
-_FMA_GENRE_IDS = {"Hip-Hop": 21, "Pop": 10, "Folk": 17, "Rock": 12, "Experimental": 38, "International": 2,
-                 "Electronic": 15, "Instrumental": 1235, "Blues": 3, "Classical": 5}
-_WORDS = ("Amber Blue Broken Copper Crystal Distant Electric Golden Hollow Lonely Midnight Northern Paper "
-          "Quiet Silver Velvet").split(), ("Anchor Bridge Engine Garden Harbor Lantern Machine Meadow Mirror "
-                                          "Orchard River Signal Static Tide Window Winter").split()
+_FMA_GENRE_IDS = {
+    "Hip-Hop": 21,
+    "Pop": 10,
+    "Folk": 17,
+    "Rock": 12,
+    "Experimental": 38,
+    "International": 2,
+    "Electronic": 15,
+    "Instrumental": 1235,
+    "Blues": 3,
+    "Classical": 5,
+}
+_WORDS = (
+    (
+        "Amber Blue Broken Copper Crystal Distant Electric Golden Hollow Lonely Midnight Northern Paper "
+        "Quiet Silver Velvet"
+    ).split(),
+    (
+        "Anchor Bridge Engine Garden Harbor Lantern Machine Meadow Mirror "
+        "Orchard River Signal Static Tide Window Winter"
+    ).split(),
+)
 
 
 def make_demo_dataset(
@@ -4402,8 +5016,10 @@ def make_demo_dataset(
     metadata = _demo_metadata(params)
     small = metadata[metadata["set", "subset"] == "small"]
     broken_id = small.index[small["set", "split"] == "training"].min()
-    jobs = [(str(audio_path(partial, track_id)), genre, clip_number, bool(track_id == broken_id))
-            for clip_number, (track_id, genre) in enumerate(small["track", "genre_top"].items())]
+    jobs = [
+        (str(audio_path(partial, track_id)), genre, clip_number, bool(track_id == broken_id))
+        for clip_number, (track_id, genre) in enumerate(small["track", "genre_top"].items())
+    ]
     if workers is None:  # a worker process takes about a second to start: not worth it for a few clips
         workers = min(_available_cores(), int(len(jobs) * params["seconds"] // _DEMO_SECONDS_PER_WORKER))
     with tqdm(total=len(jobs), desc="demo clips", unit="clip", mininterval=1, disable=not progress) as bar:
@@ -4451,16 +5067,25 @@ def _demo_metadata(params: dict) -> pd.DataFrame:
         ("album", "id"): rng.integers(1, 22_000, size=n),
         ("album", "title"): [f"{rng.choice(_WORDS[0])} {rng.choice(_WORDS[1])}s" for _ in range(n)],
         ("artist", "id"): artist_numbers + 100 * np.array([_FMA_GENRE_IDS.get(g, 0) for g in genre]),
-        ("artist", "name"): [f"The {_WORDS[0][a]} {g.replace('-', ' ')} Ensemble" for a, g in zip(artist_numbers, genre)],
+        ("artist", "name"): [
+            f"The {_WORDS[0][a]} {g.replace('-', ' ')} Ensemble" for a, g in zip(artist_numbers, genre)
+        ],
         ("set", "split"): split,
         ("set", "subset"): subset,
         ("track", "bit_rate"): 80_000,
-        ("track", "date_created"): pd.Timestamp("2008-11-26") + pd.to_timedelta(rng.integers(0, 3000 * 86400, size=n), unit="s"),
+        ("track", "date_created"): pd.Timestamp("2008-11-26")
+        + pd.to_timedelta(rng.integers(0, 3000 * 86400, size=n), unit="s"),
         ("track", "duration"): rng.integers(90, 420, size=n),  # s, the full track's; the clip is an excerpt
         ("track", "genre_top"): genre,
         ("track", "genres"): [f"[{_FMA_GENRE_IDS.get(g, 0)}]" for g in genre],
-        ("track", "license"): rng.choice(["Attribution-NonCommercial-ShareAlike 3.0 International",
-                                          "Attribution 4.0 International", "Creative Commons Attribution"], size=n),
+        ("track", "license"): rng.choice(
+            [
+                "Attribution-NonCommercial-ShareAlike 3.0 International",
+                "Attribution 4.0 International",
+                "Creative Commons Attribution",
+            ],
+            size=n,
+        ),
         ("track", "listens"): rng.integers(50, 20_000, size=n),
         ("track", "title"): [f"{rng.choice(_WORDS[0])} {rng.choice(_WORDS[1])}" for _ in range(n)],
     }
@@ -4517,8 +5142,14 @@ def synthesize_clip(genre: str, n_samples: int, sr: int, rng: np.random.Generato
     if bass := pick(recipe["bass"]):
         voice, rhythm = bass
         for bar, degree in enumerate(chord_roots):
-            hits = {"root": (0, 8), "eighths": range(0, 16, 2), "offbeat": (2, 6, 10, 14), "kick": (0, 7, 10),
-                    "walking": (0, 4, 8, 12), "drone": (0,)}[rhythm]
+            hits = {
+                "root": (0, 8),
+                "eighths": range(0, 16, 2),
+                "offbeat": (2, 6, 10, 14),
+                "kick": (0, 7, 10),
+                "walking": (0, 4, 8, 12),
+                "drone": (0,),
+            }[rhythm]
             for i, s in enumerate(hits):
                 length = {"drone": 16, "kick": 5, "root": 8}.get(rhythm, 2 if rhythm != "walking" else 4)
                 note = midi(degree + (i % 3 if rhythm == "walking" else 0))
@@ -4531,8 +5162,13 @@ def synthesize_clip(genre: str, n_samples: int, sr: int, rng: np.random.Generato
             triad = [midi(degree + d, 1) for d in (0, 2, 4)]
             if rhythm == "power":
                 triad = [midi(degree, 1), midi(degree, 1) + 7, midi(degree, 2)]
-            starts = {"sustain": (0,), "strum": (0, 4, 8, 12), "stabs": (3, 6, 11, 14), "power": range(0, 16, 2),
-                      "arpeggio": range(0, 16, 2)}[rhythm]
+            starts = {
+                "sustain": (0,),
+                "strum": (0, 4, 8, 12),
+                "stabs": (3, 6, 11, 14),
+                "power": range(0, 16, 2),
+                "arpeggio": range(0, 16, 2),
+            }[rhythm]
             length = {"sustain": 16, "strum": 6, "stabs": 1.5, "power": 2, "arpeggio": 3}[rhythm]
             for i, s in enumerate(starts):
                 chord = [triad[i % 3] + 12 * (i % 6 >= 3)] if rhythm == "arpeggio" else triad
@@ -4547,7 +5183,15 @@ def synthesize_clip(genre: str, n_samples: int, sr: int, rng: np.random.Generato
                 continue
             leap = rng.integers(-5, 6) if progression is None else rng.choice([-2, -1, -1, 0, 1, 1, 2])
             degree = int(np.clip(degree + leap, -2, len(scale) + 4))
-            notes.append((voice, time_of(s), 16 // notes_per_bar * step * 0.9, midi(degree, 2), gain["lead"] * rng.uniform(0.5, 0.7)))
+            notes.append(
+                (
+                    voice,
+                    time_of(s),
+                    16 // notes_per_bar * step * 0.9,
+                    midi(degree, 2),
+                    gain["lead"] * rng.uniform(0.5, 0.7),
+                )
+            )
     drive = rng.uniform(*recipe["drive"])
     for voice, start, duration, note, velocity in notes:
         freq = 440.0 * 2 ** ((note - 69) / 12)
@@ -4560,7 +5204,13 @@ def synthesize_clip(genre: str, n_samples: int, sr: int, rng: np.random.Generato
     elif texture == "wind":  # band-passed noise swelling and fading
         band = _butter("bandpass", np.sort(rng.uniform(200, 6000, 2)) + [0, 300], sr)
         swell = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.05, 0.4) * np.arange(n_samples) / sr + rng.uniform(0, 6))
-        mix += rng.uniform(*levels) * 6 * signal.sosfilt(band, rng.normal(0, 1, n_samples)) * swell * max(np.abs(mix).max(), 0.1)
+        mix += (
+            rng.uniform(*levels)
+            * 6
+            * signal.sosfilt(band, rng.normal(0, 1, n_samples))
+            * swell
+            * max(np.abs(mix).max(), 0.1)
+        )
     reverb_s = rng.uniform(*recipe["reverb"])
     impulse = rng.normal(0, 1, int(reverb_s * sr)) * np.exp(-6.9 * np.arange(int(reverb_s * sr)) / (reverb_s * sr))
     wet = signal.fftconvolve(mix, impulse)[:n_samples]
@@ -4628,7 +5278,9 @@ def _voice(name: str, freq: float, n: int, sr: int, rng: np.random.Generator, dr
             tone = np.tanh(4 * tone)
     elif name == "piano":  # additive, higher partials slightly sharp and dying faster
         partials = [k for k in range(1, 9) if k * freq < sr / 2.2]
-        tone = sum(np.sin(2 * np.pi * k * freq * (1 + 0.0004 * k * k) * t) * np.exp(-t * (1.5 + 0.8 * k)) / k for k in partials)
+        tone = sum(
+            np.sin(2 * np.pi * k * freq * (1 + 0.0004 * k * k) * t) * np.exp(-t * (1.5 + 0.8 * k)) / k for k in partials
+        )
     elif name in ("fm", "bell"):  # FM: electric piano (ratio 1) or inharmonic bell (ratio 3.5)
         ratio, env = (1.0, np.exp(-t / 0.6)) if name == "fm" else (3.5, np.exp(-t / 1.2))
         tone = env * np.sin(2 * np.pi * freq * t + rng.uniform(1, 4) * env * np.sin(2 * np.pi * ratio * freq * t))
@@ -4667,6 +5319,7 @@ def _karplus_strong(freq: float, n: int, sr: int, rng: np.random.Generator, loss
 
 # ── Command line: python genre_utils.py download | demo-data | report | predict | musicnn-weights ──
 
+
 def main(argv: list[str] | None = None) -> int:
     """The command line: `python genre_utils.py [--profile P] [--data DIR] <command>`; returns the exit status."""
     import argparse
@@ -4679,15 +5332,24 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(run=_cli_demo_data)
     download = commands.add_parser(
-        "download", help="download, verify and unpack FMA into the data root (default: the seed preset's, data/fma), "
-                         "then check it"
+        "download",
+        help="download, verify and unpack FMA into the data root (default: the seed preset's, data/fma), then check it",
     )
-    download.add_argument("archives", nargs="*", default=["metadata", "small"], metavar="ARCHIVE",
-                          help=f"any of {', '.join(FMA_ARCHIVES)} (default: metadata small)")
+    download.add_argument(
+        "archives",
+        nargs="*",
+        default=["metadata", "small"],
+        metavar="ARCHIVE",
+        help=f"any of {', '.join(FMA_ARCHIVES)} (default: metadata small)",
+    )
     download.add_argument("--base-url", help=f"where the zips are (default: ${FMA_URL_VARIABLE}, else {FMA_BASE_URL})")
-    download.add_argument("--sha1", action="append", default=[], metavar="NAME=HEX",
-                          help="expected SHA-1 of an archive, e.g. fma_small.zip=<40 hex digits>, for a mirror that "
-                               "repacks (repeatable)")
+    download.add_argument(
+        "--sha1",
+        action="append",
+        default=[],
+        metavar="NAME=HEX",
+        help="expected SHA-1 of an archive, e.g. fma_small.zip=<40 hex digits>, for a mirror that repacks (repeatable)",
+    )
     download.add_argument("--quiet", action="store_true", help="no progress bars")
     download.set_defaults(run=_cli_download, default_profile="seed")
     report = commands.add_parser("report", help="export the executed notebooks as one HTML page in report/")
@@ -4696,7 +5358,9 @@ def main(argv: list[str] | None = None) -> int:
         "predict", help="top genres of audio files of any length, with a trained run (excerpts averaged)"
     )
     predict.add_argument("songs", nargs="+", metavar="SONG", help="audio files (mp3, wav, flac, ogg, ...)")
-    predict.add_argument("--run", required=True, dest="run_dir", help="run folder written by training, e.g. runs/demo-full")
+    predict.add_argument(
+        "--run", required=True, dest="run_dir", help="run folder written by training, e.g. runs/demo-full"
+    )
     predict.add_argument("--top", type=int, default=3, help="genres to list per file (default 3)")
     predict.add_argument("--plot", help="save a timeline of the window predictions to this image file")
     predict.set_defaults(run=_cli_predict)
@@ -4753,8 +5417,9 @@ def _cli_predict(cfg: Config, args) -> int:
     if (Path(args.run_dir) / "classifier.joblib").is_file():
         classifier, run_cfg, info = load_embedding_run(args.run_dir)
         network = load_musicnn()
-        predict = functools.partial(predict_file_embeddings, classifier=classifier, cfg=run_cfg, info=info,
-                                    model=network)
+        predict = functools.partial(
+            predict_file_embeddings, classifier=classifier, cfg=run_cfg, info=info, model=network
+        )
     else:
         model, run_cfg, _ = load_run(args.run_dir)
         predict = functools.partial(predict_file, model=model, cfg=run_cfg)
@@ -4768,8 +5433,10 @@ def _cli_predict(cfg: Config, args) -> int:
             continue
         probabilities = windows.mean().sort_values(ascending=False)
         seconds = windows.index[-1] + run_cfg.clip_seconds
-        print(f"{song}: {len(windows)} window{'s' * (len(windows) > 1)} of {run_cfg.clip_seconds:g} s "
-              f"(to {seconds:.1f} s)")
+        print(
+            f"{song}: {len(windows)} window{'s' * (len(windows) > 1)} of {run_cfg.clip_seconds:g} s "
+            f"(to {seconds:.1f} s)"
+        )
         for rank, (genre, probability) in enumerate(probabilities.head(args.top).items(), start=1):
             print(f"  {rank}. {genre:<14} {probability:6.1%}")
         if args.plot:

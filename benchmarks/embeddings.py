@@ -53,11 +53,14 @@ def main() -> None:
         else:
             (tmp / "audio").mkdir()
             paths = synthesize_clips(tmp / "audio", args.clips, args.seconds)
-        tracks = pd.DataFrame({"genre": [cfg.genres[i % len(cfg.genres)] for i in range(len(paths))],
-                               "split": "training", "path": paths},
-                              index=pd.Index(range(len(paths)), name="track_id"))
-        print(f"{len(paths)} clips of {args.seconds:g} s ({int(args.seconds // 3)} patches of 3 s each); "
-              f"{gu._available_cores()} cores")
+        tracks = pd.DataFrame(
+            {"genre": [cfg.genres[i % len(cfg.genres)] for i in range(len(paths))], "split": "training", "path": paths},
+            index=pd.Index(range(len(paths)), name="track_id"),
+        )
+        print(
+            f"{len(paths)} clips of {args.seconds:g} s ({int(args.seconds // 3)} patches of 3 s each); "
+            f"{gu._available_cores()} cores"
+        )
 
         model = gu.load_musicnn()
         plain_embedding(paths[0], model, args.seconds)  # warm-up: imports, first calls, graph tracing
@@ -65,8 +68,10 @@ def main() -> None:
         reference = np.stack([plain_embedding(path, model, args.seconds) for path in paths])
         timings = {"(a) plain per-file loop, 1 process": time.perf_counter() - start}
         results = {}
-        for name, workers in (("(b) pretrained_embeddings, 1 process", 1),
-                              (f"(c) pretrained_embeddings, {args.workers} processes", args.workers)):
+        for name, workers in (
+            ("(b) pretrained_embeddings, 1 process", 1),
+            (f"(c) pretrained_embeddings, {args.workers} processes", args.workers),
+        ):
             start = time.perf_counter()
             results[name] = gu.pretrained_embeddings(tracks, cfg, cache_dir=tmp / f"cache{workers}", workers=workers)
             timings[name] = time.perf_counter() - start
@@ -76,11 +81,20 @@ def main() -> None:
             embeddings = results.get(name)
             difference = 0.0 if embeddings is None else float(np.abs(embeddings.to_numpy() - reference).max())
             rate = len(paths) / seconds
-            rows.append({"variant": name, "seconds": seconds, "clips/s": rate, "vs plain loop": rate / base_rate,
-                         "max |diff|": difference})
+            rows.append(
+                {
+                    "variant": name,
+                    "seconds": seconds,
+                    "clips/s": rate,
+                    "vs plain loop": rate / base_rate,
+                    "max |diff|": difference,
+                }
+            )
         print(pd.DataFrame(rows).set_index("variant").to_string(float_format=lambda x: f"{x:.3g}"))
-        print("(b) and (c) include their start-up: (c) starts one process per worker, each importing Keras and "
-              "building the network; a larger --clips shows the steady rate")
+        print(
+            "(b) and (c) include their start-up: (c) starts one process per worker, each importing Keras and "
+            "building the network; a larger --clips shows the steady rate"
+        )
 
 
 if __name__ == "__main__":

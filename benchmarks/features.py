@@ -33,7 +33,9 @@ def synthesize_clips(folder: Path, n_clips: int, seconds: float, seed: int = 0) 
     paths = []
     for number in range(n_clips):
         chord = 110 * 2 ** (rng.integers(0, 24, size=3) / 12)
-        tones = sum(np.sin(2 * np.pi * f * t) * (0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(0.1, 1) * t)) for f in chord)
+        tones = sum(
+            np.sin(2 * np.pi * f * t) * (0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(0.1, 1) * t)) for f in chord
+        )
         beat = rng.standard_normal(t.size) * np.exp(-((t * rng.uniform(1.5, 3.0)) % 1.0) * 30)
         y = 0.2 * tones / len(chord) + 0.2 * beat
         path = folder / f"{number:06d}.mp3"
@@ -49,10 +51,20 @@ def baseline_features(path: Path, cfg: gu.Config) -> tuple[np.ndarray, np.ndarra
     y, sr = librosa.load(path, sr=cfg.sample_rate, duration=cfg.clip_seconds)
     y = librosa.util.fix_length(y, size=cfg.n_samples)
     mel = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=cfg.n_fft, hop_length=cfg.hop_length, n_mels=cfg.n_mels)
-    constant_q = np.abs(librosa.cqt(y, sr=sr, hop_length=cfg.hop_length, fmin=cfg.cqt_fmin,
-                                    n_bins=cfg.cqt_bins, bins_per_octave=cfg.cqt_bins_per_octave))
-    return (librosa.power_to_db(mel, ref=np.max, top_db=gu.TOP_DB),
-            librosa.amplitude_to_db(constant_q, ref=np.max, top_db=gu.TOP_DB))
+    constant_q = np.abs(
+        librosa.cqt(
+            y,
+            sr=sr,
+            hop_length=cfg.hop_length,
+            fmin=cfg.cqt_fmin,
+            n_bins=cfg.cqt_bins,
+            bins_per_octave=cfg.cqt_bins_per_octave,
+        )
+    )
+    return (
+        librosa.power_to_db(mel, ref=np.max, top_db=gu.TOP_DB),
+        librosa.amplitude_to_db(constant_q, ref=np.max, top_db=gu.TOP_DB),
+    )
 
 
 def main() -> None:
@@ -71,11 +83,14 @@ def main() -> None:
         else:
             (tmp / "audio").mkdir()
             paths = synthesize_clips(tmp / "audio", args.clips, args.seconds)
-        tracks = pd.DataFrame({"genre": [cfg.genres[i % len(cfg.genres)] for i in range(len(paths))],
-                               "split": "training", "path": paths},
-                              index=pd.Index(range(len(paths)), name="track_id"))
-        print(f"{len(paths)} clips, {cfg.sample_rate} Hz, {cfg.clip_seconds:g} s, {cfg.n_mels} mel bands, "
-              f"{cfg.cqt_bins} CQT bins; {gu._available_cores()} cores")
+        tracks = pd.DataFrame(
+            {"genre": [cfg.genres[i % len(cfg.genres)] for i in range(len(paths))], "split": "training", "path": paths},
+            index=pd.Index(range(len(paths)), name="track_id"),
+        )
+        print(
+            f"{len(paths)} clips, {cfg.sample_rate} Hz, {cfg.clip_seconds:g} s, {cfg.n_mels} mel bands, "
+            f"{cfg.cqt_bins} CQT bins; {gu._available_cores()} cores"
+        )
 
         baseline_features(paths[0], cfg)  # warm-up: imports and librosa's first-call compilation
         start = time.perf_counter()
@@ -110,13 +125,22 @@ def main() -> None:
                     for i, (mel, constant_q) in enumerate(reference)
                 )
             rate = clips / seconds
-            rows.append({"variant": name, "seconds": seconds, "clips/s": rate, "vs baseline": rate / base_rate,
-                         "max |diff| dB": difference})
+            rows.append(
+                {
+                    "variant": name,
+                    "seconds": seconds,
+                    "clips/s": rate,
+                    "vs baseline": rate / base_rate,
+                    "max |diff| dB": difference,
+                }
+            )
         table = pd.DataFrame(rows).set_index("variant")
         print(table.to_string(float_format=lambda x: f"{x:.3g}"))
         best = table["clips/s"].max()
-        print(f"projected for FMA-small ({FMA_SMALL_CLIPS:,} clips of 30 s) at {best:.3g} clips/s: "
-              f"{FMA_SMALL_CLIPS / best / 60:.1f} min (baseline: {FMA_SMALL_CLIPS / base_rate / 60:.1f} min)")
+        print(
+            f"projected for FMA-small ({FMA_SMALL_CLIPS:,} clips of 30 s) at {best:.3g} clips/s: "
+            f"{FMA_SMALL_CLIPS / best / 60:.1f} min (baseline: {FMA_SMALL_CLIPS / base_rate / 60:.1f} min)"
+        )
         if len(timings) == 3:
             print(f"worker start-up ({startup:.1f} s) dominates (c): pass more --clips for its steady rate")
         if args.audio_dir is None and args.seconds != 30.0:

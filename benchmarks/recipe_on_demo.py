@@ -40,13 +40,17 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, float_format="%.6g")
     base = table.loc["demo"]
-    print(f"{gu.describe_dataset(demo)}; {len(features.rows('validation'))} validation and "
-          f"{len(features.rows('test'))} test clips\n")
+    print(
+        f"{gu.describe_dataset(demo)}; {len(features.rows('validation'))} validation and "
+        f"{len(features.rows('test'))} test clips\n"
+    )
     print(f"{'preset':<8} {'epochs':>6} {'train s':>8} {'time vs demo':>12} {'validation':>10} {'test':>6}")
     for preset, row in table.iterrows():
-        print(f"{preset:<8} {row['epochs']:>6} {row['train_seconds']:>8.0f} "
-              f"{row['train_seconds'] / base['train_seconds']:>11.2f}x {row['val_accuracy']:>10.3f} "
-              f"{row['test_accuracy']:>6.3f}")
+        print(
+            f"{preset:<8} {row['epochs']:>6} {row['train_seconds']:>8.0f} "
+            f"{row['train_seconds'] / base['train_seconds']:>11.2f}x {row['val_accuracy']:>10.3f} "
+            f"{row['test_accuracy']:>6.3f}"
+        )
     print(f"\nwritten: {args.out}")
     return 0
 

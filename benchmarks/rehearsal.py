@@ -75,8 +75,11 @@ def run_step(step: str, work: Path, clips_per_genre: int, train_clips: int | Non
 
             setattr(gu, name, timed)
         features = gu.extract_features(tracks, cfg)
-        return {"clips": len(features.index), "finish_seconds": round(timings.get("_finish_partial", 0), 1),
-                "stats_seconds": round(timings.get("_band_stats", 0), 1)}
+        return {
+            "clips": len(features.index),
+            "finish_seconds": round(timings.get("_finish_partial", 0), 1),
+            "stats_seconds": round(timings.get("_band_stats", 0), 1),
+        }
     if step == "train":
         features = gu.extract_features(tracks, cfg)
         if train_clips:  # an epoch over the first clips of each split only; the others are set aside
@@ -94,9 +97,12 @@ def run_step(step: str, work: Path, clips_per_genre: int, train_clips: int | Non
         model = gu.build_model(cfg)
         history = gu.train(model, features, cfg.replace(epochs=1), cfg.runs_dir / "rehearsal", verbose=0)
         clips = len(features.rows("training"))
-        return {"clips": clips, "epoch_seconds": round(float(history["epoch_seconds"].iloc[-1]), 1),
-                "loader_clips_per_s": round(loader_rate, 1),
-                "val_accuracy": round(float(history["val_accuracy"].iloc[-1]), 3)}
+        return {
+            "clips": clips,
+            "epoch_seconds": round(float(history["epoch_seconds"].iloc[-1]), 1),
+            "loader_clips_per_s": round(loader_rate, 1),
+            "val_accuracy": round(float(history["val_accuracy"].iloc[-1]), 3),
+        }
     raise ValueError(step)
 
 
@@ -127,8 +133,16 @@ def tree_memory(process) -> tuple[int, int]:
 
 def measure(step: str, work: Path, clips_per_genre: int, train_clips: int | None) -> dict:
     """Run `step` in a child process, sampling the memory of its process tree; returns its measures."""
-    command = [sys.executable, __file__, "--child", step, "--work", str(work),
-               "--clips-per-genre", str(clips_per_genre)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        step,
+        "--work",
+        str(work),
+        "--clips-per-genre",
+        str(clips_per_genre),
+    ]
     if train_clips:
         command += ["--train-clips", str(train_clips)]
     start = time.perf_counter()
@@ -154,8 +168,11 @@ def measure(step: str, work: Path, clips_per_genre: int, train_clips: int | None
     if child.returncode or not results:
         raise SystemExit(f"step {step} failed (exit {child.returncode}):\n{err[-3000:]}")
     measured = json.loads(results[-1].removeprefix("RESULT "))
-    measured.update(wall_seconds=round(wall, 1), tree_peak_mib=round(peak / 2**20),
-                    tree_anonymous_peak_mib=round(peak_anonymous / 2**20))
+    measured.update(
+        wall_seconds=round(wall, 1),
+        tree_peak_mib=round(peak / 2**20),
+        tree_anonymous_peak_mib=round(peak_anonymous / 2**20),
+    )
     return measured
 
 
@@ -169,16 +186,32 @@ FOLDERS = {"data": "fma", "features": "cache", "train": "runs"}  # what each ste
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips-per-genre", type=int, default=FMA_SMALL_CLIPS_PER_GENRE,
-                        help=f"clips per genre (default {FMA_SMALL_CLIPS_PER_GENRE}, FMA-small's)")
-    parser.add_argument("--work", type=Path, default=ROOT / "data" / "rehearsal",
-                        help="folder for the dataset, cache and run (default data/rehearsal)")
-    parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS),
-                        help="steps to run (default all); each empties what it writes first, later steps "
-                             "use what earlier runs left")
-    parser.add_argument("--train-clips", type=int, default=None,
-                        help="train the epoch on this many training clips (and validate on an eighth as many, "
-                             "FMA's ratio) instead of the whole splits, on a slow machine; times are scaled up")
+    parser.add_argument(
+        "--clips-per-genre",
+        type=int,
+        default=FMA_SMALL_CLIPS_PER_GENRE,
+        help=f"clips per genre (default {FMA_SMALL_CLIPS_PER_GENRE}, FMA-small's)",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=ROOT / "data" / "rehearsal",
+        help="folder for the dataset, cache and run (default data/rehearsal)",
+    )
+    parser.add_argument(
+        "--steps",
+        nargs="+",
+        choices=STEPS,
+        default=list(STEPS),
+        help="steps to run (default all); each empties what it writes first, later steps use what earlier runs left",
+    )
+    parser.add_argument(
+        "--train-clips",
+        type=int,
+        default=None,
+        help="train the epoch on this many training clips (and validate on an eighth as many, "
+        "FMA's ratio) instead of the whole splits, on a slow machine; times are scaled up",
+    )
     parser.add_argument("--child", choices=STEPS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -190,8 +223,10 @@ def main(argv=None) -> None:
         if step in FOLDERS:
             shutil.rmtree(work / FOLDERS[step], ignore_errors=True)
     n_clips = 8 * args.clips_per_genre
-    print(f"rehearsal: seed preset, 8 genres x {args.clips_per_genre} clips of 30 s in {work}; "
-          f"{gu._available_cores()} cores, load average {os.getloadavg()[0]:.1f} at the start")
+    print(
+        f"rehearsal: seed preset, 8 genres x {args.clips_per_genre} clips of 30 s in {work}; "
+        f"{gu._available_cores()} cores, load average {os.getloadavg()[0]:.1f} at the start"
+    )
     rows = []
     for step in (step for step in STEPS if step in args.steps):
         measured = measure(step, work, args.clips_per_genre, args.train_clips)
@@ -200,8 +235,10 @@ def main(argv=None) -> None:
         print(f"  {step}: {json.dumps(measured)}", flush=True)
 
     def table(full: bool) -> None:
-        print(f"{'step':<9} {'clips':>6} {'wall s':>8} {'clips/s':>8} {'peak RSS MiB':>12} {'all procs':>10} "
-              f"{'anonymous':>10} {'writes GiB':>10}")
+        print(
+            f"{'step':<9} {'clips':>6} {'wall s':>8} {'clips/s':>8} {'peak RSS MiB':>12} {'all procs':>10} "
+            f"{'anonymous':>10} {'writes GiB':>10}"
+        )
         for step, measured in rows:
             clips, seconds, disk = measured["clips"], measured["wall_seconds"], measured["disk_gib"]
             if full:  # the clips of FMA-small this step handles
@@ -211,22 +248,28 @@ def main(argv=None) -> None:
                 else:
                     seconds, disk = seconds * target / clips, disk * target / clips
                 clips = target
-            print(f"{step:<9} {clips:>6} {seconds:>8.0f} {clips / seconds:>8.2f} {measured['self_peak_mib']:>12} "
-                  f"{measured['tree_peak_mib']:>10} {measured['tree_anonymous_peak_mib']:>10} {disk:>10.2f}")
+            print(
+                f"{step:<9} {clips:>6} {seconds:>8.0f} {clips / seconds:>8.2f} {measured['self_peak_mib']:>12} "
+                f"{measured['tree_peak_mib']:>10} {measured['tree_anonymous_peak_mib']:>10} {disk:>10.2f}"
+            )
 
     print(f"\nmeasured, {n_clips} clips:")
     table(full=False)
-    print(f"\nextrapolated to FMA-small ({8 * FMA_SMALL_CLIPS_PER_GENRE} clips, {FMA_SMALL_TRAINING} of them for "
-          "training): wall time and what data and cache write grow with the clips (each step's fixed start-up, "
-          "imports and model building are scaled too: slight overestimates); the run folder's checkpoints do not; "
-          "memory as measured (no step holds more than a batch or a clip per process; the memory maps' file "
-          "pages, counted in 'all procs', are the kernel's page cache)")
+    print(
+        f"\nextrapolated to FMA-small ({8 * FMA_SMALL_CLIPS_PER_GENRE} clips, {FMA_SMALL_TRAINING} of them for "
+        "training): wall time and what data and cache write grow with the clips (each step's fixed start-up, "
+        "imports and model building are scaled too: slight overestimates); the run folder's checkpoints do not; "
+        "memory as measured (no step holds more than a batch or a clip per process; the memory maps' file "
+        "pages, counted in 'all procs', are the kernel's page cache)"
+    )
     table(full=True)
     train = dict(rows).get("train")
     if train:
-        print(f"\ntraining: {train['clips'] / train['epoch_seconds']:.2f} clips/s in the epoch "
-              f"({train['clips']} clips in {train['epoch_seconds']} s with validation); the batches alone "
-              f"(memory maps read, normalised, one process): {train['loader_clips_per_s']} clips/s")
+        print(
+            f"\ntraining: {train['clips'] / train['epoch_seconds']:.2f} clips/s in the epoch "
+            f"({train['clips']} clips in {train['epoch_seconds']} s with validation); the batches alone "
+            f"(memory maps read, normalised, one process): {train['loader_clips_per_s']} clips/s"
+        )
 
 
 if __name__ == "__main__":

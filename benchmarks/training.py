@@ -114,8 +114,9 @@ def _seconds(work) -> float:
 class Variant:
     """One model under one setting, compiled and warmed up, ready to time training steps."""
 
-    def __init__(self, name: str, cfg: gu.Config, batch: int, compile_options: dict, device: str | None,
-                 policy: str = "float32"):
+    def __init__(
+        self, name: str, cfg: gu.Config, batch: int, compile_options: dict, device: str | None, policy: str = "float32"
+    ):
         keras = gu.import_keras()
 
         self.name, self.cfg, self.batch, self.device, self.policy = name, cfg, batch, device, policy
@@ -126,11 +127,16 @@ class Variant:
         with self._on_device():
             keras.utils.set_random_seed(cfg.seed)
             self.model = gu.build_model(cfg)
-            self.x = {t.name: rng.uniform(-80, 0, (batch, heights[t.name], frames, 1)).astype(np.float16)
-                      for t in self.model.inputs}  # dB values as cached
+            self.x = {
+                t.name: rng.uniform(-80, 0, (batch, heights[t.name], frames, 1)).astype(np.float16)
+                for t in self.model.inputs
+            }  # dB values as cached
             self.y = rng.integers(0, len(cfg.genres), batch).astype(np.int32)
-            self.model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
-                               loss="sparse_categorical_crossentropy", **compile_options)
+            self.model.compile(
+                optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                loss="sparse_categorical_crossentropy",
+                **compile_options,
+            )
             self.model.train_on_batch(self.x, self.y)  # warm-up: tracing, compilation, allocation
         keras.mixed_precision.set_global_policy("float32")
         self.forward = forward_flops(self.model, cfg, frames)
@@ -156,8 +162,9 @@ class Variant:
         return statistics.median(self.speeds)
 
 
-def variants_of(model_name: str, compare: list[str], batch: int | None, device: str | None,
-                precisions: list[str]) -> list[tuple[str, gu.Config, int, dict, str]]:
+def variants_of(
+    model_name: str, compare: list[str], batch: int | None, device: str | None, precisions: list[str]
+) -> list[tuple[str, gu.Config, int, dict, str]]:
     """(label, cfg, batch, compile options, policy) of every variant of one model to measure."""
     cfg = model_config(model_name)
     batch = batch or cfg.batch_size
@@ -167,8 +174,11 @@ def variants_of(model_name: str, compare: list[str], batch: int | None, device: 
     if "jit" in compare:
         options = [(f"jit_compile={jit}", cfg, batch, {"jit_compile": jit}, precisions[0]) for jit in (False, True)]
     if "batch" in compare:
-        options = [(f"{label} batch {b}".strip(), cfg, b, extra, policy)
-                   for label, cfg, _, extra, policy in options for b in sorted({batch // 2, batch, batch * 2})]
+        options = [
+            (f"{label} batch {b}".strip(), cfg, b, extra, policy)
+            for label, cfg, _, extra, policy in options
+            for b in sorted({batch // 2, batch, batch * 2})
+        ]
     return options
 
 
@@ -180,8 +190,9 @@ def run_training(args) -> None:
     matmul_rates = {policy: [] for policy in args.precision}
     for model_name in args.models:
         variants = []
-        for label, cfg, batch, options, policy in variants_of(model_name, args.compare, args.batch,
-                                                                args.device, args.precision):
+        for label, cfg, batch, options, policy in variants_of(
+            model_name, args.compare, args.batch, args.device, args.precision
+        ):
             variants.append(Variant(f"{label} {policy}".strip(), cfg, batch, options, args.device, policy))
         for _ in range(args.rounds):
             for policy in args.precision:
@@ -192,14 +203,18 @@ def run_training(args) -> None:
         first = variants[0]
         cfg = first.cfg
         frames = input_frames(cfg)
-        print(f"{model_name}: {'+'.join(cfg.branches)}, mel {cfg.n_mels}x{frames}, CQT {cfg.cqt_bins}x{frames}; "
-              f"forward {first.forward / 1e9:.3f} GFLOP, training step {3 * first.forward / 1e9:.3f} GFLOP per clip")
+        print(
+            f"{model_name}: {'+'.join(cfg.branches)}, mel {cfg.n_mels}x{frames}, CQT {cfg.cqt_bins}x{frames}; "
+            f"forward {first.forward / 1e9:.3f} GFLOP, training step {3 * first.forward / 1e9:.3f} GFLOP per clip"
+        )
         print(f"  {'variant':<40} {'batch':>5} {'clips/s':>9} {'GFLOP/s':>9} {'of matmul':>9} {'vs first':>8}")
         for variant in variants:
             gflops = variant.clips_per_second * 3 * variant.forward / 1e9
-            print(f"  {variant.name:<40} {variant.batch:>5} {variant.clips_per_second:>9.2f} {gflops:>9.1f} "
-                  f"{gflops / matmul[variant.policy]:>8.1%} {variant.clips_per_second / first.clips_per_second:>7.2f}x",
-                  flush=True)
+            print(
+                f"  {variant.name:<40} {variant.batch:>5} {variant.clips_per_second:>9.2f} {gflops:>9.1f} "
+                f"{gflops / matmul[variant.policy]:>8.1%} {variant.clips_per_second / first.clips_per_second:>7.2f}x",
+                flush=True,
+            )
         where = "GPU" if gu.gpu_devices() else f"numpy float32 {MATMUL_SIZE}x{MATMUL_SIZE}"
         for policy, rate in matmul.items():
             print(f"  matmul reference ({where}, {policy}): {rate:.1f} GFLOP/s (median of {len(matmul_rates[policy])})")
@@ -214,9 +229,11 @@ def run_loader(args) -> None:
     with tempfile.TemporaryDirectory(prefix="genre-loader-") as folder:
         features = synthetic_cache(Path(folder), cfg, args.loader_clips)
         rows = features.rows("training")
-        print(f"synthetic seed-size cache: {len(features.index)} clips, mel {features.mel.shape[1:]}, "
-              f"CQT {features.cqt.shape[1:]} float16, {(features.mel.nbytes + features.cqt.nbytes) / 1e9:.2f} GB "
-              "on disk (in the page cache)")
+        print(
+            f"synthetic seed-size cache: {len(features.index)} clips, mel {features.mel.shape[1:]}, "
+            f"CQT {features.cqt.shape[1:]} float16, {(features.mel.nbytes + features.cqt.nbytes) / 1e9:.2f} GB "
+            "on disk (in the page cache)"
+        )
         excerpt = gu.chunk_frames(cfg)
         loaders = {
             "whole clips, shuffled": dict(shuffle=True),
@@ -245,8 +262,10 @@ def run_loader(args) -> None:
                         start = time.perf_counter()
                         list(pool.map(batches.__getitem__, range(len(batches))))
                         speeds[threaded].append(len(rows) / (time.perf_counter() - start))
-        print(f"{'loader (batch ' + str(cfg.batch_size) + ', median of ' + str(args.rounds) + ')':<55} "
-              f"{'clips/s':>9} {'vs before':>9}")
+        print(
+            f"{'loader (batch ' + str(cfg.batch_size) + ', median of ' + str(args.rounds) + ')':<55} "
+            f"{'clips/s':>9} {'vs before':>9}"
+        )
         for label, values in speeds.items():
             speed = statistics.median(values)
             print(f"{label:<55} {speed:>9.0f} {speed / statistics.median(speeds[baseline]):>8.1f}x")
@@ -256,12 +275,17 @@ def run_loader(args) -> None:
 def _normalising_loader_speed(features: gu.Features, rows: np.ndarray, cfg: gu.Config) -> float:
     """Clips/s of the loader before the model normalised its inputs: shuffled whole clips, an isfinite
     check, then per-band standardisation in float32 in numpy (the baseline of the loader rows)."""
-    scale = {name: (np.full((getattr(features, name).shape[1], 1), -40, np.float32),
-                    np.full((getattr(features, name).shape[1], 1), 23, np.float32)) for name in ("mel", "cqt")}
+    scale = {
+        name: (
+            np.full((getattr(features, name).shape[1], 1), -40, np.float32),
+            np.full((getattr(features, name).shape[1], 1), 23, np.float32),
+        )
+        for name in ("mel", "cqt")
+    }
     order = np.random.default_rng(0).permutation(rows)
     start = time.perf_counter()
     for first in range(0, len(order), cfg.batch_size):
-        batch = np.sort(order[first:first + cfg.batch_size])
+        batch = np.sort(order[first : first + cfg.batch_size])
         for name, (mean, std) in scale.items():
             clips = getattr(features, name)[batch]
             assert np.isfinite(clips).all()
@@ -276,14 +300,17 @@ def synthetic_cache(folder: Path, cfg: gu.Config, n_clips: int) -> gu.Features:
     rng = np.random.default_rng(0)
     splits = np.array(gu.SPLITS)[rng.choice(3, n_clips, p=[0.8, 0.1, 0.1])]
     labels = rng.integers(0, len(cfg.genres), n_clips)
-    index = pd.DataFrame({"genre": np.array(cfg.genres)[labels], "split": splits, "label": labels},
-                         index=pd.RangeIndex(n_clips, name="track_id"))
+    index = pd.DataFrame(
+        {"genre": np.array(cfg.genres)[labels], "split": splits, "label": labels},
+        index=pd.RangeIndex(n_clips, name="track_id"),
+    )
     for name, height in (("mel", cfg.n_mels), ("cqt", cfg.cqt_bins)):
-        array = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.float16,
-                                          shape=(n_clips, height, cfg.n_frames))
+        array = np.lib.format.open_memmap(
+            folder / f"{name}.npy", mode="w+", dtype=np.float16, shape=(n_clips, height, cfg.n_frames)
+        )
         for start in range(0, n_clips, 256):
             chunk = rng.uniform(-80, 0, (min(256, n_clips - start), height, cfg.n_frames))
-            array[start:start + 256] = chunk.astype(np.float16)
+            array[start : start + 256] = chunk.astype(np.float16)
         array.flush()
         del array
     mel = np.load(folder / "mel.npy", mmap_mode="r")
@@ -293,16 +320,31 @@ def synthetic_cache(folder: Path, cfg: gu.Config, n_clips: int) -> gu.Features:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["demo-full", "demo-chunked"], choices=MODELS,
-                        help="models to measure (default: the two demo ones)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["demo-full", "demo-chunked"],
+        choices=MODELS,
+        help="models to measure (default: the two demo ones)",
+    )
     parser.add_argument("--steps", type=int, default=2, help="timed steps per variant and round (default 2)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (default 3)")
     parser.add_argument("--batch", type=int, default=None, help="clips per step (default: the preset's, 32)")
-    parser.add_argument("--compare", nargs="*", default=[], choices=["jit", "batch"],
-                        help="compare jit_compile off/on and/or half, the preset's and double batch")
+    parser.add_argument(
+        "--compare",
+        nargs="*",
+        default=[],
+        choices=["jit", "batch"],
+        help="compare jit_compile off/on and/or half, the preset's and double batch",
+    )
     parser.add_argument("--device", default=None, help="keras device, e.g. cpu:0 or gpu:0 (default: Keras' choice)")
-    parser.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "mixed"],
-                        help="dtype policies; mixed = the one configure_devices picks for the GPU")
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["float32"],
+        choices=["float32", "mixed"],
+        help="dtype policies; mixed = the one configure_devices picks for the GPU",
+    )
     parser.add_argument("--loader", action="store_true", help="measure the batch loader alone instead")
     parser.add_argument("--loader-clips", type=int, default=2048, help="clips in the synthetic loader cache")
     args = parser.parse_args(argv)

@@ -24,8 +24,16 @@ def tone(seconds: float, sr: int = SR, freq: float = 440.0, amplitude: float = 0
     return amplitude * np.sin(2 * np.pi * freq * t)
 
 
-def write_tone(path: str | Path, seconds: float, freq: float = 440.0, *, sr: int = SR, amplitude: float = 0.5,
-               channels: int = 1, **options) -> Path:
+def write_tone(
+    path: str | Path,
+    seconds: float,
+    freq: float = 440.0,
+    *,
+    sr: int = SR,
+    amplitude: float = 0.5,
+    channels: int = 1,
+    **options,
+) -> Path:
     """Write `tone(...)` to `path` (format from the suffix, or soundfile `options` such as subtype);
     a second channel carries the tone at half the amplitude. Creates the folder; returns the path."""
     y = tone(seconds, sr, freq, amplitude)

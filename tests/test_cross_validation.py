@@ -15,8 +15,11 @@ def genre_labels(counts: dict[str, int], first_id: int = 10) -> pd.Series:
     """Genre per track_id, `counts[genre]` clips of each, genres interleaved along the ids."""
     genres = [g for g, n in counts.items() for _ in range(n)]
     order = np.random.default_rng(3).permutation(len(genres))
-    return pd.Series(np.asarray(genres)[order], index=pd.Index(np.arange(first_id, first_id + len(genres)),
-                                                              name="track_id"), name="genre")
+    return pd.Series(
+        np.asarray(genres)[order],
+        index=pd.Index(np.arange(first_id, first_id + len(genres)), name="track_id"),
+        name="genre",
+    )
 
 
 LABELS = genre_labels({"rock": 20, "pop": 15, "jazz": 10})
@@ -81,8 +84,9 @@ class Counting:
         test = split.index[split == "test"]
         majority = LABELS[split[split == "training"].index].value_counts().idxmax()
         guesses = [LABELS[t] if t in self.known else majority for t in test]
-        proba = pd.DataFrame([[float(g == genre) for genre in self.genres] for g in guesses], index=test,
-                             columns=self.genres)
+        proba = pd.DataFrame(
+            [[float(g == genre) for genre in self.genres] for g in guesses], index=test, columns=self.genres
+        )
         return gu.MethodResult(proba, parameters=3, train_seconds=0.5)
 
 
@@ -90,8 +94,9 @@ def test_cross_validate_scores_every_method_on_the_same_folds_and_resumes(tmp_pa
     cfg = TINY.replace(genres=("jazz", "pop", "rock"))
     oracle = Counting(cfg.genres, known=LABELS.index)
     majority = Counting(cfg.genres)
-    result = gu.cross_validate({"oracle": oracle, "majority": majority}, LABELS, cfg, folds=3, seed=1,
-                               out_dir=tmp_path, progress=False)
+    result = gu.cross_validate(
+        {"oracle": oracle, "majority": majority}, LABELS, cfg, folds=3, seed=1, out_dir=tmp_path, progress=False
+    )
     assert list(result.summary.columns) == list(gu.CV_COLUMNS)
     assert result.summary["method"].tolist() == ["oracle", "majority"]
     summary = result.summary.set_index("method")
@@ -107,8 +112,9 @@ def test_cross_validate_scores_every_method_on_the_same_folds_and_resumes(tmp_pa
     assert result.proba["oracle"].index.equals(LABELS.index.sort_values())  # every clip once
     assert (tmp_path / "oracle" / "fold-2" / "proba.csv").is_file() and (tmp_path / "folds.csv").is_file()
 
-    again = gu.cross_validate({"oracle": oracle, "majority": majority}, LABELS, cfg, folds=3, seed=1,
-                              out_dir=tmp_path, progress=False)
+    again = gu.cross_validate(
+        {"oracle": oracle, "majority": majority}, LABELS, cfg, folds=3, seed=1, out_dir=tmp_path, progress=False
+    )
     assert oracle.calls == majority.calls == 3, "finished folds are read back, not rerun"
     pd.testing.assert_frame_equal(again.summary, result.summary)
     majority.settings = {"fake": 2}  # other settings: its folds are rerun
@@ -132,8 +138,11 @@ def test_a_method_that_misses_test_clips_or_genres_is_named(tmp_path):
 def test_baseline_method_fits_the_non_test_clips_and_predicts_the_test_clips(tmp_path):
     rng = np.random.default_rng(0)
     centres = {"jazz": -2.0, "pop": 0.0, "rock": 2.0}
-    statistics = pd.DataFrame(rng.normal(size=(len(LABELS), 4)) * 0.3 + LABELS.map(centres).to_numpy()[:, None],
-                              index=LABELS.index, columns=[f"s{k}" for k in range(4)])
+    statistics = pd.DataFrame(
+        rng.normal(size=(len(LABELS), 4)) * 0.3 + LABELS.map(centres).to_numpy()[:, None],
+        index=LABELS.index,
+        columns=[f"s{k}" for k in range(4)],
+    )
     cfg = TINY.replace(genres=("jazz", "pop", "rock"))
     methods = {kind: gu.baseline_method(statistics, LABELS, kind) for kind in gu.BASELINE_KINDS}
     result = gu.cross_validate(methods, LABELS, cfg, folds=3, out_dir=tmp_path, progress=False)
@@ -158,6 +167,7 @@ def test_folder_genres_are_the_sub_folders_holding_audio(tmp_path):
 
 
 # ── The training recipe's pieces ──
+
 
 def test_spec_augment_masks_stripes_while_training_only():
     layer = gu._spec_augment_class()(time_masks=2, time_mask_frames=5, freq_masks=1, freq_mask_bins=3, seed=1)
@@ -187,11 +197,14 @@ def test_mixup_blends_inputs_and_one_hot_labels_of_a_batch():
     assert plain is inner and plain_loss == "sparse_categorical_crossentropy"
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(lr_schedule="linear"), "lr_schedule 'linear'"),
-    (dict(monitor="loss"), "monitor 'loss'"),
-    (dict(warmup_epochs=2.0), "warmup_epochs needs"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(lr_schedule="linear"), "lr_schedule 'linear'"),
+        (dict(monitor="loss"), "monitor 'loss'"),
+        (dict(warmup_epochs=2.0), "warmup_epochs needs"),
+    ],
+)
 def test_bad_recipe_settings_raise_config_error(changes, message):
     with pytest.raises(gu.ConfigError, match=message):
         gu._optimizer(TINY.replace(**changes), 10)
@@ -201,16 +214,26 @@ def test_cosine_schedule_warms_up_then_decays_and_weight_decay_uses_adamw():
     cfg = TINY.replace(lr_schedule="cosine", warmup_epochs=2.0, epochs=10, weight_decay=0.01)
     optimizer = gu._optimizer(cfg, steps_per_epoch=5)
     assert isinstance(optimizer, keras.optimizers.AdamW)
-    rate = [float(optimizer.learning_rate if not callable(optimizer._learning_rate) else
-                  optimizer._learning_rate(step)) for step in (0, 5, 10, 30, 50)]
+    rate = [
+        float(optimizer.learning_rate if not callable(optimizer._learning_rate) else optimizer._learning_rate(step))
+        for step in (0, 5, 10, 30, 50)
+    ]
     assert rate[0] < rate[1] < rate[2] == pytest.approx(cfg.learning_rate)
     assert rate[2] > rate[3] > rate[4] >= 0
 
 
 def test_the_seed_preset_stays_the_reports_recipe():
     seed = gu.get_config("seed")
-    assert (seed.mixup_alpha, seed.time_masks, seed.freq_masks, seed.gain_db, seed.label_smoothing,
-            seed.weight_decay, seed.warmup_epochs, seed.early_stopping) == (0, 0, 0, 0, 0, 0, 0, 0)
+    assert (
+        seed.mixup_alpha,
+        seed.time_masks,
+        seed.freq_masks,
+        seed.gain_db,
+        seed.label_smoothing,
+        seed.weight_decay,
+        seed.warmup_epochs,
+        seed.early_stopping,
+    ) == (0, 0, 0, 0, 0, 0, 0, 0)
     assert (seed.lr_schedule, seed.monitor, seed.train_mode) == ("step", "val_accuracy", "full")
     recipe = gu.get_config("recipe")
     features = {name: getattr(recipe, name) for name in gu.FEATURE_SETTINGS}
@@ -221,8 +244,17 @@ def test_the_seed_preset_stays_the_reports_recipe():
 def test_a_cnn_method_trains_one_fold_with_the_recipe_and_its_model_reloads(tmp_path):
     data = fake_features(n_train=24, n_val=8)
     labels = data.index["genre"]
-    cfg = TINY.replace(**{**gu.RECIPE_SETTINGS, "epochs": 1, "chunk_seconds": 0.5, "time_mask_frames": 4,
-                          "freq_mask_bins": 2, "gain_db": 3.0, "warmup_epochs": 0.5})
+    cfg = TINY.replace(
+        **{
+            **gu.RECIPE_SETTINGS,
+            "epochs": 1,
+            "chunk_seconds": 0.5,
+            "time_mask_frames": 4,
+            "freq_mask_bins": 2,
+            "gain_db": 3.0,
+            "warmup_epochs": 0.5,
+        }
+    )
     method = gu.cnn_method(data, cfg)
     assignment = gu.cross_validation_folds(labels, folds=4, seed=0)
     split = assignment[0]

@@ -22,15 +22,25 @@ def write_tracks_csv(root: Path, rows: dict[int, dict], drop: tuple = ()) -> Pat
 
 
 def fma_row(genre, split="training", subset="small", title="A Song", artist="An Artist"):
-    return {("artist", "name"): artist, ("set", "split"): split, ("set", "subset"): subset,
-            ("track", "genre_top"): genre, ("track", "title"): title}
+    return {
+        ("artist", "name"): artist,
+        ("set", "split"): split,
+        ("set", "subset"): subset,
+        ("track", "genre_top"): genre,
+        ("track", "title"): title,
+    }
 
 
 @pytest.fixture
 def fma_root(tmp_path):
     """Small FMA: tracks 2, 5 (small, audio), 140 (small, test), 1000 (medium), 2000 (large)."""
-    rows = {2: fma_row("Hip-Hop", title="First"), 5: fma_row("Rock", "validation"), 140: fma_row("Folk", "test"),
-            1000: fma_row("Rock", subset="medium"), 2000: fma_row("Pop", subset="large")}
+    rows = {
+        2: fma_row("Hip-Hop", title="First"),
+        5: fma_row("Rock", "validation"),
+        140: fma_row("Folk", "test"),
+        1000: fma_row("Rock", subset="medium"),
+        2000: fma_row("Pop", subset="large"),
+    }
     write_tracks_csv(tmp_path, rows)
     for tid in (2, 5, 140):
         path = gu.audio_path(tmp_path, tid)
@@ -57,7 +67,12 @@ def test_load_tracks_reads_fma_small_with_its_split_and_absolute_paths(fma_root)
     assert list(tracks.index) == [2, 5, 140]
     assert tracks.index.name == "track_id"
     assert list(tracks.columns) == ["genre", "split", "title", "artist", "path"]
-    assert tracks.loc[2, ["genre", "split", "title", "artist"]].tolist() == ["Hip-Hop", "training", "First", "An Artist"]
+    assert tracks.loc[2, ["genre", "split", "title", "artist"]].tolist() == [
+        "Hip-Hop",
+        "training",
+        "First",
+        "An Artist",
+    ]
     assert tracks.loc[140, "split"] == "test"
     assert Path(tracks.loc[5, "path"]) == (fma_root / "fma_small" / "000" / "000005.mp3").resolve()
     assert all(Path(p).is_absolute() for p in tracks["path"])
@@ -136,7 +151,9 @@ def test_load_tracks_reads_one_folder_per_genre(genre_folders):
     assert sorted(tracks["genre"].unique()) == ["Hip-Hop", "Rock"]
     assert tracks.index.is_unique and tracks.index.name == "track_id"
     counts = tracks.groupby(["genre", "split"]).size().unstack()
-    assert counts.loc["Hip-Hop"].to_dict() == counts.loc["Rock"].to_dict() == {"test": 1, "training": 8, "validation": 1}
+    assert (
+        counts.loc["Hip-Hop"].to_dict() == counts.loc["Rock"].to_dict() == {"test": 1, "training": 8, "validation": 1}
+    )
     # track ids number the files in sorted order: Rock/ (0-9), blues/ (10-19, dropped), hiphop/ (20-29)
     assert tracks.loc[0, "title"] == "Rock.00000" and tracks.loc[29, "title"] == "hiphop.00009"
     assert all(Path(p).is_absolute() and Path(p).is_file() for p in tracks["path"])

@@ -66,7 +66,9 @@ def test_demo_is_deterministic_and_seeded(tmp_path):
     first = gu.make_demo_dataset(tmp_path / "a", cfg, **params)
     second = gu.make_demo_dataset(tmp_path / "b", cfg, **params)
     other = gu.make_demo_dataset(tmp_path / "c", cfg, **dict(params, seed=2))
-    assert (tmp_path / "a/fma_metadata/tracks.csv").read_bytes() == (tmp_path / "b/fma_metadata/tracks.csv").read_bytes()
+    assert (tmp_path / "a/fma_metadata/tracks.csv").read_bytes() == (
+        tmp_path / "b/fma_metadata/tracks.csv"
+    ).read_bytes()
     assert [Path(p).read_bytes() for p in first["path"]] == [Path(p).read_bytes() for p in second["path"]]
     assert list(first.index) != list(other.index)
 

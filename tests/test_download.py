@@ -91,17 +91,21 @@ def fixture_zips(tmp_path_factory):
     """fma_metadata.zip and fma_small.zip of a 16-clip demo FMA in which one clip is deliberately
     broken (the demo's), one too short and one missing; with the facts the tests check."""
     source = tmp_path_factory.mktemp("source") / "fma"
-    tracks = gu.make_demo_dataset(source, gu.get_config("demo"), clips_per_genre=2, seconds=1.0, sr=SR, seed=3,
-                                  progress=False, workers=1)
+    tracks = gu.make_demo_dataset(
+        source, gu.get_config("demo"), clips_per_genre=2, seconds=1.0, sr=SR, seed=3, progress=False, workers=1
+    )
     broken = gu.skipped_tracks(tracks).index.tolist() + [
-        tid for tid, path in tracks["path"].items() if Path(path).stat().st_size < 100]
+        tid for tid, path in tracks["path"].items() if Path(path).stat().st_size < 100
+    ]
     healthy = [tid for tid in tracks.index if tid not in broken]
     short, missing = healthy[0], healthy[1]
     write_tone(tracks.at[short, "path"], 0.3)
     Path(tracks.at[missing, "path"]).unlink()
     (source / "fma_small" / "README.txt").write_text("FMA-small, as made by the tests\n")
-    files = {name: zip_folder(source, folder)
-             for name, folder in (("fma_metadata.zip", "fma_metadata"), ("fma_small.zip", "fma_small"))}
+    files = {
+        name: zip_folder(source, folder)
+        for name, folder in (("fma_metadata.zip", "fma_metadata"), ("fma_small.zip", "fma_small"))
+    }
     facts = dict(tracks=tracks, broken=broken[0], short=short, missing=missing)
     return files, facts
 
@@ -114,8 +118,13 @@ def server(fixture_zips, monkeypatch):
     for key, name in (("metadata", "fma_metadata.zip"), ("small", "fma_small.zip")):
         with zipfile.ZipFile(io.BytesIO(files[name])) as archive:
             unpacked = sum(member.file_size for member in archive.infolist())
-        monkeypatch.setitem(gu.FMA_ARCHIVES, key, gu.FmaArchive(
-            name, name.removesuffix(".zip"), hashlib.sha1(files[name]).hexdigest(), len(files[name]), unpacked))
+        monkeypatch.setitem(
+            gu.FMA_ARCHIVES,
+            key,
+            gu.FmaArchive(
+                name, name.removesuffix(".zip"), hashlib.sha1(files[name]).hexdigest(), len(files[name]), unpacked
+            ),
+        )
     thread = threading.Thread(target=fma_server.serve_forever, kwargs=dict(poll_interval=0.02), daemon=True)
     thread.start()
     yield fma_server
@@ -134,8 +143,13 @@ def test_download_fetches_verifies_and_unpacks_both_archives(tmp_path, server, f
     assert folders == [tmp_path / "fma" / "fma_metadata", tmp_path / "fma" / "fma_small"]
     assert server.requests == [("fma_metadata.zip", None), ("fma_small.zip", None)]
     assert sorted(p.name for p in (tmp_path / "fma").iterdir()) == [
-        "fma_metadata", "fma_metadata.zip", "fma_metadata.zip.verified.json",
-        "fma_small", "fma_small.zip", "fma_small.zip.verified.json"]
+        "fma_metadata",
+        "fma_metadata.zip",
+        "fma_metadata.zip.verified.json",
+        "fma_small",
+        "fma_small.zip",
+        "fma_small.zip.verified.json",
+    ]
     with pytest.warns(UserWarning, match="skipped 1 of"):  # the missing file
         tracks = gu.load_tracks(tmp_path / "fma")
     source = facts["tracks"].drop(index=facts["missing"])
@@ -164,9 +178,11 @@ def test_a_cut_connection_is_resumed_with_a_range_request(tmp_path, server):
 def test_a_download_cut_in_one_run_resumes_in_the_next(tmp_path, server):
     size = len(server.files["fma_small.zip"])
     server.cut_after["fma_small.zip"] = size // 2
-    message = (r"fma_small.zip: download failed 1 time\(s\) in a row, last: Connection broken: "
-               r"IncompleteRead\(\d+ bytes read, \d+ more expected\)\. .* keeps the [\d.]+ MiB received and the "
-               r"next run resumes")
+    message = (
+        r"fma_small.zip: download failed 1 time\(s\) in a row, last: Connection broken: "
+        r"IncompleteRead\(\d+ bytes read, \d+ more expected\)\. .* keeps the [\d.]+ MiB received and the "
+        r"next run resumes"
+    )
     with pytest.raises(gu.DownloadError, match=message):
         download(tmp_path, server, retries=0)
     assert (tmp_path / "fma_small.zip.part").stat().st_size == size // 2
@@ -246,8 +262,11 @@ def test_a_stalled_server_times_out(tmp_path, server):
 def test_not_enough_disk_space_fails_before_any_request(tmp_path, server, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 1000, 1000))
-    with pytest.raises(gu.DownloadError, match=r"not enough free disk space: .* needed \(fma_metadata.zip: .* to "
-                                               r"download, .* unpacked; fma_small.zip.*\), 0.0 MiB free"):
+    with pytest.raises(
+        gu.DownloadError,
+        match=r"not enough free disk space: .* needed \(fma_metadata.zip: .* to "
+        r"download, .* unpacked; fma_small.zip.*\), 0.0 MiB free",
+    ):
         download(tmp_path, server)
     assert server.requests == []
 
@@ -297,8 +316,9 @@ def test_a_folder_unpacked_by_hand_is_left_alone(tmp_path, server):
     assert server.requests == [("fma_small.zip", None)]
 
 
-def test_check_dataset_counts_tracks_and_flags_missing_broken_and_short_files(tmp_path, server, fixture_zips,
-                                                                              monkeypatch):
+def test_check_dataset_counts_tracks_and_flags_missing_broken_and_short_files(
+    tmp_path, server, fixture_zips, monkeypatch
+):
     _, facts = fixture_zips
     download(tmp_path, server)
     monkeypatch.setattr(gu, "FMA_BROKEN_TRACKS", {facts["broken"]: "no audio"})

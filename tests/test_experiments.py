@@ -32,25 +32,34 @@ def test_chunk_frames_follow_the_config():
         gu.predict_proba(gu.build_model(TINY), fake_features(), [0], TINY.replace(train_mode="halves"))
 
 
-@pytest.mark.parametrize("total, length, expected", [
-    (431, 130, [0, 65, 130, 195, 260, 301]),  # demo clip, 3 s excerpts: the last one ends with the clip
-    (100, 50, [0, 25, 50]),
-    (50, 50, [0]),
-    (20, 50, [0]),  # shorter than one excerpt: one (padded) excerpt
-])
+@pytest.mark.parametrize(
+    "total, length, expected",
+    [
+        (431, 130, [0, 65, 130, 195, 260, 301]),  # demo clip, 3 s excerpts: the last one ends with the clip
+        (100, 50, [0, 25, 50]),
+        (50, 50, [0]),
+        (20, 50, [0]),  # shorter than one excerpt: one (padded) excerpt
+    ],
+)
 def test_excerpts_cover_every_position_with_half_overlap(total, length, expected):
     starts = gu.excerpt_starts(total, length)
     assert starts.tolist() == expected
     covered = np.zeros(max(total, length), bool)
     for start in starts:
-        covered[start:start + length] = True
+        covered[start : start + length] = True
     assert covered.all()
 
 
 def test_chunk_sampling_is_random_per_epoch_and_seeded(data):
     def batches(seed):
-        return gu.feature_batches(data, data.rows("training"), CHUNKED.replace(seed=seed), inputs=("mel", "cqt"),
-                                  shuffle=True, excerpt_frames=22)
+        return gu.feature_batches(
+            data,
+            data.rows("training"),
+            CHUNKED.replace(seed=seed),
+            inputs=("mel", "cqt"),
+            shuffle=True,
+            excerpt_frames=22,
+        )
 
     first, again, other = batches(1), batches(1), batches(2)
     x, y = first[0]
@@ -74,8 +83,10 @@ def test_clip_prediction_averages_the_softmax_of_excerpts_covering_the_clip(data
     starts = gu.excerpt_starts(CHUNKED.n_frames, 22)
     assert len(starts) > 2 and starts[-1] + 22 == CHUNKED.n_frames
     inputs = {name: getattr(data, name)[rows] for name in ("mel", "cqt")}
-    per_excerpt = [model.predict({name: array[:, :, s:s + 22, None] for name, array in inputs.items()}, verbose=0)
-                   for s in starts]
+    per_excerpt = [
+        model.predict({name: array[:, :, s : s + 22, None] for name, array in inputs.items()}, verbose=0)
+        for s in starts
+    ]
     np.testing.assert_allclose(voted, np.mean(per_excerpt, axis=0), rtol=1e-4, atol=1e-6)
     whole = gu.predict_proba(model, data, rows, CHUNKED.replace(train_mode="full"))
     assert not np.allclose(voted, whole, atol=1e-4)  # voting is not the same as one pass over the clip
@@ -126,13 +137,18 @@ def test_clip_statistics_have_fixed_names_and_are_finite_even_for_silence():
 def test_clip_statistics_are_cached_and_skip_undecodable_files(tmp_path):
     cfg = gu.get_config("demo", clip_seconds=1.0)
     (tmp_path / "empty.wav").write_bytes(b"")
-    tracks = pd.DataFrame({
-        "genre": ["Rock", "Pop", "Folk"],
-        "split": ["training", "validation", "test"],
-        "path": [str(write_tone(tmp_path / "a.wav", 1.0, 220, amplitude=0.4)),
-                 str(write_tone(tmp_path / "b.wav", 0.5, 880, amplitude=0.4)),
-                 str(tmp_path / "empty.wav")],
-    }, index=pd.Index([5, 3, 9], name="track_id"))
+    tracks = pd.DataFrame(
+        {
+            "genre": ["Rock", "Pop", "Folk"],
+            "split": ["training", "validation", "test"],
+            "path": [
+                str(write_tone(tmp_path / "a.wav", 1.0, 220, amplitude=0.4)),
+                str(write_tone(tmp_path / "b.wav", 0.5, 880, amplitude=0.4)),
+                str(tmp_path / "empty.wav"),
+            ],
+        },
+        index=pd.Index([5, 3, 9], name="track_id"),
+    )
     statistics = gu.extract_clip_statistics(tracks, cfg, cache_dir=tmp_path / "cache", workers=1)
     assert statistics.index.tolist() == [3, 5]  # sorted, the empty file left out
     assert statistics.shape[1] == 88 and np.isfinite(statistics.to_numpy()).all()
@@ -148,8 +164,10 @@ def test_baseline_learns_separable_statistics(kind):
     rng = np.random.default_rng(0)
     labels = np.arange(240) % 8
     statistics = pd.DataFrame(rng.normal(size=(240, 6)) + labels[:, None], index=pd.Index(range(240), name="track_id"))
-    index = pd.DataFrame({"split": np.array(["training", "validation", "test"])[np.arange(240) // 80],
-                          "label": labels}, index=statistics.index)
+    index = pd.DataFrame(
+        {"split": np.array(["training", "validation", "test"])[np.arange(240) // 80], "label": labels},
+        index=statistics.index,
+    )
     row = gu.baseline_experiment(kind, statistics, index, kind=kind)
     assert list(row.index) == list(gu.EXPERIMENT_COLUMNS)
     assert row["val_accuracy"] > 0.5 and row["test_accuracy"] > 0.5 and row["parameters"] > 0
@@ -164,7 +182,9 @@ def test_predict_file_covers_a_long_file_with_overlapping_windows(chunked_run, t
     model, cfg, _ = gu.load_run(run_dir)
     long_file = write_tone(tmp_path / "long.wav", 4.0, 330, amplitude=0.4)
     windows = gu.predict_file(long_file, model, cfg)
-    assert windows.index.name == "start_s" and windows.index.tolist() == pytest.approx([0, 0.75, 1.5, 2.25, 2.5], abs=1e-4)
+    assert windows.index.name == "start_s" and windows.index.tolist() == pytest.approx(
+        [0, 0.75, 1.5, 2.25, 2.5], abs=1e-4
+    )
     assert list(windows.columns) == list(cfg.genres)
     np.testing.assert_allclose(windows.sum(axis=1), 1.0, rtol=1e-5)
 
@@ -176,9 +196,21 @@ def test_predict_command_ranks_genres_and_reports_bad_files(chunked_run, tmp_pat
     broken = tmp_path / "broken.mp3"
     broken.write_bytes(b"ID3 not really an mp3")
     result = subprocess.run(
-        [sys.executable, str(gu.ROOT / "genre_utils.py"), "predict", long_song, str(broken), short,
-         "--run", str(run_dir), "--plot", str(tmp_path / "timeline.png")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(gu.ROOT / "genre_utils.py"),
+            "predict",
+            long_song,
+            str(broken),
+            short,
+            "--run",
+            str(run_dir),
+            "--plot",
+            str(tmp_path / "timeline.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 1  # one file failed; the others were still predicted
     assert f"{broken}: cannot decode audio" in result.stderr and "Traceback" not in result.stderr
@@ -193,6 +225,10 @@ def test_predict_command_ranks_genres_and_reports_bad_files(chunked_run, tmp_pat
 
 
 def test_predict_command_with_a_missing_run_fails_clearly(tmp_path):
-    result = subprocess.run([sys.executable, str(gu.ROOT / "genre_utils.py"), "predict", "x.wav", "--run",
-                             str(tmp_path)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(gu.ROOT / "genre_utils.py"), "predict", "x.wav", "--run", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1 and "config.json: not found" in result.stderr and "Traceback" not in result.stderr

@@ -53,15 +53,27 @@ def cfg(tmp_path):
 def direct_features(path, cfg):
     """Reference features straight from librosa, the way the course skeleton computes them."""
     y = gu.load_audio(path, cfg.sample_rate, cfg.clip_seconds)
-    mel = librosa.feature.melspectrogram(y=y, sr=cfg.sample_rate, n_fft=cfg.n_fft,
-                                         hop_length=cfg.hop_length, n_mels=cfg.n_mels)
-    constant_q = np.abs(librosa.cqt(y, sr=cfg.sample_rate, hop_length=cfg.hop_length, fmin=cfg.cqt_fmin,
-                                    n_bins=cfg.cqt_bins, bins_per_octave=cfg.cqt_bins_per_octave))
-    return (librosa.power_to_db(mel, ref=np.max, top_db=80.0),
-            librosa.amplitude_to_db(constant_q, ref=np.max, top_db=80.0))
+    mel = librosa.feature.melspectrogram(
+        y=y, sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length, n_mels=cfg.n_mels
+    )
+    constant_q = np.abs(
+        librosa.cqt(
+            y,
+            sr=cfg.sample_rate,
+            hop_length=cfg.hop_length,
+            fmin=cfg.cqt_fmin,
+            n_bins=cfg.cqt_bins,
+            bins_per_octave=cfg.cqt_bins_per_octave,
+        )
+    )
+    return (
+        librosa.power_to_db(mel, ref=np.max, top_db=80.0),
+        librosa.amplitude_to_db(constant_q, ref=np.max, top_db=80.0),
+    )
 
 
 # ── single clips ──
+
 
 def test_features_have_the_documented_shapes_dtype_and_range(cfg):
     y = np.random.default_rng(1).standard_normal(cfg.n_samples).astype(np.float32)
@@ -95,6 +107,7 @@ def test_silence_gives_finite_features(cfg):
 
 
 # ── the cache ──
+
 
 def test_the_cache_holds_the_documented_files_and_arrays(tracks, cfg):
     features = gu.extract_features(tracks, cfg, workers=1)
@@ -176,8 +189,10 @@ def test_broken_files_are_skipped_and_listed(tracks, cfg, tmp_path):
     empty, garbage = tmp_path / "000017.mp3", tmp_path / "000019.mp3"
     empty.write_bytes(b"")
     garbage.write_bytes(b"this is not an mp3 file" * 100)
-    broken = pd.DataFrame({"genre": ["Pop", "Rock"], "split": ["training", "validation"],
-                           "path": [empty, garbage]}, index=pd.Index([17, 19], name="track_id"))
+    broken = pd.DataFrame(
+        {"genre": ["Pop", "Rock"], "split": ["training", "validation"], "path": [empty, garbage]},
+        index=pd.Index([17, 19], name="track_id"),
+    )
     with pytest.warns(UserWarning, match="skipped 2 of 8 audio files"):
         features = gu.extract_features(pd.concat([tracks, broken]), cfg, workers=1)
     assert features.index.index.tolist() == [2, 3, 5, 7, 11, 13]
@@ -192,12 +207,14 @@ def test_broken_files_are_skipped_and_listed(tracks, cfg, tmp_path):
     np.testing.assert_array_equal(features.mel, reference.mel)
 
 
-def test_skipped_rows_are_removed_in_place_and_a_kill_meanwhile_resumes_without_decoding(tracks, cfg, tmp_path,
-                                                                                          monkeypatch):
+def test_skipped_rows_are_removed_in_place_and_a_kill_meanwhile_resumes_without_decoding(
+    tracks, cfg, tmp_path, monkeypatch
+):
     empty = tmp_path / "000004.mp3"  # between tracks 3 and 5: every later row moves up by one
     empty.write_bytes(b"")
-    broken = pd.DataFrame({"genre": ["Pop"], "split": ["training"], "path": [empty]},
-                          index=pd.Index([4], name="track_id"))
+    broken = pd.DataFrame(
+        {"genre": ["Pop"], "split": ["training"], "path": [empty]}, index=pd.Index([4], name="track_id")
+    )
     with_broken = pd.concat([tracks, broken])
     real_write_json, real_load_audio = gu._write_json, gu.load_audio
 
@@ -264,6 +281,7 @@ def test_parallel_extraction_equals_serial_extraction(tracks, cfg, tmp_path):
 
 
 # ── bad input ──
+
 
 def test_open_features_names_the_problem(tracks, cfg, tmp_path):
     with pytest.raises(gu.CacheError, match="no feature cache"):

@@ -36,24 +36,24 @@ def test_every_block_is_conv_relu_batchnorm_pool_in_that_order(model):
         assert isinstance(relu, keras.layers.ReLU) and isinstance(bn, keras.layers.BatchNormalization)
         assert conv.activation is keras.activations.linear
         assert relu.input is conv.output and bn.input is relu.output
-        pools = [l for l in model.layers if l.name == f"{prefix}_pool"]
+        pools = [layer for layer in model.layers if layer.name == f"{prefix}_pool"]
         if pools:
             assert isinstance(pools[0], keras.layers.MaxPooling2D) and pools[0].input is bn.output
 
 
 def test_filter_shapes_are_vertical_horizontal_and_square():
     model = gu.build_model(gu.get_config("seed"))
-    vertical = [l.kernel_size for l in _layers(model, "mel_vertical", "_conv")]
-    horizontal = [l.kernel_size for l in _layers(model, "mel_horizontal", "_conv")]
+    vertical = [layer.kernel_size for layer in _layers(model, "mel_vertical", "_conv")]
+    horizontal = [layer.kernel_size for layer in _layers(model, "mel_horizontal", "_conv")]
     assert all(h > w for h, w in vertical[:3]) and vertical[0][0] >= 0.3 * 128
     assert all(h == 1 and w >= 8 for h, w in horizontal)
     assert all(layer.kernel_size == (3, 3) for layer in _layers(model, "cqt", "_conv"))
-    widths = [l.filters for l in _layers(model, "cqt", "_conv")]
+    widths = [layer.filters for layer in _layers(model, "cqt", "_conv")]
     assert widths[0] == 32 and widths == sorted(widths) and max(widths) == 8 * 32
 
 
 def test_hidden_layers_use_he_initialisation_and_the_configs_dropout(model):
-    hidden = [l for l in model.layers if l.name.endswith("_conv")] + [model.get_layer("dense")]
+    hidden = [layer for layer in model.layers if layer.name.endswith("_conv")] + [model.get_layer("dense")]
     assert all(isinstance(layer.kernel_initializer, keras.initializers.HeNormal) for layer in hidden)
     assert model.get_layer("dropout").rate == TINY.dropout == 0.5
 
@@ -68,16 +68,21 @@ def test_output_is_a_distribution_over_the_genres_for_any_input_length(model, fr
     assert (probabilities > 0).all()
 
 
-@pytest.mark.parametrize("branches, inputs", [
-    (("mel_vertical",), ["mel"]),
-    (("cqt",), ["cqt"]),
-    (("mel_vertical", "mel_horizontal"), ["mel"]),
-    (("mel_horizontal", "cqt"), ["cqt", "mel"]),
-])
+@pytest.mark.parametrize(
+    "branches, inputs",
+    [
+        (("mel_vertical",), ["mel"]),
+        (("cqt",), ["cqt"]),
+        (("mel_vertical", "mel_horizontal"), ["mel"]),
+        (("mel_horizontal", "cqt"), ["cqt", "mel"]),
+    ],
+)
 def test_branch_subsets_create_only_the_inputs_they_need(branches, inputs):
     model = gu.build_model(TINY, branches)
     assert sorted(t.name for t in model.inputs) == inputs
-    assert {name.split("_block")[0] for name in (l.name for l in model.layers) if "_block" in name} == set(branches)
+    assert {name.split("_block")[0] for name in (layer.name for layer in model.layers) if "_block" in name} == set(
+        branches
+    )
     per_branch = gu.branch_parameters(model).drop(["normalization", "head", "total"])
     assert per_branch.index.tolist() == [b for b in gu.BRANCHES if b in branches]
 

@@ -64,6 +64,9 @@ def test_each_public_name_is_defined_in_the_section_the_map_puts_it_in():
         section_of_line.append(current)
     for title, names in _docstring_map():
         for name in names:
-            line = next(i for i, text in enumerate(source)
-                        if section_of_line[i] and re.match(rf"^(?:def {name}\(|class {name}\b|{name}\s*[:=])", text))
+            line = next(
+                i
+                for i, text in enumerate(source)
+                if section_of_line[i] and re.match(rf"^(?:def {name}\(|class {name}\b|{name}\s*[:=])", text)
+            )
             assert section_of_line[line] == title, name

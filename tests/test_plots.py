@@ -164,10 +164,18 @@ def test_export_report_merges_notebooks_into_one_page(tmp_path):
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     png = tiny_png()
-    write_notebook(notebooks / "01_first.ipynb", "The dataset", "# NBVAL_IGNORE_OUTPUT\nprint('alpha')",
-                   [nbformat.v4.new_output("stream", name="stdout", text="alpha-output\n")])
-    write_notebook(notebooks / "02_second.ipynb", "The results", "plot()",
-                   [nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"})])
+    write_notebook(
+        notebooks / "01_first.ipynb",
+        "The dataset",
+        "# NBVAL_IGNORE_OUTPUT\nprint('alpha')",
+        [nbformat.v4.new_output("stream", name="stdout", text="alpha-output\n")],
+    )
+    write_notebook(
+        notebooks / "02_second.ipynb",
+        "The results",
+        "plot()",
+        [nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"})],
+    )
     (notebooks / "scratch.ipynb").write_text("not a notebook")  # not NN_*: ignored
 
     out = gu.export_report(notebooks, tmp_path / "report")

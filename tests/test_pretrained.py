@@ -116,22 +116,25 @@ def test_embeddings_pool_the_penultimate_layer_over_patches_and_skip_bad_files(e
     assert embeddings.columns[-1] == "penultimate_max_199"
     y = gu.load_audio(tracks.at[103, "path"], gu.MUSICNN_SAMPLE_RATE, 3.5)
     penultimate = gu.musicnn_outputs(gu.musicnn_patches(y), network)["penultimate"]
-    np.testing.assert_allclose(embeddings.loc[103].to_numpy(), np.r_[penultimate.mean(0), penultimate.max(0)],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        embeddings.loc[103].to_numpy(), np.r_[penultimate.mean(0), penultimate.max(0)], atol=1e-5
+    )
 
 
 def test_embeddings_are_read_back_from_the_cache_and_resume_a_partial_run(embedded, tmp_path):
     tracks, cfg, embeddings = embedded
-    cached = gu.pretrained_embeddings(tracks.drop(index=999), cfg.replace(cache_dir=tmp_path), workers=1,
-                                      layers=("taggram",))
+    cached = gu.pretrained_embeddings(
+        tracks.drop(index=999), cfg.replace(cache_dir=tmp_path), workers=1, layers=("taggram",)
+    )
     npz = next(tmp_path.glob("musicnn-embeddings-v*.npz"))
     # a run interrupted after one clip: its finished clip is kept, the others are computed
     partial = npz.with_suffix(".partial")
     partial.mkdir()
     np.save(partial / "100.npy", np.full(len(gu._embedding_columns()), 7.0, np.float32))
     npz.unlink()
-    resumed = gu.pretrained_embeddings(tracks.drop(index=999), cfg.replace(cache_dir=tmp_path), workers=1,
-                                       layers=("taggram",))
+    resumed = gu.pretrained_embeddings(
+        tracks.drop(index=999), cfg.replace(cache_dir=tmp_path), workers=1, layers=("taggram",)
+    )
     assert (resumed.loc[100] == 7.0).all() and not partial.exists()
     pd.testing.assert_frame_equal(resumed.drop(index=100), cached.drop(index=100))
     assert cached.shape == (8, 100)  # taggram: mean and max of 50 tags
@@ -142,8 +145,10 @@ def test_embeddings_are_read_back_from_the_cache_and_resume_a_partial_run(embedd
 @pytest.mark.parametrize("kind", gu.EMBEDDING_KINDS)
 def test_an_embedding_method_fits_training_and_validation_and_predicts_the_test_clips(embedded, tmp_path, kind):
     tracks, cfg, embeddings = embedded
-    split = pd.Series(["training", "validation", "training", "training", "training", "training", "test", "test"],
-                      index=embeddings.index)
+    split = pd.Series(
+        ["training", "validation", "training", "training", "training", "training", "test", "test"],
+        index=embeddings.index,
+    )
     result = gu.embedding_method(embeddings, tracks, cfg, kind)(split, tmp_path)
     assert result.proba.index.tolist() == [106, 107]
     assert set(result.proba.columns) == {"Folk", "Rock"} and result.parameters > 0 and result.train_seconds >= 0
@@ -159,8 +164,12 @@ def test_predict_command_uses_an_embedding_run_like_a_cnn_run(embedded, tmp_path
     run_dir = tmp_path / "run"
     gu.train_embedding_classifier(embeddings, tracks, cfg, run_dir, "logistic")
     song = write_tone(tmp_path / "song.wav", 6.0, 150, amplitude=0.2)
-    result = subprocess.run([sys.executable, str(gu.ROOT / "genre_utils.py"), "predict", str(song), "--run",
-                             str(run_dir), "--top", "2"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(gu.ROOT / "genre_utils.py"), "predict", str(song), "--run", str(run_dir), "--top", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"{song}: 3 windows of 3.5 s (to 6.0 s)"  # starts 0, 1.75, 2.5: the last ends with the file

@@ -34,8 +34,11 @@ def track_table(paths, splits=None) -> pd.DataFrame:
     """A load_tracks-style table: genres cycle through the eight, track ids 1, 2, ..."""
     splits = splits or ["training"] * len(paths)
     return pd.DataFrame(
-        {"genre": [gu.GENRES[i % len(gu.GENRES)] for i in range(len(paths))], "split": splits,
-         "path": [str(p) for p in paths]},
+        {
+            "genre": [gu.GENRES[i % len(gu.GENRES)] for i in range(len(paths))],
+            "split": splits,
+            "path": [str(p) for p in paths],
+        },
         index=pd.Index(range(1, len(paths) + 1), name="track_id"),
     )
 
@@ -51,7 +54,11 @@ def clips(tmp_path_factory) -> list[Path]:
     paths = []
     for number in range(8):
         path = folder / f"{number:06d}.wav"
-        sf.write(path, tone(0.5, freq=220 * 2 ** (number / 5)) + 0.01 * np.random.default_rng(number).standard_normal(SR // 2), SR)
+        sf.write(
+            path,
+            tone(0.5, freq=220 * 2 ** (number / 5)) + 0.01 * np.random.default_rng(number).standard_normal(SR // 2),
+            SR,
+        )
         paths.append(path)
     return paths
 
@@ -74,6 +81,7 @@ def count_decodes(monkeypatch) -> list[str]:
 
 
 # ── audio: each file loads correctly or is refused with its name and the reason ──
+
 
 @pytest.mark.parametrize("sr", [8000, 16_000, 44_100, 48_000])
 @pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "FLOAT"])
@@ -183,10 +191,18 @@ def test_non_finite_features_are_skipped_with_the_file_named(tracks, cfg, monkey
 
 # ── metadata and folder layouts ──
 
+
 def write_fma(root: Path, genres: dict[int, str], columns=None) -> Path:
     """An FMA layout: tracks.csv with the two-level header and a small WAV-in-MP3-name per track."""
-    rows = {tid: {("set", "split"): "training", ("set", "subset"): "small", ("track", "genre_top"): genre,
-                  ("track", "title"): f"track {tid}"} for tid, genre in genres.items()}
+    rows = {
+        tid: {
+            ("set", "split"): "training",
+            ("set", "subset"): "small",
+            ("track", "genre_top"): genre,
+            ("track", "title"): f"track {tid}",
+        }
+        for tid, genre in genres.items()
+    }
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.columns = pd.MultiIndex.from_tuples(table.columns)
     if columns is not None:
@@ -224,7 +240,9 @@ def test_unknown_genres_and_missing_audio_are_dropped_with_a_summary(tmp_path):
     assert tracks.index.tolist() == [2, 7]
     skipped = gu.skipped_tracks(tracks)
     assert skipped.loc[3, "reason"] == "genre 'Polka' not in the genres used"
-    assert skipped.loc[5, "reason"] == "audio file not found" and skipped.loc[5, "path"] == str(gu.audio_path(tmp_path, 5))
+    assert skipped.loc[5, "reason"] == "audio file not found" and skipped.loc[5, "path"] == str(
+        gu.audio_path(tmp_path, 5)
+    )
 
 
 def test_nothing_usable_is_an_error_not_an_empty_table(tmp_path):
@@ -259,6 +277,7 @@ def test_a_folder_of_stray_files_only_is_no_dataset(tmp_path):
 
 
 # ── configuration ──
+
 
 def test_unknown_preset_names_the_choices_and_the_variable(monkeypatch):
     monkeypatch.setenv("GENRE_PROFILE", "huge")
@@ -300,6 +319,7 @@ def test_a_cache_of_other_settings_is_refused_not_used(tracks, cfg):
 
 # ── features that are not finite never reach the model ──
 
+
 @pytest.fixture
 def corrupt_cache(tracks, cfg, tmp_path):
     """A finished cache copied aside, for tests to damage."""
@@ -338,10 +358,16 @@ def test_non_finite_training_features_are_refused_by_the_input_normalisation(cor
 
 # ── faults: kills, read-only folders, full disks ──
 
+
 def run_until(script: str, args, ready, timeout: float = 90.0) -> int:
     """Start `script` in a new process group, SIGKILL it as soon as `ready()` is true; returns its exit code."""
-    process = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=ROOT, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, *map(str, args)],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + timeout
     try:
         while not ready():
@@ -430,9 +456,14 @@ def fake_features(cfg: gu.Config, n_train: int = 16, n_val: int = 4) -> gu.Featu
     """In-memory features whose level depends on the genre."""
     rng = np.random.default_rng(0)
     labels = np.arange(n_train + n_val) % len(cfg.genres)
-    index = pd.DataFrame({"genre": [cfg.genres[i] for i in labels], "label": labels,
-                          "split": ["training"] * n_train + ["validation"] * n_val},
-                         index=pd.Index(np.arange(len(labels)) + 1, name="track_id"))
+    index = pd.DataFrame(
+        {
+            "genre": [cfg.genres[i] for i in labels],
+            "label": labels,
+            "split": ["training"] * n_train + ["validation"] * n_val,
+        },
+        index=pd.Index(np.arange(len(labels)) + 1, name="track_id"),
+    )
     mel = (rng.normal(size=(len(labels), cfg.n_mels, cfg.n_frames)) + labels[:, None, None] / 4).astype(np.float16)
     cqt = rng.normal(size=(len(labels), cfg.cqt_bins, cfg.n_frames)).astype(np.float16)
     return gu.Features(index, mel, cqt)

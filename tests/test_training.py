@@ -17,8 +17,11 @@ def fake_features(cfg=TINY, n_train=24, n_val=8, seed=0) -> gu.Features:
     n = n_train + n_val
     labels = np.arange(n) % len(cfg.genres)
     index = pd.DataFrame(
-        {"genre": [cfg.genres[i] for i in labels], "split": ["training"] * n_train + ["validation"] * n_val,
-         "label": labels},
+        {
+            "genre": [cfg.genres[i] for i in labels],
+            "split": ["training"] * n_train + ["validation"] * n_val,
+            "label": labels,
+        },
         index=pd.Index(np.arange(100, 100 + n), name="track_id"),
     )
     level = labels[:, None, None] / 4.0
@@ -75,8 +78,12 @@ def test_excerpts_are_random_crops_of_the_requested_length(data):
     x, _ = batches[0]
     assert x["mel"].shape == (8, TINY.n_mels, 10, 1)
     clip = x["mel"][0, :, :, 0]
-    matches = [(row, start) for row in range(24) for start in range(TINY.n_frames - 9)
-               if np.array_equal(data.mel[row, :, start:start + 10], clip)]
+    matches = [
+        (row, start)
+        for row in range(24)
+        for start in range(TINY.n_frames - 9)
+        if np.array_equal(data.mel[row, :, start : start + 10], clip)
+    ]
     assert len(matches) == 1
     with pytest.raises(gu.ConfigError, match="excerpt_frames"):
         gu.feature_batches(data, data.rows("training"), TINY, excerpt_frames=TINY.n_frames + 1)

@@ -15,7 +15,7 @@ the per-fold numbers, into --out.
 Methods are registered with `@register(name, description)` on a factory taking the `Inputs` (cfg,
 tracks, cached features and statistics) and returning a `cross_validate` method; the CNN methods
 are the `demo` preset (the report's recipe at demo size), the `recipe` preset, and the recipe with
-one ingredient removed or added (ABLATIONS).
+one ingredient removed or added (ABLATIONS), and classifiers on frozen musicnn embeddings.
 """
 
 from __future__ import annotations
@@ -55,10 +55,21 @@ class Inputs:
     def statistics(self) -> pd.DataFrame:
         return gu.extract_clip_statistics(self.tracks, self.cfg)
 
+    @functools.cached_property
+    def embeddings(self) -> pd.DataFrame:
+        return gu.pretrained_embeddings(self.tracks, self.cfg)
+
     def preset(self, profile: str, **changes) -> gu.Config:
         """A preset with this dataset's data root, genres and cache (same feature settings as cfg)."""
-        return gu.get_config(profile, self.cfg.data_root, genres=self.cfg.genres, cache_dir=self.cfg.cache_dir,
-                             runs_dir=self.cfg.runs_dir, seed=self.cfg.seed, **changes)
+        return gu.get_config(
+            profile,
+            self.cfg.data_root,
+            genres=self.cfg.genres,
+            cache_dir=self.cfg.cache_dir,
+            runs_dir=self.cfg.runs_dir,
+            seed=self.cfg.seed,
+            **changes,
+        )
 
 
 METHODS: dict[str, tuple[str, callable]] = {}  # name -> (description, factory(Inputs) -> method)
@@ -94,6 +105,17 @@ def _cnn_recipe(inputs: Inputs):
     return gu.cnn_method(inputs.features, inputs.preset("recipe"))
 
 
+def _musicnn_factory(kind: str):
+    def factory(inputs: Inputs):
+        return gu.embedding_method(inputs.embeddings, inputs.tracks, inputs.cfg, kind, inputs.cfg.seed)
+
+    return factory
+
+
+for _kind, _label in (("logistic", "logistic regression"), ("svm", "SVM (RBF)"), ("mlp", "MLP")):
+    register(f"musicnn-{_kind}", f"frozen musicnn (MSD) embeddings + {_label}")(_musicnn_factory(_kind))
+
+
 # The ablation: the recipe preset with one ingredient removed (or added), everything else equal
 ABLATIONS = {
     "recipe-whole-clips": ("recipe without random excerpts (whole clips)", dict(train_mode="full")),
@@ -101,10 +123,14 @@ ABLATIONS = {
     "recipe-no-masks": ("recipe without SpecAugment masks", dict(time_masks=0, freq_masks=0)),
     "recipe-no-smoothing": ("recipe without label smoothing", dict(label_smoothing=0.0)),
     "recipe-no-weight-decay": ("recipe without weight decay (Adam)", dict(weight_decay=0.0)),
-    "recipe-step-schedule": ("recipe with the report's step schedule, no warm-up",
-                             dict(lr_schedule="step", warmup_epochs=0.0)),
-    "recipe-no-early-stopping": ("recipe without early stopping, best val_accuracy checkpoint",
-                                 dict(early_stopping=0, monitor="val_accuracy")),
+    "recipe-step-schedule": (
+        "recipe with the report's step schedule, no warm-up",
+        dict(lr_schedule="step", warmup_epochs=0.0),
+    ),
+    "recipe-no-early-stopping": (
+        "recipe without early stopping, best val_accuracy checkpoint",
+        dict(early_stopping=0, monitor="val_accuracy"),
+    ),
     "recipe-gain": ("recipe plus random gain (+-6 dB)", dict(gain_db=6.0)),
     "recipe-wide": ("recipe with twice the width (filters 16, dense 128)", dict(filters=16, dense_units=128)),
     "report-chunked": ("the report's recipe on random excerpts only (demo preset, chunked)", None),
@@ -125,31 +151,47 @@ for _name, (_description, _changes) in ABLATIONS.items():
 
 def markdown_table(summary: pd.DataFrame, descriptions: dict[str, str]) -> str:
     """The summary as a markdown table: method, parameters, training time, accuracy +- SE, macro F1."""
-    lines = ["| method | parameters | training (s per fold, CPU) | accuracy ± SE | macro F1 |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| method | parameters | training (s per fold, CPU) | accuracy ± SE | macro F1 |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for row in summary.itertuples():
-        lines.append(f"| {descriptions.get(row.method, row.method)} (`{row.method}`) | {row.parameters:,} | "
-                     f"{row.train_seconds:.1f} | {row.accuracy_mean:.3f} ± {row.accuracy_se:.3f} | "
-                     f"{row.macro_f1:.3f} |")
+        lines.append(
+            f"| {descriptions.get(row.method, row.method)} (`{row.method}`) | {row.parameters:,} | "
+            f"{row.train_seconds:.1f} | {row.accuracy_mean:.3f} ± {row.accuracy_se:.3f} | "
+            f"{row.macro_f1:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=None,
-                        help=f"folder-per-genre dataset (default {DEFAULT_DATA} when it exists)")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help=f"comma-separated method names (see --list; default {','.join(DEFAULT_METHODS)}; "
-                             "'all' runs every one)")
+    parser.add_argument(
+        "--data", type=Path, default=None, help=f"folder-per-genre dataset (default {DEFAULT_DATA} when it exists)"
+    )
+    parser.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated method names (see --list; default {','.join(DEFAULT_METHODS)}; 'all' runs every one)",
+    )
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
-    parser.add_argument("--max-folds", type=int, default=None,
-                        help="run only the first N folds of the split (quick screening; default all)")
+    parser.add_argument(
+        "--max-folds",
+        type=int,
+        default=None,
+        help="run only the first N folds of the split (quick screening; default all)",
+    )
     parser.add_argument("--seed", type=int, default=42, help="seed of the folds and the models (default 42)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
-                        help=f"folder of the per-fold runs and results, reused when rerun (default {DEFAULT_WORK})")
-    parser.add_argument("--label", help="how tables name the data (default: the default data's description, "
-                                        "else the folder's name)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=DEFAULT_WORK,
+        help=f"folder of the per-fold runs and results, reused when rerun (default {DEFAULT_WORK})",
+    )
+    parser.add_argument(
+        "--label", help="how tables name the data (default: the default data's description, else the folder's name)"
+    )
     parser.add_argument("--list", action="store_true", help="list the methods and exit")
     args = parser.parse_args(argv)
 
@@ -171,12 +213,17 @@ def main(argv=None) -> int:
         inputs = Inputs(tracks, cfg)
         methods = {name: METHODS[name][1](inputs) for name in names}
         labels = tracks["genre"]
-        if any(name not in ("svm", "logistic") for name in names):  # clips whose features exist
+        if any(name.startswith(("cnn", "recipe", "report")) for name in names):  # clips whose features exist
             labels = labels[labels.index.isin(inputs.features.index.index)]
-        print(f"{len(labels)} clips of {len(genres)} genres ({', '.join(genres)}) in {cfg.data_root}, "
-              f"first {cfg.clip_seconds:g} s of each; {args.folds}-fold cross-validation, seed {args.seed}")
-        result = gu.cross_validate(methods, labels, cfg, folds=args.folds, seed=args.seed,
-                                   out_dir=args.work, max_folds=args.max_folds)
+        if any(name.startswith("musicnn") for name in names):  # clips whose embeddings exist
+            labels = labels[labels.index.isin(inputs.embeddings.index)]
+        print(
+            f"{len(labels)} clips of {len(genres)} genres ({', '.join(genres)}) in {cfg.data_root}, "
+            f"first {cfg.clip_seconds:g} s of each; {args.folds}-fold cross-validation, seed {args.seed}"
+        )
+        result = gu.cross_validate(
+            methods, labels, cfg, folds=args.folds, seed=args.seed, out_dir=args.work, max_folds=args.max_folds
+        )
     except gu.GenreError as exc:
         parser.exit(1, f"{parser.prog}: error: {exc}\n")
 
@@ -185,26 +232,44 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(args.out / "summary.csv", index=False, float_format="%.6g")
     result.folds.to_csv(args.out / "per_fold.csv", index=False, float_format="%.6g")
-    label = args.label or (DEFAULT_LABEL if data == DEFAULT_DATA else
-                           f"folder-per-genre set '{Path(data).name}' of {len(genres)} genres")
+    label = args.label or (
+        DEFAULT_LABEL if data == DEFAULT_DATA else f"folder-per-genre set '{Path(data).name}' of {len(genres)} genres"
+    )
     scope = f"the first {args.max_folds} folds of " if args.max_folds and args.max_folds < args.folds else ""
-    header = (f"{label[0].upper() + label[1:]}: {len(labels)} clips ({', '.join(genres)}), "
-              f"{scope}{args.folds}-fold stratified cross-validation (seed {args.seed}), "
-              f"{date.today().isoformat()}.\n\n")
+    header = (
+        f"{label[0].upper() + label[1:]}: {len(labels)} clips ({', '.join(genres)}), "
+        f"{scope}{args.folds}-fold stratified cross-validation (seed {args.seed}), "
+        f"{date.today().isoformat()}.\n\n"
+    )
     (args.out / "summary.md").write_text(header + markdown_table(summary, descriptions))
-    (args.out / "run.json").write_text(json.dumps({
-        "data": str(cfg.data_root), "label": label, "clips": len(labels), "genres": list(genres), "folds": args.folds,
-        "max_folds": args.max_folds, "seed": args.seed, "date": date.today().isoformat(),
-        "methods": descriptions,
-    }, indent=2) + "\n")
+    (args.out / "run.json").write_text(
+        json.dumps(
+            {
+                "data": str(cfg.data_root),
+                "label": label,
+                "clips": len(labels),
+                "genres": list(genres),
+                "folds": args.folds,
+                "max_folds": args.max_folds,
+                "seed": args.seed,
+                "date": date.today().isoformat(),
+                "methods": descriptions,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
     baseline = summary.set_index("method")["accuracy_mean"].get("svm")
-    print(f"\n{'method':<26} {'parameters':>10} {'train s/fold':>12} {'accuracy ± SE':>15} {'macro F1':>8}"
-          f"{'  vs SVM':>9}")
+    print(
+        f"\n{'method':<26} {'parameters':>10} {'train s/fold':>12} {'accuracy ± SE':>15} {'macro F1':>8}{'  vs SVM':>9}"
+    )
     for row in summary.itertuples():
         gap = f"{100 * (row.accuracy_mean - baseline):+8.1f}" if baseline is not None else ""
-        print(f"{row.method:<26} {row.parameters:>10,} {row.train_seconds:>12.1f} "
-              f"{row.accuracy_mean:>8.3f} ± {row.accuracy_se:.3f} {row.macro_f1:>8.3f} {gap}")
+        print(
+            f"{row.method:<26} {row.parameters:>10,} {row.train_seconds:>12.1f} "
+            f"{row.accuracy_mean:>8.3f} ± {row.accuracy_se:.3f} {row.macro_f1:>8.3f} {gap}"
+        )
     if baseline is not None:
         print("(vs SVM: accuracy points above the SVM baseline of this run)")
     print(f"\nwritten: {args.out / 'summary.csv'}, summary.md, per_fold.csv")

@@ -36,7 +36,8 @@ demo: data  ## execute every notebook in order, in place; writes figures/
 			--ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.record_timing=False "$$nb" || exit 1; \
 	done
 
-test: data  ## unit tests and the module's doctests, then the notebooks re-executed and compared by nbval
+test: data  ## formatting and lint (ruff), unit tests and the module's doctests, then the notebooks re-executed and compared by nbval
+	$(BIN)/ruff format --check --quiet . && $(BIN)/ruff check --quiet .
 	$(BIN)/python -m pytest tests/ --doctest-modules genre_utils.py
 	GENRE_QUICK=1 $(BIN)/python -m pytest --nbval notebooks/
 

@@ -281,7 +281,9 @@ def test_a_folder_of_stray_files_only_is_no_dataset(tmp_path):
 
 def test_unknown_preset_names_the_choices_and_the_variable(monkeypatch):
     monkeypatch.setenv("GENRE_PROFILE", "huge")
-    with pytest.raises(gu.ConfigError, match=r"unknown preset 'huge'; choose one of seed, demo \(GENRE_PROFILE\)"):
+    with pytest.raises(
+        gu.ConfigError, match=r"unknown preset 'huge'; choose one of seed, demo, recipe \(GENRE_PROFILE\)"
+    ):
         gu.get_config()
 
 

@@ -13,11 +13,12 @@ MUSICNN_WEIGHTS := cache/musicnn/msd_musicnn.npz
 
 setup: $(VENV)/.installed $(MUSICNN_WEIGHTS)
 
-# uv installs the same pinned wheels as pip, five times faster (55 s -> 10 s from a warm cache)
+# uv installs the same pinned wheels as pip, three times faster (55 s -> 19 s from a warm cache); it
+# compiles the bytecode up front, as pip does, so no process pays for it on import
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet uv==0.13.9
-	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python -r requirements.txt
+	$(BIN)/python -m uv pip install --quiet --compile-bytecode --python $(BIN)/python -r requirements.txt
 	touch $@
 
 musicnn: $(MUSICNN_WEIGHTS)  ## the pretrained musicnn MSD weights (musicnn 0.1.0, ISC licence), from PyPI once

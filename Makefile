@@ -38,18 +38,23 @@ demo: data  ## execute every notebook in order, in place; writes figures/
 			--ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.record_timing=False "$$nb" || exit 1; \
 	done
 
-test: data  ## formatting and lint (ruff), then unit tests and notebooks side by side (each one's output when it ends)
+test: data  ## formatting and lint (ruff), then the unit tests and the notebooks, two at a time
 	$(BIN)/ruff format --check --quiet . && $(BIN)/ruff check --quiet .
-	@echo "unit tests and notebooks run side by side; each prints its output when it ends"
+	@echo "unit tests and notebooks run two at a time; each prints its output when it ends"
 	$(MAKE) --no-print-directory -j2 --output-sync=target unit-tests notebook-tests
 
-# The unit tests run on one core and the notebooks' kernels on about one and a half: side by side they
-# share two cores and end in about 60 % of the time they take one after the other
-unit-tests: data  ## the unit tests and the module's doctests
-	$(BIN)/python -m pytest tests/ --doctest-modules genre_utils.py
+unit-tests: setup  ## the unit tests and the module's doctests
+	$(BIN)/python -m pytest tests/ --doctest-modules genre_utils.py --durations=5
 
-notebook-tests: data  ## every notebook re-executed in quick mode (GENRE_QUICK=1) and compared by nbval
-	GENRE_QUICK=1 $(BIN)/python -m pytest --nbval notebooks/
+# nbval re-executes each notebook in quick mode (GENRE_QUICK=1) and compares its outputs with the
+# committed ones. A notebook waits only for the notebooks whose caches and runs it reads, so with
+# -j2 they fill the core the unit tests leave free (the unit tests use about one, a notebook more).
+NOTEBOOK_TESTS := $(NOTEBOOKS:notebooks/%.ipynb=nbval-%)
+notebook-tests: $(NOTEBOOK_TESTS)  ## every notebook re-executed and compared by nbval
+nbval-%: data
+	GENRE_QUICK=1 $(BIN)/python -m pytest --nbval -q notebooks/$*.ipynb
+nbval-03_model nbval-04_training: nbval-02_features  # the feature cache
+nbval-05_results nbval-06_experiments nbval-07_pretrained: nbval-04_training  # the run runs/quick/demo-full
 
 report: setup  ## the executed notebooks as one browsable HTML report in report/
 	$(BIN)/python genre_utils.py report

@@ -1,6 +1,7 @@
 """Training: the batch pipeline, one optimisation step, the run folder, resuming a killed run."""
 
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -129,11 +130,19 @@ class RecordEpochs(keras.callbacks.Callback):
 
 
 @pytest.fixture(scope="module")
-def resumed_run(tmp_path_factory, data):
-    """A 2-epoch run killed after epoch 1, then trained again in the same folder with a new model."""
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+def killed_run(tmp_path_factory, data):
+    """The folder of a 2-epoch run killed after epoch 1 (tests resume copies of it)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "killed"
     with pytest.raises(KeyboardInterrupt):
         gu.train(gu.build_model(TINY), data, TINY, run_dir, callbacks=[KillAfterFirstEpoch()], verbose=0)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory, killed_run, data):
+    """The killed run, trained again in (a copy of) its folder with a new model."""
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    shutil.copytree(killed_run, run_dir)
     after_kill = pd.read_csv(run_dir / "history.csv")
     assert (run_dir / "backup").is_dir() and not (run_dir / "last.keras").exists()
     recorder = RecordEpochs()
@@ -173,8 +182,6 @@ def test_the_saved_model_carries_the_input_normalisation_of_the_training_split(r
 
 
 def test_a_run_from_before_the_model_normalised_its_inputs_is_refused(resumed_run, tmp_path):
-    import shutil
-
     old = tmp_path / "old"
     shutil.copytree(resumed_run[0], old)
     versions = json.loads((old / "versions.json").read_text())
@@ -199,12 +206,11 @@ def test_load_run_returns_the_best_model_config_and_history(resumed_run, data):
     np.testing.assert_allclose(reversed_order, probabilities[::-1], rtol=1e-5, atol=1e-6)
 
 
-def test_resuming_with_other_settings_is_refused(tmp_path, data):
-    with pytest.raises(KeyboardInterrupt):
-        gu.train(gu.build_model(TINY), data, TINY, tmp_path, callbacks=[KillAfterFirstEpoch()], verbose=0)
+def test_resuming_with_other_settings_is_refused(tmp_path, killed_run, data):
+    shutil.copytree(killed_run, tmp_path / "run")
     other = TINY.replace(learning_rate=0.01)
     with pytest.raises(gu.ConfigError, match="config.json: the interrupted run"):
-        gu.train(gu.build_model(other), data, other, tmp_path, verbose=0)
+        gu.train(gu.build_model(other), data, other, tmp_path / "run", verbose=0)
 
 
 def test_load_run_of_an_empty_folder_names_the_missing_file(tmp_path):

@@ -1,10 +1,11 @@
 """Benchmark: clips per second of musicnn embedding extraction (decode, log-mel patches, network, pooling).
 
 Compares (a) the plain per-file loop (one network in this process; for each file librosa.load at
-16 kHz, `musicnn_patches`, the network on the file's patches, mean and max of the penultimate layer)
+16 kHz, `musicnn_patches`, the network's compiled predict function on the file's patches, mean and max
+of the penultimate layer; (a') the same calling the network eagerly, as `musicnn_outputs` did before)
 with (b) `pretrained_embeddings` in one process (its default: the network itself uses every core) and
-(c) `pretrained_embeddings` in one process per core, each network on one thread; checks that all three
-give the same embeddings, and prints the ratios against (a) measured in the same run.
+(c) `pretrained_embeddings` in one process per core, each network on one thread; checks that all of
+them give the same embeddings, and prints the ratios against (a) measured in the same run.
 Needs the converted weights (`make musicnn`).
 
     .venv/bin/python benchmarks/embeddings.py --clips 8            # synthesized 30 s MP3s
@@ -27,13 +28,18 @@ from features import synthesize_clips  # noqa: E402
 import genre_utils as gu  # noqa: E402
 
 
-def plain_embedding(path: Path, model, seconds: float) -> np.ndarray:
-    """The straightforward computation for one file: decode, patches, network, pooling."""
+def plain_embedding(path: Path, model, seconds: float, eager: bool = False) -> np.ndarray:
+    """The straightforward computation for one file: decode, patches, network, pooling; `eager` calls
+    the network directly, as `musicnn_outputs` did before it used the compiled predict function."""
     import librosa
 
     y, _ = librosa.load(path, sr=gu.MUSICNN_SAMPLE_RATE, duration=seconds)
     y = librosa.util.fix_length(y, size=int(gu.MUSICNN_SAMPLE_RATE * seconds))
-    penultimate = gu.musicnn_outputs(gu.musicnn_patches(y), model)["penultimate"]
+    patches = gu.musicnn_patches(y)
+    if eager:
+        penultimate = np.asarray(model(patches.astype(np.float32), training=False)["penultimate"])
+    else:
+        penultimate = gu.musicnn_outputs(patches, model)["penultimate"]
     return np.concatenate([penultimate.mean(axis=0), penultimate.max(axis=0)])
 
 
@@ -67,7 +73,11 @@ def main() -> None:
         start = time.perf_counter()
         reference = np.stack([plain_embedding(path, model, args.seconds) for path in paths])
         timings = {"(a) plain per-file loop, 1 process": time.perf_counter() - start}
-        results = {}
+        plain_embedding(paths[0], model, args.seconds, eager=True)
+        start = time.perf_counter()
+        eager = np.stack([plain_embedding(path, model, args.seconds, eager=True) for path in paths])
+        timings["(a') the same, network called eagerly (before)"] = time.perf_counter() - start
+        results = {"(a') the same, network called eagerly (before)": eager}
         for name, workers in (
             ("(b) pretrained_embeddings, 1 process", 1),
             (f"(c) pretrained_embeddings, {args.workers} processes", args.workers),
@@ -79,7 +89,7 @@ def main() -> None:
         rows = []
         for name, seconds in timings.items():
             embeddings = results.get(name)
-            difference = 0.0 if embeddings is None else float(np.abs(embeddings.to_numpy() - reference).max())
+            difference = 0.0 if embeddings is None else float(np.abs(np.asarray(embeddings) - reference).max())
             rate = len(paths) / seconds
             rows.append(
                 {

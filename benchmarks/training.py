@@ -16,6 +16,7 @@ over the matrix-multiply rate, and each variant's speed over the first variant o
     KERAS_BACKEND=jax python benchmarks/training.py --compare jit
     python benchmarks/training.py --loader                # the batch loader alone, seed size
     python benchmarks/training.py --device gpu --precision float32 mixed   # on a GPU machine
+    python benchmarks/training.py --precision float32 mixed_bfloat16      # bfloat16 on a CPU that has it
 
 Without --compare, each model runs with the settings `genre_utils.train` uses: Keras' defaults,
 which leave XLA (jit_compile) off on a CPU under TensorFlow, where it measured 2.5x slower.
@@ -342,8 +343,9 @@ def main(argv=None) -> None:
         "--precision",
         nargs="+",
         default=["float32"],
-        choices=["float32", "mixed"],
-        help="dtype policies; mixed = the one configure_devices picks for the GPU",
+        choices=["float32", "mixed", "mixed_bfloat16"],
+        help="dtype policies; mixed = the one configure_devices picks for the GPU; mixed_bfloat16 forced "
+        "(e.g. on a CPU with AVX512-BF16)",
     )
     parser.add_argument("--loader", action="store_true", help="measure the batch loader alone instead")
     parser.add_argument("--loader-clips", type=int, default=2048, help="clips in the synthetic loader cache")

@@ -289,13 +289,15 @@ def test_unknown_preset_names_the_choices_and_the_variable(monkeypatch):
 
 def test_genre_quick_trains_fewer_epochs_into_its_own_folders(monkeypatch):
     monkeypatch.setenv("GENRE_QUICK", "1")
+    assert gu.quick_mode()
     quick = gu.get_config("demo")
     assert quick.epochs == gu.QUICK_EPOCHS < gu.PRESETS["demo"].epochs
     assert quick.runs_dir == gu.QUICK_DIR and quick.figures_dir == gu.QUICK_DIR / "figures"
     assert quick.figures_dir != gu.PRESETS["demo"].figures_dir  # make test never rewrites figures/
     assert gu.get_config("seed", epochs=5).epochs == 5  # an explicit setting wins
-    monkeypatch.setenv("GENRE_QUICK", "0")
-    assert gu.get_config("demo") == gu.PRESETS["demo"]
+    for off in ("0", ""):
+        monkeypatch.setenv("GENRE_QUICK", off)
+        assert not gu.quick_mode() and gu.get_config("demo") == gu.PRESETS["demo"]
 
 
 def test_missing_data_root_says_to_set_genre_data_or_make_data(tmp_path, monkeypatch):

@@ -253,6 +253,7 @@ def test_a_cnn_method_trains_one_fold_with_the_recipe_and_its_model_reloads(tmp_
             "freq_mask_bins": 2,
             "gain_db": 3.0,
             "warmup_epochs": 0.5,
+            "branches": ("mel_vertical", "cqt"),  # both inputs, fewer layers to compile
         }
     )
     method = gu.cnn_method(data, cfg)

@@ -391,7 +391,8 @@ PRESETS["recipe"] = PRESETS["demo"].replace(profile="recipe", **RECIPE_SETTINGS)
 # GENRE_QUICK=1 (set by `make test`): every preset trains QUICK_EPOCHS epochs and writes its runs and
 # figures under runs/quick/, so the notebooks run every code path in a fraction of the time without
 # touching the committed figures/ or the runs of `make demo`; notebook 06 then trains its three-branch
-# network both ways but not the single-branch ablation, which repeats the same code on smaller networks
+# network both ways but not the single-branch ablation, which repeats the same code on smaller networks,
+# and notebook 07 embeds one 3 s musicnn patch per clip
 QUICK_EPOCHS = 2
 QUICK_DIR = ROOT / "runs" / "quick"
 
@@ -2635,8 +2636,8 @@ def _converted_musicnn_checkpoint(prefix: Path) -> dict[str, np.ndarray]:
 def musicnn_outputs(patches: np.ndarray, model, batch_size: int = 32) -> dict[str, np.ndarray]:
     """The network's MUSICNN_LAYERS outputs for log-mel `patches` (n, 187, 96): float32 (n, size) each.
 
-    Computed by the model's compiled predict function (twice as fast on a CPU as calling the model
-    eagerly, whose per-layer dispatch dominates at a clip's few patches)."""
+    Computed by the model's compiled predict function: on a CPU 2x as fast as calling the model
+    eagerly for a 10 s clip (3 patches), 1.3x for a 30 s one (benchmarks/embeddings.py)."""
     outputs = {name: [] for name in MUSICNN_LAYERS}
     for start in range(0, len(patches), batch_size):
         batch = model.predict_on_batch(np.asarray(patches[start : start + batch_size], dtype=np.float32))

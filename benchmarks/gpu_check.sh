@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# One prepared GPU check, under 8 minutes, for a machine whose Python has JAX and PyTorch with CUDA but
+# One prepared GPU check, under 12 minutes (MEMORY_BACKENDS=jax: 10), for a machine whose Python has JAX and PyTorch with CUDA but
 # no TensorFlow and no internet (the device tool's nvidia-h100-x1 / nvidia-h200 images):
 #   1. installs keras, librosa, soundfile and the other missing packages from wheels in .whl/;
 #   2. runs benchmarks/training.py with the JAX backend (then torch) in float32 and mixed precision:
-#      clips/s, GFLOP/s and the ratio to the GPU's own matrix-multiply rate;
+#      clips/s, GFLOP/s and the ratio to the GPU's own matrix-multiply rate; then benchmarks/memory.py
+#      --method device: the peak device memory of the report's step (seed, whole clips, batch 32), of
+#      batch 8 and of 32 clips as 4 accumulated micro-batches of 8, float32 and mixed precision, one
+#      fresh process each (JAX peak_bytes_in_use, torch max_memory_allocated);
 #   3. generates the demo dataset there, extracts its features and trains the demo run end to end on
 #      the GPU (whole clips and chunked, JAX backend), printing clips/s, accuracy and a prediction,
 #      and checks that TensorFlow was never imported.
@@ -28,11 +31,13 @@ PYTHON=${PYTHON:-python3}
 WORK=${WORK:-/tmp/genre-gpu-check}
 if [ -n "${QUICK:-}" ]; then  # a CPU dry run: tiny workloads, same steps
     MODELS=${MODELS:-demo-chunked}; STEPS=${STEPS:-1}; ROUNDS=${ROUNDS:-1}; EPOCHS=${EPOCHS:-1}
-    BACKENDS=${BACKENDS:-jax}; CLIPS=${CLIPS:-10}
+    BACKENDS=${BACKENDS:-jax}; CLIPS=${CLIPS:-10}; MEMORY_CONFIGS=${MEMORY_CONFIGS:-demo-full-b32}
 else
     MODELS=${MODELS:-seed-full seed-chunked demo-full}; STEPS=${STEPS:-10}; ROUNDS=${ROUNDS:-2}
     EPOCHS=${EPOCHS:-20}; BACKENDS=${BACKENDS:-jax torch}; CLIPS=${CLIPS:-60}
+    MEMORY_CONFIGS=${MEMORY_CONFIGS:-seed-full-b32 seed-full-b32-acc4 seed-full-b8}
 fi
+MEMORY_BACKENDS=${MEMORY_BACKENDS:-$BACKENDS}
 mkdir -p "$WORK"
 step() { echo; echo "== $(date +%T) $*"; }
 
@@ -65,6 +70,16 @@ for backend in $BACKENDS; do
     step "training benchmark, KERAS_BACKEND=$backend: $MODELS, float32 and mixed precision (at most $limit s)"
     KERAS_BACKEND=$backend timeout $limit "$PYTHON" benchmarks/training.py --models $MODELS --steps "$STEPS" \
         --rounds "$ROUNDS" --precision float32 mixed 2>&1 | grep -v -i "warning"
+    echo "(exit ${PIPESTATUS[0]}; 124 = stopped at its time limit)"
+done
+
+# each configuration in its own process, so that its peak is its own; rows print as they finish, and
+# what does not fit the time limit is cut
+for backend in $MEMORY_BACKENDS; do
+    limit=150; [ "$backend" = jax ] || limit=90  # seconds
+    step "peak device memory, KERAS_BACKEND=$backend: $MEMORY_CONFIGS, float32 and mixed precision (at most $limit s)"
+    KERAS_BACKEND=$backend timeout $limit "$PYTHON" benchmarks/memory.py --method device --configs $MEMORY_CONFIGS \
+        --precision float32 mixed --timeout 90 2>&1 | grep -v -i "warning"
     echo "(exit ${PIPESTATUS[0]}; 124 = stopped at its time limit)"
 done
 

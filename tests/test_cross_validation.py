@@ -110,7 +110,7 @@ def test_cross_validate_scores_every_method_on_the_same_folds_and_resumes(tmp_pa
     assert summary.at["majority", "accuracy_mean"] < 0.6
     assert (summary["parameters"] == 3).all() and (summary["train_seconds"] == 0.5).all()
     assert result.proba["oracle"].index.equals(LABELS.index.sort_values())  # every clip once
-    assert (tmp_path / "oracle" / "fold-2" / "proba.csv").is_file() and (tmp_path / "folds.csv").is_file()
+    assert (tmp_path / "oracle" / "repeat-0" / "fold-2" / "proba.csv").is_file() and (tmp_path / "folds.csv").is_file()
 
     again = gu.cross_validate(
         {"oracle": oracle, "majority": majority}, LABELS, cfg, folds=3, seed=1, out_dir=tmp_path, progress=False
@@ -120,6 +120,100 @@ def test_cross_validate_scores_every_method_on_the_same_folds_and_resumes(tmp_pa
     majority.settings = {"fake": 2}  # other settings: its folds are rerun
     gu.cross_validate({"majority": majority}, LABELS, cfg, folds=3, seed=1, out_dir=tmp_path, progress=False)
     assert majority.calls == 6
+
+
+def counted(method):
+    """`method` with the same settings, counting its calls in `.calls`."""
+
+    def wrapper(split, run_dir):
+        wrapper.calls += 1
+        return method(split, run_dir)
+
+    wrapper.calls, wrapper.settings = 0, method.settings
+    return wrapper
+
+
+def separable_statistics(labels: pd.Series, seed: int = 0) -> pd.DataFrame:
+    """Clip statistics in which each genre is a tight cluster of its own."""
+    rng = np.random.default_rng(seed)
+    centres = {"jazz": -2.0, "pop": 0.0, "rock": 2.0}
+    return pd.DataFrame(
+        rng.normal(size=(len(labels), 4)) * 0.3 + labels.map(centres).to_numpy()[:, None],
+        index=labels.index,
+        columns=[f"s{k}" for k in range(4)],
+    )
+
+
+def test_a_fold_is_read_back_only_when_its_data_labels_split_and_settings_are_the_same(tmp_path):
+    cfg = TINY.replace(genres=("jazz", "pop", "rock"))
+    statistics = separable_statistics(LABELS)
+
+    def run(statistics, labels=LABELS, seed=42, **options):
+        method = counted(gu.baseline_method(statistics, labels, "logistic", seed))
+        result = gu.cross_validate(
+            {"logistic": method}, labels, cfg, folds=3, out_dir=tmp_path, progress=False, **options
+        )
+        return method.calls, result
+
+    calls, first = run(statistics)
+    assert calls == 3
+    calls, again = run(statistics.copy())
+    assert calls == 0, "the same inputs are read back"
+    pd.testing.assert_frame_equal(again.summary, first.summary)
+    changed = statistics.copy()
+    changed.iloc[0, 0] += 1e-9  # one number of one clip: other data
+    assert run(changed)[0] == 3, "changing the data reruns"
+    assert run(changed, seed=1)[0] == 3, "changing a setting reruns"
+    relabelled = LABELS.copy()
+    swap = relabelled[relabelled == "rock"].index[:1].append(relabelled[relabelled == "pop"].index[:1])
+    relabelled[swap] = relabelled[swap[::-1]].to_numpy()  # one rock clip and one pop clip trade genres
+    assert run(changed, relabelled, seed=1)[0] == 3, "changing the labels reruns"
+    assert run(changed, relabelled, seed=1, validation=0.2)[0] == 3, "another split of the same folds reruns"
+
+
+def test_every_method_keys_its_folds_on_its_data():
+    statistics = separable_statistics(LABELS)
+    other = separable_statistics(LABELS, seed=1)
+    cfg = TINY.replace(genres=("jazz", "pop", "rock"))
+    pairs = [
+        (gu.baseline_method(statistics, LABELS), gu.baseline_method(other, LABELS)),
+        (gu.embedding_method(statistics, LABELS, cfg), gu.embedding_method(other, LABELS, cfg)),
+        (gu.cnn_method(fake_features(), TINY), gu.cnn_method(fake_features(seed=1), TINY)),
+    ]
+    for method, on_other_data in pairs:
+        assert method.settings["data"] != on_other_data.settings["data"], method.settings["method"]
+        assert {**method.settings, "data": None} == {**on_other_data.settings, "data": None}
+    assert gu.cnn_method(fake_features(), TINY).settings == pairs[2][0].settings  # same data, same key
+
+
+def test_an_out_dir_holding_another_datasets_results_is_refused_naming_both(tmp_path):
+    cfg = TINY.replace(genres=("jazz", "pop", "rock"), data_root=tmp_path / "set_a")
+    method = gu.baseline_method(separable_statistics(LABELS), LABELS, "svm")
+    gu.cross_validate({"svm": method}, LABELS, cfg, folds=3, out_dir=tmp_path / "work", progress=False)
+    set_b = cfg.replace(data_root=tmp_path / "set_b")
+    with pytest.raises(gu.GenreError, match=r"work: holds the cross-validation of another dataset \(.*set_a.*set_b"):
+        gu.cross_validate({"svm": method}, LABELS, set_b, folds=3, out_dir=tmp_path / "work", progress=False)
+    gu.cross_validate({"svm": method}, LABELS, set_b, folds=3, out_dir=tmp_path / "work-b", progress=False)
+
+
+def test_repeated_cross_validation_draws_new_folds_and_reports_the_worst_fold(tmp_path):
+    cfg = TINY.replace(genres=("jazz", "pop", "rock"))
+    majority = Counting(cfg.genres)
+    result = gu.cross_validate(
+        {"majority": majority}, LABELS, cfg, folds=3, out_dir=tmp_path, progress=False, repeats=2
+    )
+    assert majority.calls == 6 and len(result.folds) == 6
+    assert result.folds[["repeat", "fold"]].values.tolist() == [[r, k] for r in range(2) for k in range(3)]
+    pd.testing.assert_frame_equal(result.assignment[0], gu.cross_validation_folds(LABELS, 3, 42), check_names=False)
+    pd.testing.assert_frame_equal(result.assignment[1], gu.cross_validation_folds(LABELS, 3, 43), check_names=False)
+    assert not result.assignment[0].equals(result.assignment[1])
+    row = result.summary.iloc[0]
+    assert row["accuracy_min"] == result.folds["accuracy"].min()
+    assert row["accuracy_mean"] == pytest.approx(result.folds["accuracy"].mean())
+    assert row["accuracy_se"] == pytest.approx(result.folds["accuracy"].std() / np.sqrt(6))
+    assert result.proba["majority"].index.equals(LABELS.index.sort_values())  # the first repeat, each clip once
+    with pytest.raises(gu.GenreError, match="repeats=0"):
+        gu.cross_validate({"majority": majority}, LABELS, cfg, folds=3, out_dir=tmp_path, repeats=0)
 
 
 def test_a_method_that_misses_test_clips_or_genres_is_named(tmp_path):
@@ -286,6 +380,13 @@ def test_cross_validation_plot_has_a_bar_per_method_a_dot_per_fold_and_the_basel
     dots = [line for line in ax.lines if line.get_marker() == "o"]
     assert sorted(x for line in dots for x in line.get_xdata()) == pytest.approx(sorted(per_fold["accuracy"]))
     assert any(line.get_linestyle() == "--" and line.get_xdata()[0] == pytest.approx(0.6) for line in ax.lines)
+    assert [text.get_text() for text in ax.texts] == ["0.600 ± 0.020", "0.700 ± 0.030"]
+    plt.close(fig)
+    fig = gu.plot_cross_validation(summary.assign(accuracy_min=[0.58, 0.65]), per_fold)
+    assert [text.get_text() for text in fig.axes[0].texts] == [
+        "0.600 ± 0.020, worst 0.580",
+        "0.700 ± 0.030, worst 0.650",
+    ]
     plt.close(fig)
     with pytest.raises(gu.GenreError, match="accuracy_se"):
         gu.plot_cross_validation(summary.drop(columns="accuracy_se"))

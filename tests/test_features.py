@@ -140,6 +140,26 @@ def test_unchanged_run_reuses_cache_without_decoding(tracks, cfg, monkeypatch):
     np.testing.assert_array_equal(again.mel, first.mel)
 
 
+def test_a_second_builder_of_the_same_cache_waits_for_the_first_and_reads_its_result(tracks, cfg):
+    import fcntl
+    import threading
+
+    key = gu.features_key(tracks, cfg)
+    cfg.cache_dir.mkdir(parents=True)
+    result = {}
+    with open(cfg.cache_dir / f"features-{key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process building this cache
+        waiting = threading.Thread(target=lambda: result.update(features=gu.extract_features(tracks, cfg, workers=1)))
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and not (cfg.cache_dir / f"features-{key}.partial").exists(), "it waits"
+        first = gu._build_features(gu._checked_tracks(tracks, cfg), key, cfg.cache_dir, cfg, 1)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    waiting.join(timeout=60)
+    assert first is None and result["features"].path == cfg.cache_dir / f"features-{key}"
+    assert len(result["features"].index) == len(tracks)
+
+
 def test_a_changed_setting_or_file_recomputes_the_features(tracks, cfg, tmp_path):
     first = gu.extract_features(tracks, cfg, workers=1)
     fewer_bands = gu.extract_features(tracks, cfg.replace(n_mels=16), workers=1)

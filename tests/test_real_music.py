@@ -1,0 +1,70 @@
+"""benchmarks/real_music.py: each dataset gets its own numbers, whatever ran before in the same work folder."""
+
+import importlib.util
+import json
+
+import pandas as pd
+import pytest
+
+import genre_utils as gu
+from conftest import write_tone
+
+
+@pytest.fixture(scope="module")
+def real_music():
+    spec = importlib.util.spec_from_file_location("real_music", gu.ROOT / "benchmarks" / "real_music.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def folder_set(root, tones: dict[str, list[float]], seconds: float = 1.0):
+    """A folder-per-genre set: `tones[genre]` lists the frequency of each of its clips (one WAV each)."""
+    for genre, frequencies in tones.items():
+        for k, freq in enumerate(frequencies):
+            write_tone(root / genre / f"{k}.wav", seconds, freq)
+    return root
+
+
+def run(real_music, data, work, out, *extra):
+    argv = ["--data", str(data), "--methods", "svm,logistic", "--folds", "2", "--repeats", "1"]
+    assert real_music.main([*argv, "--work", str(work), "--out", str(out), *extra]) == 0
+    return pd.read_csv(out / "summary.csv"), json.loads((out / "run.json").read_text())
+
+
+def test_two_datasets_in_one_work_folder_each_get_their_own_numbers(real_music, tmp_path):
+    # set A: low tones vs high tones, perfectly separable; set B: both folders hold the same tones
+    set_a = folder_set(tmp_path / "set_a", {"low": [110, 130, 150, 170], "high": [2000, 2400, 2800, 3200]})
+    set_b = folder_set(tmp_path / "set_b", {"low": [110, 2000, 150, 2800], "high": [110, 2000, 150, 2800]})
+    work = tmp_path / "work"
+    a, run_a = run(real_music, set_a, work, tmp_path / "out_a")
+    b, run_b = run(real_music, set_b, work, tmp_path / "out_b")  # the same --work
+    fresh_b, _ = run(real_music, set_b, tmp_path / "fresh", tmp_path / "out_fresh")
+    assert (a["accuracy_mean"] == 1.0).all() and (b["accuracy_mean"] < 1.0).all()
+    pd.testing.assert_frame_equal(b.drop(columns="train_seconds"), fresh_b.drop(columns="train_seconds"))
+    assert run_a["features_key"] != run_b["features_key"]
+    assert len(list(work.iterdir())) == 2, "each dataset keeps its folds in a folder of its own"
+    assert run_b["clip_seconds"] == run_b["recording_seconds"] == 1.0  # the recordings' whole length
+
+    # the same inputs are read back: no fold of set A is computed again
+    records = sorted(work.glob("set_a-*/*/repeat-0/fold-*/result.json"))
+    before = [path.stat().st_mtime_ns for path in records]
+    again, _ = run(real_music, set_a, work, tmp_path / "out_a")
+    assert len(records) == 4 and [path.stat().st_mtime_ns for path in records] == before
+    pd.testing.assert_frame_equal(again, a)
+
+    # a clip of set A changes: its folder is new, and A's numbers are computed afresh from it
+    write_tone(set_a / "high" / "0.wav", 1.0, 120)  # now a low tone among the high ones
+    changed, run_changed = run(real_music, set_a, work, tmp_path / "out_changed")
+    assert run_changed["features_key"] != run_a["features_key"]
+    assert (changed["accuracy_mean"] < 1.0).any()
+
+
+def test_seconds_cut_the_recordings_and_the_tables_say_so(real_music, tmp_path):
+    data = folder_set(tmp_path / "set", {"low": [110, 130, 150, 170], "high": [2000, 2400, 2800, 3200]}, 1.5)
+    summary, record = run(real_music, data, tmp_path / "work", tmp_path / "out", "--seconds", "0.5")
+    assert record["clip_seconds"] == 0.5 and record["recording_seconds"] == 1.5
+    assert "the first 0.5 s of each recording" in (tmp_path / "out" / "summary.md").read_text()
+    assert {"accuracy_min", "accuracy_mean", "accuracy_se"} <= set(summary.columns)
+    with pytest.raises(SystemExit):
+        real_music.main(["--data", str(data), "--seconds", "0"])

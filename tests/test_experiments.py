@@ -1,7 +1,6 @@
 """Beyond the report: chunked training and clip voting, the classical baseline, the predict command."""
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -125,15 +124,14 @@ def test_a_finished_experiment_run_is_reused_not_retrained(chunked_run, data):
     assert 0 <= row["test_accuracy"] <= 1 and row["train_seconds"] > 0
 
 
-def test_an_experiment_run_trained_on_other_data_is_retrained(chunked_run, data, tmp_path):
-    run_dir = tmp_path / "run"
-    shutil.copytree(chunked_run[0], run_dir)
+def test_an_experiment_run_is_reused_only_for_the_same_settings_and_data(chunked_run, data):
+    run_dir = chunked_run[0]
+    assert json.loads((run_dir / "data.json").read_text())["fingerprint"] == data.fingerprint()
+    assert gu._finished_run(run_dir, CHUNKED, data), "the same inputs: cnn_experiment reads the run back"
     other = fake_features(n_val=16, seed=1)  # the same clips and splits as `data`, other values
     other.index["split"] = data.index["split"]
-    before = (run_dir / "best.keras").stat().st_mtime_ns
-    gu.cnn_experiment("chunked", CHUNKED, other, run_dir)
-    assert (run_dir / "best.keras").stat().st_mtime_ns != before, "changing the data retrains"
-    assert json.loads((run_dir / "data.json").read_text())["fingerprint"] == other.fingerprint()
+    assert not gu._finished_run(run_dir, CHUNKED, other), "changing the data retrains"
+    assert not gu._finished_run(run_dir, CHUNKED.replace(learning_rate=0.01), data), "changing a setting retrains"
 
 
 def test_clip_statistics_have_fixed_names_and_are_finite_even_for_silence():

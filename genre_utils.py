@@ -11,7 +11,8 @@ Shared helpers: quiet imports, atomic writes and output-folder errors, used by s
     import_keras
 Data: track tables for the FMA and folder-per-genre layouts, and audio loading
     AUDIO_EXTENSIONS, load_audio, FMA_SUBSETS, FMA_REQUIRED_COLUMNS, SPLIT_FRACTIONS, audio_path,
-    read_fma_tracks, load_tracks, skipped_tracks, audio_info, folder_genres, stratified_split
+    read_fma_tracks, load_tracks, skipped_tracks, audio_info, folder_genres, DATA_SOURCES, data_source,
+    stratified_split
 Download: FMA archives fetched, verified and unpacked
     FMA_BASE_URL, FMA_URL_VARIABLE, FmaArchive, FMA_ARCHIVES, FMA_BROKEN_TRACKS, download_fma,
     DatasetCheck, check_dataset
@@ -28,14 +29,14 @@ Pretrained network: musicnn (Pons et al. 2018) ported to Keras 3
     EMBEDDING_KINDS, EMBEDDING_LOGISTIC_CS, musicnn_patches, build_musicnn, load_musicnn,
     fetch_musicnn_weights, musicnn_outputs, musicnn_tags, musicnn_embedding, pretrained_embeddings,
     embedding_classifier, EMBEDDING_RUN_FILES, train_embedding_classifier, load_embedding_run,
-    predict_file_embeddings, embedding_method
+    predict_file_embeddings, ZERO_SHOT_GENRES, zero_shot_genres, predict_file_zero_shot, embedding_method
 Devices and batches: where Keras runs, and normalised batches of whole clips or excerpts
     gpu_devices, configure_devices, describe_devices, device_memory, TRAIN_MODES, EXCERPT_HOP, chunk_frames,
     excerpt_starts, micro_batch_size, feature_batches
 Training: Keras fit with checkpoints, logs and resume, one folder per run, read back by load_run
     RUN_FILES, RUN_FORMAT, adapt_normalization, train, LR_SCHEDULES, MONITORS, CHECKPOINTS, load_run
-Prediction: genre probabilities of cached clips and of audio files of any length
-    predict_proba, predict_file
+Prediction: genre probabilities of cached clips and of audio files of any length, with their caveats
+    predict_proba, predict_file, SILENCE_DB, SHORT_SHARE, audio_warnings
 Evaluation: accuracy, per-genre scores, confusion matrix, the comparison with the report, cross-validation
     REPORT_VAL_ACCURACY, REPORT_VAL_CLIPS, Scores, classification_scores, evaluate,
     most_confused_pairs, describe_dataset, compare_with_report, CV_COLUMNS, CV_FORMAT, MethodResult,
@@ -118,6 +119,8 @@ __all__ = [
     "skipped_tracks",
     "audio_info",
     "folder_genres",
+    "DATA_SOURCES",
+    "data_source",
     "stratified_split",
     # Download
     "FMA_BASE_URL",
@@ -179,6 +182,9 @@ __all__ = [
     "train_embedding_classifier",
     "load_embedding_run",
     "predict_file_embeddings",
+    "ZERO_SHOT_GENRES",
+    "zero_shot_genres",
+    "predict_file_zero_shot",
     "embedding_method",
     # Devices and batches
     "gpu_devices",
@@ -203,6 +209,9 @@ __all__ = [
     # Prediction
     "predict_proba",
     "predict_file",
+    "SILENCE_DB",
+    "SHORT_SHARE",
+    "audio_warnings",
     # Evaluation
     "REPORT_VAL_ACCURACY",
     "REPORT_VAL_CLIPS",
@@ -507,13 +516,15 @@ def _mkdir(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _exclusive(lock: Path):
+def _exclusive(lock: Path, wait: bool = True):
     """Hold an exclusive advisory lock on the file `lock` while the block runs, so that a second
     process building the same cache waits for the first and then finds its result, instead of writing
-    into the same files (two notebooks, or a notebook and a benchmark, started at once). Where the
-    platform has no `fcntl` (Windows), the block runs unlocked; so does a 'spawn' worker that is still
-    importing its parent's script (one without `if __name__ == "__main__":`), which would otherwise wait
-    forever for its own parent instead of failing with the error that names the missing guard."""
+    into the same files (two notebooks, or a notebook and a benchmark, started at once). Yields whether
+    the lock is held: with wait=False, False at once when another process holds it (that process is
+    doing the work; `cross_validate` then turns to other folds). Where the platform has no `fcntl`
+    (Windows), the block runs unlocked; so does a 'spawn' worker that is still importing its parent's
+    script (one without `if __name__ == "__main__":`), which would otherwise wait forever for its own
+    parent instead of failing with the error that names the missing guard."""
     import multiprocessing
 
     try:
@@ -521,12 +532,16 @@ def _exclusive(lock: Path):
     except ImportError:
         fcntl = None
     if fcntl is None or getattr(multiprocessing.current_process(), "_inheriting", False):
-        yield
+        yield True
         return
     with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -871,6 +886,25 @@ def folder_genres(root: str | os.PathLike) -> tuple[str, ...]:
             f"{root}: no sub-folder holds {'/'.join(AUDIO_EXTENSIONS)} files; expected one folder per genre"
         )
     return tuple(folders)
+
+
+DATA_SOURCES = {  # what data_source returns -> how predict names it
+    "synthetic": "the synthetic demo set",
+    "fma": "FMA",
+    "folder": "a folder of real recordings",
+}
+
+
+def data_source(root: str | os.PathLike) -> str:
+    """What kind of music a data root holds, as every run records it (a key of DATA_SOURCES):
+    "synthetic" for the generated demo set (its DEMO_MARKER file), "fma" for FMA's layout
+    (fma_metadata/tracks.csv), "folder" for anything else, a folder per genre of real recordings.
+    A model trained on synthetic clips knows only synthetic genres, which `predict` says.
+    """
+    root = Path(root).expanduser()
+    if (root / DEMO_MARKER).is_file():
+        return "synthetic"
+    return "fma" if (root / "fma_metadata" / "tracks.csv").is_file() else "folder"
 
 
 def _folder_tracks(folders: dict[str, list[Path]], seed: int) -> pd.DataFrame:
@@ -2972,8 +3006,8 @@ def train_embedding_classifier(
     Writes
     ------
     Into `run_dir`: config.json (cfg), versions.json, classifier.json (kind, seed, musicnn layers,
-    embedding columns, clips) and classifier.joblib (the Pipeline), each atomically; `genre_utils.py
-    predict --run run_dir` then predicts with it.
+    embedding columns, clips, the `data_source` of cfg.data_root) and classifier.joblib (the
+    Pipeline), each atomically; `genre_utils.py predict --run run_dir` then predicts with it.
     """
     import joblib
 
@@ -2997,6 +3031,7 @@ def train_embedding_classifier(
                 "layers": layers,
                 "columns": list(embeddings.columns),
                 "clips": len(genres),
+                "source": data_source(cfg.data_root),
             },
         )
         with _atomic_path(run_dir / "classifier.joblib") as tmp:
@@ -3030,16 +3065,80 @@ def predict_file_embeddings(path: str | os.PathLike, classifier, cfg: Config, in
     (columns as recorded in `info`, from `load_embedding_run`). Returns one row per window indexed by
     start_s, one column per genre of cfg.genres. Raises AudioError naming the file when it cannot be decoded.
     """
-    y = load_audio(path, MUSICNN_SAMPLE_RATE, None)
+    y0 = load_audio(path, MUSICNN_SAMPLE_RATE, None)
     window = int(round(MUSICNN_SAMPLE_RATE * cfg.clip_seconds))
-    y = np.pad(y, (0, max(0, window - len(y))))
+    y = np.pad(y0, (0, max(0, window - y0.size)))
     starts = excerpt_starts(len(y), window)
     positions = [list(_embedding_columns()).index(column) for column in info["columns"]]
     embeddings = np.stack([musicnn_embedding(y[start : start + window], model)[positions] for start in starts])
     proba = pd.DataFrame(classifier.predict_proba(embeddings), columns=list(classifier.classes_))
     proba = proba.reindex(columns=list(cfg.genres), fill_value=0.0)
     proba.index = pd.Index(starts / MUSICNN_SAMPLE_RATE, name="start_s")
-    return proba
+    return _with_audio_facts(proba, y0, MUSICNN_SAMPLE_RATE, cfg.clip_seconds)
+
+
+# Zero-shot genres: the MSD tags that name a genre, each under the FMA-small genre nearest to it. The
+# genres FMA-small lacks go to the one whose music sounds closest (jazz and easy listening are mostly
+# instrumental, blues is guitar band music, rnb sits by hip-hop, soul and funk by pop); FMA files
+# ambient and chill-out under Electronic. Tags that name no genre (eras, moods, voices, guitar) feed
+# none, nor do "alternative" and "indie", scenes that Pop and Rock share. No tag names International.
+# Chosen on ../shared/realmusic (README, "Predict your own song"): these groups and the `max` rule
+# below scored 0.68 there; before ambient and chill-out moved from Instrumental to Electronic, 0.625.
+ZERO_SHOT_GENRES = {
+    "Hip-Hop": ("Hip-Hop", "rnb"),
+    "Pop": ("pop", "indie pop", "catchy", "soul", "funk"),
+    "Folk": ("folk", "acoustic", "country"),
+    "Rock": (
+        "rock",
+        "alternative rock",
+        "indie rock",
+        "classic rock",
+        "hard rock",
+        "metal",
+        "heavy metal",
+        "punk",
+        "Progressive rock",
+        "blues",
+    ),
+    "Experimental": ("experimental",),
+    "Electronic": ("electronic", "electronica", "electro", "House", "dance", "ambient", "chillout"),
+    "Instrumental": ("instrumental", "jazz", "easy listening"),
+}
+
+
+def zero_shot_genres(tags: pd.DataFrame) -> pd.DataFrame:
+    """Genre shares from musicnn's MSD tag probabilities, with no training: rows of `tags` (as from
+    `musicnn_tags`: one column per MSD tag) in, one row of shares of the ZERO_SHOT_GENRES out.
+
+    Each genre scores the highest probability among its tags (a genre is there when any of its names
+    is heard; averaging, or summing, the tags instead scored 0.06-0.08 lower on the real recordings),
+    and the scores are divided by their sum, so each row sums to 1: shares of the tag evidence, not
+    calibrated probabilities. Genres no tag covers (International) are absent, not zero.
+
+    >>> tags = pd.DataFrame([dict.fromkeys(MUSICNN_TAGS, 0.0) | {"rock": 0.6, "pop": 0.2}])
+    >>> zero_shot_genres(tags).iloc[0].round(2).to_dict()["Rock"]
+    0.75
+    """
+    missing = sorted({tag for group in ZERO_SHOT_GENRES.values() for tag in group} - set(tags.columns))
+    if missing:
+        raise DataError(f"tag probabilities lack the MSD tags {', '.join(missing)}; pass musicnn_tags output")
+    scores = pd.DataFrame({genre: tags[list(group)].max(axis=1) for genre, group in ZERO_SHOT_GENRES.items()})
+    return scores.div(scores.sum(axis=1).clip(lower=1e-12), axis=0)
+
+
+def predict_file_zero_shot(path: str | os.PathLike, model) -> pd.DataFrame:
+    """Zero-shot genre shares of one audio file, in `predict_file`'s format: one row per 3 s patch
+    (indexed by start_s), one column per genre of ZERO_SHOT_GENRES (`zero_shot_genres` of the patch's
+    tags). attrs["tags"] holds the file's MSD tag probabilities averaged over its patches, what drove
+    the genres, and attrs["genres"] the file's shares: `zero_shot_genres` of those averaged tags (the
+    rule measured on the real recordings). `model`: `load_musicnn()`.
+    Raises AudioError naming the file when it cannot be decoded."""
+    y = load_audio(path, MUSICNN_SAMPLE_RATE, None)
+    tags = musicnn_tags(y, model)
+    windows = zero_shot_genres(tags)
+    windows.attrs["tags"] = tags.mean().sort_values(ascending=False)
+    windows.attrs["genres"] = zero_shot_genres(tags.mean().to_frame().T).iloc[0]
+    return _with_audio_facts(windows, y, MUSICNN_SAMPLE_RATE, MUSICNN_PATCH_FRAMES * MUSICNN_HOP / MUSICNN_SAMPLE_RATE)
 
 
 def embedding_method(embeddings: pd.DataFrame, labels, cfg: Config, kind: str = "logistic", seed: int = 42):
@@ -3503,10 +3602,16 @@ def _versions() -> dict:
     }
 
 
-def _training_data(data: Features) -> dict:
-    """What data.json of a run records: the features a model was trained on and their splits."""
+def _training_data(data: Features, cfg: Config) -> dict:
+    """What data.json of a run records: the features a model was trained on, their splits, and what
+    kind of music they came from (`data_source` of cfg.data_root)."""
     clips = {split: len(data.rows(split)) for split in SPLITS}
-    return {"features": str(data.path) if data.path else "in memory", "clips": clips, "fingerprint": data.fingerprint()}
+    return {
+        "features": str(data.path) if data.path else "in memory",
+        "source": data_source(cfg.data_root),
+        "clips": clips,
+        "fingerprint": data.fingerprint(),
+    }
 
 
 def _read_history(path: Path) -> pd.DataFrame:
@@ -3673,7 +3778,7 @@ def train(
             f"{config_path}: the interrupted run in {run_dir} used other settings; resume it with the "
             "same config or train into a new run folder"
         )
-    trained_on = _training_data(data)
+    trained_on = _training_data(data, cfg)
     if resuming and (run_dir / "data.json").is_file():
         earlier = json.loads((run_dir / "data.json").read_text())
         if earlier.get("fingerprint") != trained_on["fingerprint"]:
@@ -4001,7 +4106,7 @@ def _run_format(run_dir: Path) -> int | None:
         return None
 
 
-# ── Prediction: genre probabilities of cached clips and of audio files of any length ──
+# ── Prediction: genre probabilities of cached clips and of audio files of any length, with their caveats ──
 
 
 def predict_proba(model, data: Features, rows, cfg: Config) -> np.ndarray:
@@ -4054,8 +4159,8 @@ def predict_file(path: str | os.PathLike, model, cfg: Config) -> pd.DataFrame:
     AudioError
         Naming the file when it cannot be decoded.
     """
-    y = load_audio(path, cfg.sample_rate, None)
-    y = np.pad(y, (0, max(0, cfg.n_samples - len(y))))
+    y0 = load_audio(path, cfg.sample_rate, None)
+    y = np.pad(y0, (0, max(0, cfg.n_samples - y0.size)))
     starts = excerpt_starts(len(y), cfg.n_samples)
     windows = [y[start : start + cfg.n_samples] for start in starts]
     index = pd.DataFrame(
@@ -4068,7 +4173,42 @@ def predict_file(path: str | os.PathLike, model, cfg: Config) -> pd.DataFrame:
         cqt=np.stack([cqt(window, cfg) for window in windows]).astype(np.float16),
     )
     proba = predict_proba(model, features, np.arange(len(windows)), cfg)
-    return pd.DataFrame(proba, index=index.index, columns=list(cfg.genres))
+    windows = pd.DataFrame(proba, index=index.index, columns=list(cfg.genres))
+    return _with_audio_facts(windows, y0, cfg.sample_rate, cfg.clip_seconds)
+
+
+SILENCE_DB = -60.0  # dBFS: a file whose RMS level lies below this holds nothing to classify (digital silence: -inf)
+SHORT_SHARE = 0.5  # a file shorter than this share of the model's window is mostly padding: flagged
+
+
+def _with_audio_facts(windows: pd.DataFrame, y: np.ndarray, sr: int, window_seconds: float) -> pd.DataFrame:
+    """`windows` with what `predict` reports about the audio in attrs: seconds (its real length, before
+    any padding), level_db (its RMS level in dBFS, -inf for digital silence) and window_s (the model's window)."""
+    rms = float(np.sqrt(np.mean(np.square(y, dtype=np.float64)))) if y.size else 0.0
+    windows.attrs.update(
+        seconds=y.size / sr, level_db=20 * np.log10(rms) if rms > 0 else -np.inf, window_s=float(window_seconds)
+    )
+    return windows
+
+
+def audio_warnings(windows: pd.DataFrame) -> list[str]:
+    """What makes a prediction meaningless, from the attrs of a `predict_file` (or embedding, or
+    zero-shot) result: audio below SILENCE_DB (silent or near-silent) and audio shorter than
+    SHORT_SHARE of the model's window (mostly padding), each naming the measured value and what the
+    model expects. An empty list when neither applies."""
+    facts = windows.attrs
+    found = []
+    if facts["level_db"] < SILENCE_DB:
+        level = "digital silence" if np.isneginf(facts["level_db"]) else f"RMS level {facts['level_db']:.0f} dBFS"
+        found.append(
+            f"silent ({level}; music is louder than {SILENCE_DB:g} dBFS): nothing to classify, no genres given"
+        )
+    if facts["seconds"] < SHORT_SHARE * facts["window_s"]:
+        found.append(
+            f"only {facts['seconds']:.1f} s of audio; the model hears {facts['window_s']:.3g} s windows, so "
+            f"{1 - facts['seconds'] / facts['window_s']:.0%} of its input is padding: the genres are unreliable"
+        )
+    return found
 
 
 # ── Evaluation: accuracy, per-genre scores, confusion matrix, the comparison with the report, cross-validation ──
@@ -4415,7 +4555,10 @@ def cross_validate(
     versions), and per method, repeat and fold `out_dir/<method>/repeat-<r>/fold-<k>/` (the method's
     own files, proba.csv and result.json, written atomically). A fold is read back instead of rerun
     only when its result.json records the same CV_FORMAT, method settings (data keys included), labels
-    and split, so an interrupted cross-validation resumes and anything changed reruns.
+    and split, so an interrupted cross-validation resumes and anything changed reruns. While a fold
+    runs, its process holds `fold-<k>.lock`: a second process given the same out_dir runs the other
+    folds meanwhile and reads that one back, so two processes share the work (on two cores, about
+    1.3x as fast as one for the CNN).
 
     Raises
     ------
@@ -4465,37 +4608,44 @@ def cross_validate(
             },
         )
     codes = {genre: k for k, genre in enumerate(cfg.genres)}
-    rows, pooled = [], {}
     n_run = folds if max_folds is None else max(1, min(folds, int(max_folds)))
-    bar = tqdm(total=len(methods) * repeats * n_run, desc="cross-validation", unit="fold", disable=not progress)
+    tasks = list(itertools.product(methods, range(repeats), range(n_run)))
+    results = {}
+    bar = tqdm(total=len(tasks), desc="cross-validation", unit="fold", disable=not progress)
     with bar:
-        for name, method in methods.items():
-            parts = []
-            for repeat, fold in itertools.product(range(repeats), range(n_run)):
+        # first every fold no other process is running (each fold holds a lock while it runs, so two
+        # identical commands on one out_dir share the folds), then wait for those others ran
+        for wait in (False, True):
+            for name, repeat, fold in (task for task in tasks if task not in results):
                 bar.set_postfix_str(f"{name}, repeat {repeat + 1}/{repeats}, fold {fold + 1}/{n_run}")
-                split = assignment[(repeat, fold)].rename("split")
                 fold_dir = out_dir / _safe_name(name) / f"repeat-{repeat}" / f"fold-{fold}"
-                result = _fold_result(name, method, split, labels, fold_dir, cfg)
-                y_true = labels[result.proba.index].map(codes).to_numpy()
-                y_pred = result.proba.to_numpy().argmax(axis=1)
-                rows.append(
-                    {
-                        "method": name,
-                        "repeat": repeat,
-                        "fold": fold,
-                        "clips": len(y_true),
-                        "accuracy": float((y_true == y_pred).mean()),
-                        "macro_f1": float(
-                            f1_score(y_true, y_pred, labels=range(len(cfg.genres)), average="macro", zero_division=0)
-                        ),
-                        "train_seconds": result.train_seconds,
-                        "parameters": result.parameters,
-                    }
-                )
-                if repeat == 0:
-                    parts.append(result.proba)
-                bar.update()
-            pooled[name] = pd.concat(parts).sort_index()
+                with _writing_to(out_dir, GenreError, "out_dir"):
+                    fold_dir.parent.mkdir(parents=True, exist_ok=True)
+                with _exclusive(fold_dir.with_suffix(".lock"), wait=wait) as mine:
+                    if mine:
+                        split = assignment[(repeat, fold)].rename("split")
+                        results[name, repeat, fold] = _fold_result(name, methods[name], split, labels, fold_dir, cfg)
+                        bar.update()
+    rows = []
+    for name, repeat, fold in tasks:
+        result = results[name, repeat, fold]
+        y_true = labels[result.proba.index].map(codes).to_numpy()
+        y_pred = result.proba.to_numpy().argmax(axis=1)
+        rows.append(
+            {
+                "method": name,
+                "repeat": repeat,
+                "fold": fold,
+                "clips": len(y_true),
+                "accuracy": float((y_true == y_pred).mean()),
+                "macro_f1": float(
+                    f1_score(y_true, y_pred, labels=range(len(cfg.genres)), average="macro", zero_division=0)
+                ),
+                "train_seconds": result.train_seconds,
+                "parameters": result.parameters,
+            }
+        )
+    pooled = {name: pd.concat([results[name, 0, fold].proba for fold in range(n_run)]).sort_index() for name in methods}
     per_fold = pd.DataFrame(rows)
     summary = (
         per_fold.groupby("method", sort=False)
@@ -5784,11 +5934,14 @@ def main(argv: list[str] | None = None) -> int:
     report = commands.add_parser("report", help="export the executed notebooks as one HTML page in report/")
     report.set_defaults(run=_cli_report)
     predict = commands.add_parser(
-        "predict", help="top genres of audio files of any length, with a trained run (excerpts averaged)"
+        "predict",
+        help="top genres of audio files of any length: zero-shot from musicnn's tags, or with a trained --run",
     )
     predict.add_argument("songs", nargs="+", metavar="SONG", help="audio files (mp3, wav, flac, ogg, ...)")
     predict.add_argument(
-        "--run", required=True, dest="run_dir", help="run folder written by training, e.g. runs/demo-full"
+        "--run",
+        dest="run_dir",
+        help="run folder written by training, e.g. runs/demo-full (default: zero-shot genres from musicnn's MSD tags)",
     )
     predict.add_argument("--top", type=int, default=3, help="genres to list per file (default 3)")
     predict.add_argument("--plot", help="save a timeline of the window predictions to this image file")
@@ -5841,17 +5994,28 @@ def _cli_musicnn_weights(cfg: Config, args) -> None:
 
 
 def _cli_predict(cfg: Config, args) -> int:
-    """`predict`: the top genres of each file with a trained run (a CNN's, or a classifier of musicnn
-    embeddings); returns 1 if a file failed."""
-    if (Path(args.run_dir) / "classifier.joblib").is_file():
-        classifier, run_cfg, info = load_embedding_run(args.run_dir)
-        network = load_musicnn()
-        predict = functools.partial(
-            predict_file_embeddings, classifier=classifier, cfg=run_cfg, info=info, model=network
-        )
+    """`predict`: the top genres of each file, zero-shot from musicnn's tags without --run, else with a
+    trained run (a CNN's, or a classifier of musicnn embeddings); returns 1 if a file failed."""
+    if args.run_dir is None:
+        predict = functools.partial(predict_file_zero_shot, model=load_musicnn())
+        uncovered = [genre for genre in GENRES if genre not in ZERO_SHOT_GENRES]
+        print(f"zero-shot genres from musicnn's MSD tags (no training; not covered: {', '.join(uncovered)})")
     else:
-        model, run_cfg, _ = load_run(args.run_dir)
-        predict = functools.partial(predict_file, model=model, cfg=run_cfg)
+        run_dir = Path(args.run_dir)
+        if (run_dir / "classifier.joblib").is_file():
+            classifier, run_cfg, info = load_embedding_run(run_dir)
+            predict = functools.partial(
+                predict_file_embeddings, classifier=classifier, cfg=run_cfg, info=info, model=load_musicnn()
+            )
+        else:
+            model, run_cfg, _ = load_run(run_dir)
+            predict = functools.partial(predict_file, model=model, cfg=run_cfg)
+        if _run_source(run_dir, run_cfg) == "synthetic":
+            print(
+                f"warning: {run_dir} was trained on the synthetic demo set, so its genres are those of "
+                "synthetic clips, not of real songs; drop --run for musicnn's zero-shot genres, or train "
+                "on real recordings (README: Using the real FMA-small)"
+            )
     failed = 0
     for song in args.songs:
         try:
@@ -5860,14 +6024,21 @@ def _cli_predict(cfg: Config, args) -> int:
             print(f"genre_utils.py predict: error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        probabilities = windows.mean().sort_values(ascending=False)
-        seconds = windows.index[-1] + run_cfg.clip_seconds
+        facts = windows.attrs
         print(
-            f"{song}: {len(windows)} window{'s' * (len(windows) > 1)} of {run_cfg.clip_seconds:g} s "
-            f"(to {seconds:.1f} s)"
+            f"{song}: {len(windows)} window{'s' * (len(windows) > 1)} of {facts['window_s']:.3g} s "
+            f"({facts['seconds']:.1f} s of audio)"
         )
+        problems = audio_warnings(windows)
+        for problem in problems:
+            print(f"  warning: {song}: {problem}")
+        if facts["level_db"] < SILENCE_DB:
+            continue
+        probabilities = facts.get("genres", windows.mean()).sort_values(ascending=False)
         for rank, (genre, probability) in enumerate(probabilities.head(args.top).items(), start=1):
             print(f"  {rank}. {genre:<14} {probability:6.1%}")
+        if "tags" in facts:
+            print(f"  MSD tags: {', '.join(f'{tag} {p:.0%}' for tag, p in facts['tags'].head(5).items())}")
         if args.plot:
             plot = Path(args.plot)
             if len(args.songs) > 1:
@@ -5877,6 +6048,16 @@ def _cli_predict(cfg: Config, args) -> int:
             fig.savefig(plot, dpi=FIGURE_DPI, bbox_inches="tight")
             print(f"  timeline: {plot}")
     return 1 if failed else 0
+
+
+def _run_source(run_dir: Path, cfg: Config) -> str:
+    """The DATA_SOURCES key a run was trained on: as its data.json (CNN) or classifier.json (embedding
+    classifier) records it, else (a run from before that was recorded) what its data root holds now."""
+    for name in ("data.json", "classifier.json"):
+        with contextlib.suppress(OSError, ValueError):
+            if source := json.loads((run_dir / name).read_text()).get("source"):
+                return source
+    return data_source(cfg.data_root)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Cross-validation: the folds, the method interface, the baselines, and the training recipe's pieces."""
 
 import json
+import threading
+import time
 
 import keras
 import numpy as np
@@ -214,6 +216,38 @@ def test_repeated_cross_validation_draws_new_folds_and_reports_the_worst_fold(tm
     assert result.proba["majority"].index.equals(LABELS.index.sort_values())  # the first repeat, each clip once
     with pytest.raises(gu.GenreError, match="repeats=0"):
         gu.cross_validate({"majority": majority}, LABELS, cfg, folds=3, out_dir=tmp_path, repeats=0)
+
+
+def test_a_fold_another_process_is_running_is_left_to_it_then_read_back(tmp_path):
+    cfg = TINY.replace(genres=("jazz", "pop", "rock"))
+    majority = Counting(cfg.genres)
+    ran = []
+
+    def method(split, run_dir):
+        ran.append(run_dir.name)
+        return majority(split, run_dir)
+
+    method.settings = majority.settings
+    busy = tmp_path / "majority" / "repeat-0" / "fold-0.lock"
+    busy.parent.mkdir(parents=True)
+    finished = []
+    with gu._exclusive(busy):  # another process is running fold 0
+        worker = threading.Thread(
+            target=lambda: finished.append(
+                gu.cross_validate({"majority": method}, LABELS, cfg, folds=3, out_dir=tmp_path, progress=False)
+            )
+        )
+        worker.start()
+        deadline = time.monotonic() + 60
+        while len(ran) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        worker.join(0.5)
+        assert ran == ["fold-1", "fold-2"] and worker.is_alive(), "the other folds first, then it waits"
+        split = gu.cross_validation_folds(LABELS, 3, 42)[0].rename("split")
+        gu._fold_result("majority", majority, split, LABELS, busy.with_suffix(""), cfg)  # the other one finishes
+    worker.join(60)
+    assert ran == ["fold-1", "fold-2"] and majority.calls == 3, "fold 0 is read back, not run twice"
+    assert finished[0].folds["fold"].tolist() == [0, 1, 2]
 
 
 def test_a_method_that_misses_test_clips_or_genres_is_named(tmp_path):

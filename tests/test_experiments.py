@@ -228,7 +228,8 @@ def test_predict_command_ranks_genres_and_reports_bad_files(chunked_run, tmp_pat
     assert result.returncode == 1  # one file failed; the others were still predicted
     assert f"{broken}: cannot decode audio" in result.stderr and "Traceback" not in result.stderr
     out = result.stdout
-    assert f"{long_song}: 5 windows of 1.5 s" in out and f"{short}: 1 window of 1.5 s" in out
+    assert f"{long_song}: 5 windows of 1.5 s (4.0 s of audio)" in out and f"{short}: 1 window of 1.5 s (0.4 s" in out
+    assert f"  warning: {short}: only 0.4 s of audio; the model hears 1.5 s windows" in out
     ranked = [line.split() for line in out.splitlines() if line.startswith("  ") and line.strip()[0].isdigit()]
     assert [line[0] for line in ranked] == ["1.", "2.", "3."] * 2
     shares = [float(line[-1].rstrip("%")) for line in ranked]

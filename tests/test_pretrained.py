@@ -7,6 +7,7 @@ environment; tests/fixtures/make_musicnn_reference.py says how. The weights come
 """
 
 import importlib.util
+import json
 import math
 import subprocess
 import sys
@@ -235,18 +236,87 @@ def test_an_embedding_method_fits_training_and_validation_and_predicts_the_test_
         gu.embedding_method(embeddings, tracks, cfg, "tree")
 
 
+def _predict(*arguments) -> subprocess.CompletedProcess:
+    """`genre_utils.py predict` with these arguments, its output captured."""
+    command = [sys.executable, str(gu.ROOT / "genre_utils.py"), "predict", *map(str, arguments)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
 def test_predict_command_uses_an_embedding_run_like_a_cnn_run(embedded, tmp_path):
     tracks, cfg, embeddings = embedded
     run_dir = tmp_path / "run"
-    gu.train_embedding_classifier(embeddings, tracks, cfg, run_dir, "logistic")
+    real_folder = cfg.replace(data_root=Path(tracks["path"].iloc[0]).parent)  # not the synthetic demo set
+    gu.train_embedding_classifier(embeddings, tracks, real_folder, run_dir, "logistic")
     song = write_tone(tmp_path / "song.wav", 6.0, 150, amplitude=0.2)
-    result = subprocess.run(
-        [sys.executable, str(gu.ROOT / "genre_utils.py"), "predict", str(song), "--run", str(run_dir), "--top", "2"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _predict(song, "--run", run_dir, "--top", "2")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == f"{song}: 3 windows of 3.5 s (to 6.0 s)"  # starts 0, 1.75, 2.5: the last ends with the file
+    assert lines[0] == f"{song}: 3 windows of 3.5 s (6.0 s of audio)"  # starts 0, 1.75, 2.5: the last ends there
     assert lines[1].split()[:2] == ["1.", "Folk"] and lines[2].split()[:2] == ["2.", "Rock"]
+
+
+def test_a_run_trained_on_the_synthetic_demo_set_says_so_when_it_predicts(embedded, tmp_path):
+    tracks, cfg, embeddings = embedded
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / gu.DEMO_MARKER).write_text("{}")  # what make_demo_dataset writes last
+    song = write_tone(tmp_path / "song.wav", 4.0, 150, amplitude=0.2)
+    for root, source in ((demo, "synthetic"), (tmp_path, "folder")):
+        run_dir = tmp_path / f"run-{source}"
+        gu.train_embedding_classifier(embeddings, tracks, cfg.replace(data_root=root), run_dir)
+        assert json.loads((run_dir / "classifier.json").read_text())["source"] == source
+        result = _predict(song, "--run", run_dir)
+        assert result.returncode == 0, result.stderr
+        warned = f"warning: {run_dir} was trained on the synthetic demo set" in result.stdout
+        assert warned == (source == "synthetic"), result.stdout
+    fma = tmp_path / "fma"
+    (fma / "fma_metadata").mkdir(parents=True)
+    (fma / "fma_metadata" / "tracks.csv").write_text("")
+    assert gu.data_source(fma) == "fma" and set(gu.DATA_SOURCES) == {"synthetic", "fma", "folder"}
+
+
+def test_the_zero_shot_table_maps_msd_tags_onto_fma_genres():
+    tags = [tag for group in gu.ZERO_SHOT_GENRES.values() for tag in group]
+    assert set(tags) <= set(gu.MUSICNN_TAGS) and len(tags) == len(set(tags))  # each tag feeds one genre at most
+    assert set(gu.ZERO_SHOT_GENRES) == set(gu.GENRES) - {"International"}  # no MSD tag names it
+    rows = pd.DataFrame(0.01, index=range(3), columns=list(gu.MUSICNN_TAGS))
+    rows.loc[0, ["rock", "hard rock"]] = [0.7, 0.2]
+    rows.loc[1, ["Hip-Hop", "rnb", "pop"]] = [0.3, 0.5, 0.1]
+    rows.loc[2, "jazz"] = 0.4
+    shares = gu.zero_shot_genres(rows)
+    assert list(shares.columns) == list(gu.ZERO_SHOT_GENRES)
+    np.testing.assert_allclose(shares.sum(axis=1), 1.0)
+    assert shares.idxmax(axis=1).tolist() == ["Rock", "Hip-Hop", "Instrumental"]
+    assert shares.at[0, "Rock"] == pytest.approx(0.7 / (0.7 + 6 * 0.01))  # each genre: its strongest tag
+    with pytest.raises(gu.DataError, match="lack the MSD tags"):
+        gu.zero_shot_genres(rows.drop(columns=["rock"]))
+
+
+def test_zero_shot_predict_needs_no_run_and_flags_silent_and_short_files(tmp_path):
+    song = write_tone(tmp_path / "song.wav", 7.0, 220, amplitude=0.3)
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, np.zeros(40 * SR, np.float32), SR)
+    quiet = write_tone(tmp_path / "quiet.wav", 5.0, 220, amplitude=1e-4, subtype="FLOAT")  # -83 dBFS RMS
+    short = write_tone(tmp_path / "short.wav", 0.5, 440, amplitude=0.3)
+    result = _predict(song, silence, quiet, short, "--plot", tmp_path / "timeline.png")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.splitlines()[0].startswith("zero-shot genres from musicnn's MSD tags") and "International" in out
+    by_song = {}
+    for line in out.splitlines()[1:]:
+        if not line.startswith(" "):
+            current = line.split(": ")[0]
+        by_song.setdefault(current, []).append(line)
+    assert by_song[str(song)][0] == f"{song}: 2 windows of 2.99 s (7.0 s of audio)"  # two whole 3 s patches
+    ranked = [line.split() for line in by_song[str(song)] if line.strip()[0].isdigit()]
+    assert [line[:1] for line in ranked] == [["1."], ["2."], ["3."]] and all(r[1] in gu.GENRES for r in ranked)
+    assert any(line.startswith("  MSD tags: ") for line in by_song[str(song)])
+    assert not any("warning" in line for line in by_song[str(song)])
+    for silent, level in ((silence, "digital silence"), (quiet, "RMS level -83 dBFS")):
+        lines = by_song[str(silent)]
+        assert f"  warning: {silent}: silent ({level}; music is louder than -60 dBFS)" in "\n".join(lines)
+        assert not any(line.strip()[0].isdigit() for line in lines[1:])  # no genre ranking
+    lines = by_song[str(short)]
+    assert lines[0] == f"{short}: 1 window of 2.99 s (0.5 s of audio)"
+    assert f"  warning: {short}: only 0.5 s of audio; the model hears 2.99 s windows, so 83% of its input" in lines[1]
+    assert (tmp_path / "timeline-song.png").is_file() and not (tmp_path / "timeline-silence.png").exists()

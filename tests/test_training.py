@@ -222,6 +222,7 @@ def test_resuming_on_other_data_is_refused(tmp_path, killed_run, data):
     recorded = json.loads((tmp_path / "run" / "data.json").read_text())
     assert recorded == {
         "features": "in memory",
+        "source": "synthetic",  # TINY's data root is the demo set
         "clips": {"training": 24, "validation": 8, "test": 0},
         "fingerprint": data.fingerprint(),
     }

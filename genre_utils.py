@@ -3111,7 +3111,7 @@ def zero_shot_genres(tags: pd.DataFrame) -> pd.DataFrame:
     `musicnn_tags`: one column per MSD tag) in, one row of shares of the ZERO_SHOT_GENRES out.
 
     Each genre scores the highest probability among its tags (a genre is there when any of its names
-    is heard; averaging, or summing, the tags instead scored 0.06-0.08 lower on the real recordings),
+    is heard; averaging, or summing, the tags instead scored 0.05-0.08 lower on the real recordings),
     and the scores are divided by their sum, so each row sums to 1: shares of the tag evidence, not
     calibrated probabilities. Genres no tag covers (International) are absent, not zero.
 

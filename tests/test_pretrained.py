@@ -242,6 +242,12 @@ def _predict(*arguments) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
+def _predict_here(capsys, *arguments) -> tuple[int, str]:
+    """The same command run in this process, where Keras is already loaded: (exit status, output)."""
+    status = gu.main(["predict", *map(str, arguments)])
+    return status, capsys.readouterr().out
+
+
 def test_predict_command_uses_an_embedding_run_like_a_cnn_run(embedded, tmp_path):
     tracks, cfg, embeddings = embedded
     run_dir = tmp_path / "run"
@@ -255,7 +261,7 @@ def test_predict_command_uses_an_embedding_run_like_a_cnn_run(embedded, tmp_path
     assert lines[1].split()[:2] == ["1.", "Folk"] and lines[2].split()[:2] == ["2.", "Rock"]
 
 
-def test_a_run_trained_on_the_synthetic_demo_set_says_so_when_it_predicts(embedded, tmp_path):
+def test_a_run_trained_on_the_synthetic_demo_set_says_so_when_it_predicts(embedded, tmp_path, capsys):
     tracks, cfg, embeddings = embedded
     demo = tmp_path / "demo"
     demo.mkdir()
@@ -265,10 +271,9 @@ def test_a_run_trained_on_the_synthetic_demo_set_says_so_when_it_predicts(embedd
         run_dir = tmp_path / f"run-{source}"
         gu.train_embedding_classifier(embeddings, tracks, cfg.replace(data_root=root), run_dir)
         assert json.loads((run_dir / "classifier.json").read_text())["source"] == source
-        result = _predict(song, "--run", run_dir)
-        assert result.returncode == 0, result.stderr
-        warned = f"warning: {run_dir} was trained on the synthetic demo set" in result.stdout
-        assert warned == (source == "synthetic"), result.stdout
+        status, out = _predict_here(capsys, song, "--run", run_dir)
+        warned = f"warning: {run_dir} was trained on the synthetic demo set" in out
+        assert status == 0 and warned == (source == "synthetic"), out
     fma = tmp_path / "fma"
     (fma / "fma_metadata").mkdir(parents=True)
     (fma / "fma_metadata" / "tracks.csv").write_text("")
@@ -292,15 +297,14 @@ def test_the_zero_shot_table_maps_msd_tags_onto_fma_genres():
         gu.zero_shot_genres(rows.drop(columns=["rock"]))
 
 
-def test_zero_shot_predict_needs_no_run_and_flags_silent_and_short_files(tmp_path):
+def test_zero_shot_predict_needs_no_run_and_flags_silent_and_short_files(tmp_path, capsys):
     song = write_tone(tmp_path / "song.wav", 7.0, 220, amplitude=0.3)
     silence = tmp_path / "silence.wav"
     sf.write(silence, np.zeros(40 * SR, np.float32), SR)
     quiet = write_tone(tmp_path / "quiet.wav", 5.0, 220, amplitude=1e-4, subtype="FLOAT")  # -83 dBFS RMS
     short = write_tone(tmp_path / "short.wav", 0.5, 440, amplitude=0.3)
-    result = _predict(song, silence, quiet, short, "--plot", tmp_path / "timeline.png")
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    status, out = _predict_here(capsys, song, silence, quiet, short, "--plot", tmp_path / "timeline.png")
+    assert status == 0, out
     assert out.splitlines()[0].startswith("zero-shot genres from musicnn's MSD tags") and "International" in out
     by_song = {}
     for line in out.splitlines()[1:]:

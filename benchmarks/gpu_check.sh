@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check, under 12 minutes (MEMORY_BACKENDS=jax: 10), for a machine whose Python has JAX and PyTorch with CUDA but
+# One prepared GPU check, under 8 minutes (its steps' time limits: 110 + 60 + 100 + 180 s, after about 20 s of installing), for a machine whose Python has JAX and PyTorch with CUDA but
 # no TensorFlow and no internet (the device tool's nvidia-h100-x1 / nvidia-h200 images):
 #   1. installs keras, librosa, soundfile and the other missing packages from wheels in .whl/;
 #   2. runs benchmarks/training.py with the JAX backend (then torch) in float32 and mixed precision:
@@ -20,7 +20,7 @@
 #     pycparser==3.12 platformdirs==4.14.8
 # (the image already has numpy, scipy, pandas, scikit-learn, matplotlib, seaborn, tqdm, numba, joblib,
 # lazy-loader, msgpack, absl-py, rich, h5py, ml-dtypes, packaging, threadpoolctl, jax and torch).
-# Run it with the device tool: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=540).
+# Run it with the device tool: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=480).
 # Locally, for a dry run of the logic on a CPU (e.g. in a venv with jax but without tensorflow):
 #   QUICK=1 PYTHON=/path/to/venv/bin/python bash benchmarks/gpu_check.sh
 
@@ -37,7 +37,7 @@ else
     EPOCHS=${EPOCHS:-20}; BACKENDS=${BACKENDS:-jax torch}; CLIPS=${CLIPS:-60}
     MEMORY_CONFIGS=${MEMORY_CONFIGS:-seed-full-b32 seed-full-b32-acc4 seed-full-b8}
 fi
-MEMORY_BACKENDS=${MEMORY_BACKENDS:-$BACKENDS}
+MEMORY_BACKENDS=${MEMORY_BACKENDS:-jax}  # MEMORY_BACKENDS="jax torch" adds torch's peaks (90 s more)
 mkdir -p "$WORK"
 step() { echo; echo "== $(date +%T) $*"; }
 
@@ -66,7 +66,7 @@ gu.make_demo_dataset('$DEMO', gu.get_config('demo'), clips_per_genre=$CLIPS, pro
 demo_pid=$!
 
 for backend in $BACKENDS; do
-    limit=150; [ "$backend" = jax ] || limit=90  # seconds; what does not fit is cut, the rest printed
+    limit=110; [ "$backend" = jax ] || limit=60  # seconds; what does not fit is cut, the rest printed
     step "training benchmark, KERAS_BACKEND=$backend: $MODELS, float32 and mixed precision (at most $limit s)"
     KERAS_BACKEND=$backend timeout $limit "$PYTHON" benchmarks/training.py --models $MODELS --steps "$STEPS" \
         --rounds "$ROUNDS" --precision float32 mixed 2>&1 | grep -v -i "warning"
@@ -76,7 +76,7 @@ done
 # each configuration in its own process, so that its peak is its own; rows print as they finish, and
 # what does not fit the time limit is cut
 for backend in $MEMORY_BACKENDS; do
-    limit=150; [ "$backend" = jax ] || limit=90  # seconds
+    limit=100; [ "$backend" = jax ] || limit=90  # seconds
     step "peak device memory, KERAS_BACKEND=$backend: $MEMORY_CONFIGS, float32 and mixed precision (at most $limit s)"
     KERAS_BACKEND=$backend timeout $limit "$PYTHON" benchmarks/memory.py --method device --configs $MEMORY_CONFIGS \
         --precision float32 mixed --timeout 90 2>&1 | grep -v -i "warning"

@@ -55,6 +55,7 @@ nbval-%: data
 	GENRE_QUICK=1 $(BIN)/python -m pytest --nbval -q notebooks/$*.ipynb
 nbval-03_model nbval-04_training: nbval-02_features  # the feature cache
 nbval-05_results nbval-06_experiments nbval-07_pretrained: nbval-04_training  # the run runs/quick/demo-full
+nbval-09_interpretation: nbval-04_training nbval-07_pretrained  # that run, and the musicnn embeddings 07 caches
 
 report: setup  ## the executed notebooks as one browsable HTML report in report/
 	$(BIN)/python genre_utils.py report

@@ -41,6 +41,10 @@ Evaluation: accuracy, per-genre scores, confusion matrix, the comparison with th
     REPORT_VAL_ACCURACY, REPORT_VAL_CLIPS, Scores, classification_scores, evaluate,
     most_confused_pairs, describe_dataset, compare_with_report, CV_COLUMNS, CV_FORMAT, MethodResult,
     CrossValidation, cross_validation_folds, cross_validate
+Interpretation: what the trained CNN attends to (Grad-CAM, occlusion) and how its clips cluster
+    OCCLUSION_KINDS, MEL_BANDS, last_block, grad_cam, occlusion_regions, occlusion, region_saliency,
+    saliency_profile, cnn_features, embedding_map, neighbour_purity, plot_saliency, plot_occlusion,
+    plot_embedding_maps, plot_neighbour_purity
 Experiments: one results row per CNN variant or classical baseline, and cross-validation methods of both
     EXPERIMENT_COLUMNS, cnn_experiment, baseline_experiment, cnn_method, baseline_method
 Plots: one style and one export helper for every figure
@@ -227,6 +231,22 @@ __all__ = [
     "CrossValidation",
     "cross_validation_folds",
     "cross_validate",
+    # Interpretation
+    "OCCLUSION_KINDS",
+    "MEL_BANDS",
+    "last_block",
+    "grad_cam",
+    "occlusion_regions",
+    "occlusion",
+    "region_saliency",
+    "saliency_profile",
+    "cnn_features",
+    "embedding_map",
+    "neighbour_purity",
+    "plot_saliency",
+    "plot_occlusion",
+    "plot_embedding_maps",
+    "plot_neighbour_purity",
     # Experiments
     "EXPERIMENT_COLUMNS",
     "cnn_experiment",
@@ -4734,6 +4754,593 @@ def _fold_result(name: str, method, split: pd.Series, labels: pd.Series, fold_di
     # as later runs will read it back, to the last digit
     proba = pd.read_csv(fold_dir / "proba.csv", index_col="track_id")
     return MethodResult(proba, int(result.parameters), float(result.train_seconds))
+
+
+# ── Interpretation: what the trained CNN attends to (Grad-CAM, occlusion) and how its clips cluster ──
+
+OCCLUSION_KINDS = ("mel", "cqt", "time")  # what `occlusion` masks: mel bands, CQT octaves, or seconds of both
+MEL_BANDS = 8  # bands of equal width on the mel axis that `occlusion` masks in the mel input, one at a time
+
+
+def _model_branches(model) -> list[str]:
+    """The branches (MODEL_BLOCKS order) a `build_model` model has."""
+    names = {layer.name for layer in model.layers}
+    return [branch for branch in MODEL_BLOCKS if f"{branch}_global_pool" in names]
+
+
+def last_block(model, branch: str) -> str:
+    """Name of the layer `grad_cam` looks at in `branch` of a `build_model` model: the ReLU of its last
+    convolution block (e.g. "cqt_block7_relu"), whose rectified feature maps are what Grad-CAM weighs.
+    Raises ConfigError naming the model's branches for a branch it does not have."""
+    blocks = [
+        int(match.group(1))
+        for layer in model.layers
+        if (match := re.fullmatch(rf"{re.escape(branch)}_block(\d+)_relu", layer.name))
+    ]
+    if branch not in _model_branches(model) or not blocks:
+        raise ConfigError(
+            f"model {model.name}: no branch {branch!r}; it has {', '.join(_model_branches(model)) or 'none'} "
+            f"(of {', '.join(MODEL_BLOCKS)})"
+        )
+    return f"{branch}_block{max(blocks)}_relu"
+
+
+def _block_strides(model, name: str) -> tuple[int, int]:
+    """(bins, frames) of the input that one position of layer `name` (`<branch>_block<b>_<role>`) covers:
+    the product of the pools of the blocks before block b."""
+    branch, block = re.fullmatch(r"(.+)_block(\d+)_\w+", name).groups()
+    strides = np.ones(2, dtype=np.int64)
+    for layer in model.layers:
+        match = re.fullmatch(rf"{re.escape(branch)}_block(\d+)_pool", layer.name)
+        if match and int(match.group(1)) < int(block):
+            strides *= np.asarray(layer.pool_size, dtype=np.int64)
+    return int(strides[0]), int(strides[1])
+
+
+def _upsampling_matrix(size: int, cells: int, stride: int) -> np.ndarray:
+    """(size, cells) weights of linear interpolation from `cells` grid cells, each covering `stride`
+    input positions (the last one cut short by "same" pooling), onto the `size` input positions; each
+    row is non-negative and sums to 1.
+
+    >>> _upsampling_matrix(5, 2, 4).round(2).tolist()
+    [[1.0, 0.0], [1.0, 0.0], [0.8, 0.2], [0.4, 0.6], [0.0, 1.0]]
+    """
+    starts = np.arange(cells) * stride
+    centres = (starts + np.minimum(starts + stride, size) - 1) / 2
+    return np.stack([np.interp(np.arange(size), centres, column) for column in np.eye(cells)], axis=1)
+
+
+def _class_score_gradients(head, kernel, bias, activations, classes: np.ndarray) -> list[np.ndarray]:
+    """Gradient of each clip's score of its class (the logit of classes[i], before the softmax) with respect
+    to each of `activations` (the inputs of `head`), with the autodiff of the Keras backend in use."""
+    keras = import_keras()
+    ops = keras.ops
+    one_hot = np.eye(kernel.shape[1], dtype=np.float32)[classes]
+
+    def score(*tensors):  # clips do not interact at inference, so the gradient of the sum is each clip's own
+        hidden = ops.cast(head(list(tensors), training=False), "float32")
+        return ops.sum((ops.matmul(hidden, kernel) + bias) * one_hot)
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tensors = [tf.convert_to_tensor(a) for a in activations]
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            value = score(*tensors)
+        gradients = tape.gradient(value, tensors)
+    elif backend == "jax":  # written for completeness, not run by the tests (their environment has no JAX)
+        import jax
+
+        gradients = jax.grad(score, argnums=tuple(range(len(activations))))(*activations)
+    elif backend == "torch":  # written for completeness, not run by the tests (their environment has no torch)
+        import torch
+
+        tensors = [a.detach().requires_grad_(True) for a in activations]
+        gradients = torch.autograd.grad(score(*tensors), tensors)
+    else:
+        raise ConfigError(
+            f"grad_cam: the Keras backend {backend!r} has no gradients here; use tensorflow, jax or torch"
+        )
+    return [np.asarray(ops.convert_to_numpy(g), dtype=np.float32) for g in gradients]
+
+
+def grad_cam(model, data: Features, rows, cfg: Config, classes=None, branches=None) -> dict[str, np.ndarray]:
+    """Grad-CAM saliency of each branch's last convolution block, at the scale of the input it reads.
+
+    A branch's map for clip i is ReLU(sum_k w_k A_k): A_k is channel k of the rectified output of the
+    block's convolution (`last_block`), w_k the mean over its positions of the gradient of the score of
+    class classes[i] (its logit, before the softmax) with respect to A_k. The map is then interpolated
+    linearly from the block's coarse grid (each cell covers the bins and frames its pools merged) onto
+    the input's bins and frames, so it can be drawn over the mel-spectrogram or the CQT. The gradients
+    come from the backend in use (TensorFlow's GradientTape, jax.grad or torch.autograd). Clips are read
+    whole, a batch at a time (`feature_batches`).
+
+    Parameters
+    ----------
+    model : keras.Model
+        A `build_model` model, e.g. from `load_run`.
+    data : Features
+        Features extracted with `cfg`.
+    rows : array of int
+        Rows of `data` to explain.
+    cfg : Config
+        The run's settings.
+    classes : array of int, optional
+        The class to explain per row (positions in cfg.genres), default the true genres; pass the
+        predicted ones to see what made the network choose.
+    branches : sequence of str, optional
+        Default all of the model's branches.
+
+    Returns
+    -------
+    dict of str to np.ndarray
+        {branch: float32 (len(rows), bins, frames)}, non-negative; bins are those of the branch's input.
+
+    Raises
+    ------
+    ConfigError
+        For a branch the model lacks, or a model that does not fit `cfg`.
+    GenreError
+        For classes that are not one class per row in 0..len(cfg.genres) - 1.
+
+    References
+    ----------
+    R. R. Selvaraju, M. Cogswell, A. Das, R. Vedantam, D. Parikh and D. Batra, "Grad-CAM: visual explanations
+    from deep networks via gradient-based localization", ICCV 2017.
+    """
+    keras = import_keras()
+    rows = np.asarray(rows, dtype=np.int64)
+    branches = list(_model_branches(model) if branches is None else branches)
+    names = [last_block(model, branch) for branch in branches]  # raises for unknown branches
+    classes = data.index["label"].to_numpy()[rows] if classes is None else np.asarray(classes)
+    if classes.shape != rows.shape or not np.issubdtype(classes.dtype, np.integer):
+        raise GenreError(f"grad_cam: classes must be one integer per row ({len(rows)}); got shape {classes.shape}")
+    if len(classes) and (classes.min() < 0 or classes.max() >= len(cfg.genres)):
+        raise GenreError(f"grad_cam: classes must lie in 0..{len(cfg.genres) - 1} (positions in cfg.genres)")
+    blocks = [model.get_layer(name).output for name in names]
+    body = keras.Model(model.inputs, blocks)
+    head = keras.Model(blocks, model.get_layer("genre").input)  # the layers between the blocks and the softmax
+    genre = model.get_layer("genre")
+    kernel, bias = (keras.ops.cast(w, "float32") for w in (genre.kernel, genre.bias))
+    inputs = _model_inputs(model, cfg)
+    maps = {branch: [] for branch in branches}
+    batches, done = feature_batches(data, rows, cfg, inputs), 0
+    for i in range(len(batches)):
+        x, _ = batches[i]
+        batch_classes = classes[done : done + len(x[inputs[0]])]
+        done += len(batch_classes)
+        activations = body(x, training=False)
+        activations = activations if isinstance(activations, (list, tuple)) else [activations]
+        gradients = _class_score_gradients(head, kernel, bias, activations, batch_classes)
+        for branch, activation, gradient in zip(branches, activations, gradients):
+            activation = np.asarray(keras.ops.convert_to_numpy(activation), dtype=np.float32)
+            weights = gradient.mean(axis=(1, 2))  # (clips, channels)
+            cam = np.maximum(np.einsum("nhwc,nc->nhw", activation, weights), 0.0)
+            source = x[BRANCH_INPUTS[branch]]
+            stride_bins, stride_frames = _block_strides(model, last_block(model, branch))
+            up_bins = _upsampling_matrix(source.shape[1], cam.shape[1], stride_bins)
+            up_frames = _upsampling_matrix(source.shape[2], cam.shape[2], stride_frames)
+            maps[branch].append(np.einsum("bh,nhw,fw->nbf", up_bins, cam, up_frames).astype(np.float32))
+    return {
+        branch: np.concatenate(parts) if parts else np.zeros((0, 0, 0), np.float32) for branch, parts in maps.items()
+    }
+
+
+def occlusion_regions(cfg: Config, kind: str = "mel") -> pd.DataFrame:
+    """The regions `occlusion` masks one at a time, indexed by label.
+
+    kind "mel": MEL_BANDS bands of equal width on the mel axis (as many mel bins each, so as much of the
+    input is masked; their edges in Hz lie halfway between bin centres); "cqt": the CQT's octaves (e.g.
+    "C1-B1"); "time": one-second spans of a clip (the last one shorter when the clip is). Columns start and stop
+    (bins, or frames for "time"; stop excluded), low and high (Hz, or s). Raises ConfigError for an
+    unknown kind.
+
+    >>> occlusion_regions(get_config("demo"), "cqt").index.tolist()
+    ['C1-B1', 'C2-B2', 'C3-B3', 'C4-B4', 'C5-B5', 'C6-B6', 'C7-B7']
+    """
+    import librosa
+
+    rows = []
+    if kind == "mel":
+        centres = librosa.mel_frequencies(n_mels=cfg.n_mels + 2, fmax=cfg.sample_rate / 2)[1:-1]
+        edges = np.concatenate([[0.0], (centres[1:] + centres[:-1]) / 2, [cfg.sample_rate / 2]])  # Hz between bins
+        bounds = np.unique(np.round(np.linspace(0, cfg.n_mels, min(MEL_BANDS, cfg.n_mels) + 1)).astype(int))
+        for start, stop in itertools.pairwise(bounds):
+            low, high = edges[start], edges[stop]
+            label = f"{low:.0f}-{high:.0f} Hz" if high < 1000 else f"{low / 1000:.1f}-{high / 1000:.1f} kHz"
+            rows.append((label, start, stop, low, high))
+    elif kind == "cqt":
+        per_octave = cfg.cqt_bins_per_octave
+        for start in range(0, cfg.cqt_bins, per_octave):
+            stop = min(start + per_octave, cfg.cqt_bins)
+            low, high = (cfg.cqt_fmin * 2 ** (b / per_octave) for b in (start, stop))
+            notes = librosa.hz_to_note([low, cfg.cqt_fmin * 2 ** ((stop - 1) / per_octave)], unicode=False)
+            rows.append(("-".join(notes), start, stop, low, high))
+    elif kind == "time":
+        frames_per_second = cfg.sample_rate / cfg.hop_length
+        seconds = int(np.ceil(cfg.clip_seconds))
+        for second in range(seconds):
+            start, stop = round(second * frames_per_second), round((second + 1) * frames_per_second)
+            stop = cfg.n_frames if second == seconds - 1 else stop  # the last frame (librosa centres frames)
+            end = min(second + 1, cfg.clip_seconds)
+            rows.append((f"{second:g}-{end:g} s", start, stop, float(second), float(end)))
+    else:
+        raise ConfigError(f"occlusion kind {kind!r}: choose one of {', '.join(OCCLUSION_KINDS)}")
+    table = pd.DataFrame(rows, columns=["region", "start", "stop", "low", "high"]).set_index("region")
+    return table.astype({"start": np.int64, "stop": np.int64})
+
+
+def occlusion(model, data: Features, rows, cfg: Config, kind: str = "mel", classes=None) -> pd.DataFrame:
+    """How much each clip's probability of its class drops when one region of its input is masked.
+
+    Every region of `occlusion_regions(cfg, kind)` is masked in turn: a band of the mel input ("mel"), an
+    octave of the CQT ("cqt"), or one second of every input ("time"). Masked bins get the band's
+    training mean (the model's `<input>_normalization` statistics), so the network sees 0 there after
+    normalisation, as SpecAugment masks. A large drop means the network needs that region to hear the genre.
+
+    Parameters
+    ----------
+    model, data, rows, cfg
+        As for `grad_cam`.
+    kind : str
+        One of OCCLUSION_KINDS.
+    classes : array of int, optional
+        The class whose probability is watched per row, default the true genres.
+
+    Returns
+    -------
+    pd.DataFrame
+        Indexed by track_id, one column per region: the probability of the class on the whole clip minus
+        that with the region masked (in -1..1); attrs["probability"] holds the unmasked probabilities.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown kind, or "mel" / "cqt" for a model without that input.
+    """
+    keras = import_keras()
+    regions = occlusion_regions(cfg, kind)
+    inputs = _model_inputs(model, cfg)
+    masked_inputs = inputs if kind == "time" else [kind]
+    if kind != "time" and kind not in inputs:
+        raise ConfigError(f"model {model.name}: no {kind!r} input to occlude; it reads {', '.join(inputs)}")
+    means = {
+        name: keras.ops.convert_to_numpy(model.get_layer(f"{name}_normalization").adapt_mean).astype(np.float16)
+        for name in masked_inputs
+    }
+    rows = np.asarray(rows, dtype=np.int64)
+    classes = data.index["label"].to_numpy()[rows] if classes is None else np.asarray(classes)
+    batches, done, drops, base = feature_batches(data, rows, cfg, inputs), 0, [], []
+    size = micro_batch_size(cfg)
+    for i in range(len(batches)):
+        x, _ = batches[i]
+        n = len(x[inputs[0]])
+        variants = {name: [x[name]] for name in inputs}
+        for start, stop in regions[["start", "stop"]].itertuples(index=False):
+            for name in inputs:
+                version = x[name].copy()
+                if name in masked_inputs and kind == "time":
+                    version[:, :, start:stop, 0] = means[name][None, :, None]
+                elif name in masked_inputs:
+                    version[:, start:stop, :, 0] = means[name][None, start:stop, None]
+                variants[name].append(version)
+        stacked = {name: np.concatenate(versions) for name, versions in variants.items()}
+        proba = np.concatenate(  # called eagerly: `predict` sets up more than these few batches take
+            [
+                keras.ops.convert_to_numpy(model({k: v[at : at + size] for k, v in stacked.items()}, training=False))
+                for at in range(0, len(stacked[inputs[0]]), size)
+            ]
+        ).astype(np.float32)
+        proba = proba.reshape(len(regions) + 1, n, -1)[:, np.arange(n), classes[done : done + n]]  # (1 + R, n)
+        done += n
+        base.append(proba[0])
+        drops.append((proba[0] - proba[1:]).T)
+    index = data.index.index[rows]
+    table = pd.DataFrame(
+        np.concatenate(drops) if drops else np.zeros((0, len(regions))), index=index, columns=regions.index
+    )
+    table.attrs["probability"] = pd.Series(np.concatenate(base) if base else [], index=index, dtype=np.float32)
+    return table
+
+
+def region_saliency(maps: dict[str, np.ndarray], cfg: Config, kind: str = "mel", index=None) -> pd.DataFrame:
+    """Mean Grad-CAM saliency of each clip in each region of `occlusion_regions(cfg, kind)`, so that it
+    can be set against `occlusion`: for "mel" the maps of the branches that read the mel input, for "cqt"
+    the CQT branch's, for "time" every branch's, each scaled to a maximum of 1 per clip before they are
+    averaged. `maps` is `grad_cam`'s result; `index` names the clips (default 0..n-1). Raises ConfigError
+    when `maps` holds no branch that reads the input of `kind`."""
+    regions = occlusion_regions(cfg, kind)
+    chosen = [b for b in maps if kind == "time" or BRANCH_INPUTS.get(b) == kind]
+    if not chosen:
+        raise ConfigError(f"region_saliency: no map of a branch reading the {kind!r} input among {', '.join(maps)}")
+    scaled = []
+    for branch in chosen:
+        peak = maps[branch].max(axis=(1, 2), keepdims=True)
+        scaled.append(maps[branch] / np.where(peak > 0, peak, 1.0))
+    axis = 2 if kind == "time" else 1  # the axis the regions cut: frames or bins
+    means = [
+        np.mean([s.take(np.arange(start, stop), axis=axis).mean(axis=(1, 2)) for s in scaled], axis=0)
+        for start, stop in regions[["start", "stop"]].itertuples(index=False)
+    ]
+    return pd.DataFrame(np.stack(means, axis=1), index=index, columns=regions.index)
+
+
+def saliency_profile(maps: dict[str, np.ndarray], cfg: Config) -> pd.DataFrame:
+    """What each branch attends to, over the clips of `grad_cam`'s `maps`, one row per branch.
+
+    Columns: input (mel or cqt); share, the branch's part of all branches' saliency (the maps share one
+    unit, a contribution to the class score, so the shares say which branch the decision leans on);
+    top band, the `occlusion_regions` band of its input with the most saliency ("none (flat)" when the
+    map is flat in frequency), and top band share, that band's part of the branch's band profile (1 /
+    bands when flat); top second share, the part of a clip's saliency in its most salient second,
+    averaged over clips (1 / seconds for a map flat in time).
+    """
+    totals = {branch: float(m.mean(axis=(1, 2)).sum()) for branch, m in maps.items()}
+    rows = {}
+    for branch, m in maps.items():
+        source = BRANCH_INPUTS[branch]
+        bands = region_saliency({branch: m}, cfg, source).mean()
+        flat = np.isclose(bands.max(), bands.min(), rtol=1e-3)  # a last block one row high: no band stands out
+        seconds = region_saliency({branch: m}, cfg, "time").to_numpy()
+        seconds = seconds / np.where(seconds.sum(axis=1, keepdims=True) > 0, seconds.sum(axis=1, keepdims=True), 1.0)
+        rows[branch] = {
+            "input": source,
+            "share": totals[branch] / (sum(totals.values()) or 1.0),
+            "top band": "none (flat)" if flat else bands.idxmax(),
+            "top band share": float(bands.max() / (bands.sum() or 1.0)),
+            "top second share": float(seconds.max(axis=1).mean()),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("branch")
+
+
+def cnn_features(model, data: Features, rows, cfg: Config) -> pd.DataFrame:
+    """The CNN's representation of each clip just before its dense layer: every branch's last block
+    averaged over bins and frames (its global pooling), concatenated. float32 DataFrame indexed by
+    track_id, columns `<branch>_<channel>`; clips are read whole (`feature_batches`)."""
+    keras = import_keras()
+    branches = _model_branches(model)
+    pools = [model.get_layer(f"{branch}_global_pool").output for branch in branches]
+    extractor = keras.Model(model.inputs, pools)
+    rows = np.asarray(rows, dtype=np.int64)
+    outputs = extractor.predict(feature_batches(data, rows, cfg, _model_inputs(model, cfg)), verbose=0)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    columns = [f"{branch}_{k:03d}" for branch, pool in zip(branches, pools) for k in range(pool.shape[-1])]
+    return pd.DataFrame(
+        np.concatenate([np.asarray(o, np.float32) for o in outputs], axis=1),
+        index=data.index.index[rows],
+        columns=columns,
+    )
+
+
+def _standardised(table: pd.DataFrame) -> np.ndarray:
+    """The values of `table` with every column scaled to mean 0 and variance 1 (constant columns to 0)."""
+    from sklearn.preprocessing import StandardScaler
+
+    values = np.asarray(table, dtype=np.float64)
+    if values.ndim != 2 or len(values) < 2 or not np.isfinite(values).all():
+        raise GenreError(f"need a finite table of at least 2 clips (rows) x features; got shape {values.shape}")
+    return StandardScaler().fit_transform(values)
+
+
+def embedding_map(table: pd.DataFrame, seed: int = 42, perplexity: float = 30.0) -> pd.DataFrame:
+    """A 2-D map of clips (rows of `table`, one feature per column) by t-SNE, which keeps near neighbours
+    near: columns standardised, PCA initialisation and `seed` so the map is reproducible, perplexity
+    capped at a third of the clips. Returns columns x, y with `table`'s index. Raises GenreError for
+    fewer than 2 clips or values that are not finite.
+
+    References: L. van der Maaten and G. Hinton, "Visualizing data using t-SNE", JMLR 9, 2008.
+    """
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    values = _standardised(table)
+    tsne = TSNE(2, perplexity=min(perplexity, (len(values) - 1) / 3), init="pca", random_state=seed)
+    # one thread: 0.8 s for 96 clips, where OpenMP's threads spun for 32 s on a busy 2-core machine
+    with threadpool_limits(1):
+        coordinates = tsne.fit_transform(values)
+    return pd.DataFrame(coordinates, index=table.index, columns=["x", "y"])
+
+
+def neighbour_purity(table: pd.DataFrame, genres, k: int = 10) -> pd.DataFrame:
+    """How much the clips of a genre gather in a representation: for each clip (row of `table`), the
+    share of its k nearest other clips (Euclidean, standardised columns) with its genre.
+
+    `genres`: one genre per row (a Series aligned by index, or a sequence). Returns a DataFrame indexed like
+    `table` with columns genre, purity (0-1) and chance: the purity k clips drawn at random from the others
+    would have on average, (clips of the genre - 1) / (clips - 1). Raises GenreError when k is not below
+    the number of clips or the genres do not match the rows.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    values = _standardised(table)
+    genres = pd.Series(genres.reindex(table.index) if isinstance(genres, pd.Series) else list(genres))
+    if len(genres) != len(values) or genres.isna().any():
+        raise GenreError(
+            f"neighbour_purity: need one genre per clip ({len(values)}); got {len(genres)} or missing ones"
+        )
+    if not 1 <= k < len(values):
+        raise GenreError(f"neighbour_purity: k={k} neighbours; need 1 <= k < the {len(values)} clips")
+    _, neighbours = NearestNeighbors(n_neighbors=k + 1).fit(values).kneighbors(values)
+    labels = genres.to_numpy()
+    others = np.array([row[row != i][:k] for i, row in enumerate(neighbours)])  # drop the clip itself
+    counts = genres.map(genres.value_counts()).to_numpy()
+    result = pd.DataFrame(
+        {
+            "genre": labels,
+            "purity": (labels[others] == labels[:, None]).mean(axis=1),
+            "chance": (counts - 1) / (len(labels) - 1),
+        },
+        index=table.index,
+    )
+    result.attrs["k"] = k
+    return result
+
+
+def _saliency_colormap():
+    """Transparent where the saliency is 0, opaque orange-red where it peaks: drawn over a spectrogram."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    colours = plt.get_cmap("autumn_r")(np.linspace(0, 1, 256))
+    colours[:, 3] = np.linspace(0, 0.85, 256)
+    return ListedColormap(colours, name="saliency")
+
+
+def _frequency_ticks(cfg: Config, source: str) -> tuple[np.ndarray, list[str]]:
+    """(positions in bins, labels) for the frequency axis of a mel ("mel": Hz at powers of 2 from 512)
+    or CQT ("cqt": the C of every octave) image drawn one bin per unit."""
+    import librosa
+
+    if source == "mel":
+        centres = librosa.mel_frequencies(n_mels=cfg.n_mels + 2, fmax=cfg.sample_rate / 2)[1:-1]
+        hz = np.array([0.0, *(512.0 * 2**k for k in range(10) if 512 * 2**k < centres[-1])])
+        return np.interp(hz, centres, np.arange(cfg.n_mels)) + 0.5, [f"{h:.0f}" for h in hz]
+    starts = np.arange(0, cfg.cqt_bins, cfg.cqt_bins_per_octave)
+    notes = librosa.hz_to_note(cfg.cqt_fmin * 2.0 ** (starts / cfg.cqt_bins_per_octave), unicode=False)
+    return starts + 0.5, list(notes)
+
+
+def plot_saliency(data: Features, rows, maps: dict[str, np.ndarray], cfg: Config, titles=None):
+    """Each clip's Grad-CAM maps (`grad_cam`), one column per branch, drawn over the input the branch
+    reads (mel-spectrogram or CQT, grey, at its scale: Hz or notes against seconds); each map is scaled
+    to its own maximum. `titles`: one label per row (default the clips' genres). Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    rows = np.asarray(rows, dtype=np.int64)
+    titles = list(data.index["genre"].to_numpy()[rows] if titles is None else titles)
+    branches = [b for b in MODEL_BLOCKS if b in maps]
+    overlay = _saliency_colormap()
+    ticks = {source: _frequency_ticks(cfg, source) for source in ("mel", "cqt")}
+    with _plot_style():
+        fig, axes = plt.subplots(
+            len(rows),
+            len(branches),
+            figsize=(3.7 * len(branches), 1.6 * len(rows) + 0.9),
+            squeeze=False,
+            layout="constrained",
+            sharex=True,
+        )
+        for i, (row, title) in enumerate(zip(rows, titles)):
+            for j, branch in enumerate(branches):
+                ax, source = axes[i, j], BRANCH_INPUTS[branch]
+                spectrogram = np.asarray(getattr(data, source)[row], dtype=np.float32)
+                # images, not meshes: smaller PDFs, quicker to draw
+                options = dict(origin="lower", aspect="auto", interpolation="nearest")
+                options["extent"] = (0, spectrogram.shape[1] * cfg.hop_length / cfg.sample_rate, 0, len(spectrogram))
+                ax.imshow(spectrogram, cmap="gray_r", **options)
+                saliency = maps[branch][i] / max(float(maps[branch][i].max()), 1e-12)
+                image = ax.imshow(saliency, cmap=overlay, vmin=0, vmax=1, **options)
+                ax.set_yticks(*ticks[source])
+                ax.set(xlabel="time (s)" if i == len(rows) - 1 else "", ylabel="Hz" if source == "mel" else "note")
+                ax.set_title(f"{title if j == 0 else ''}\n{branch} ({source})", loc="left")  # clip, then branch
+                ax.grid(False)
+        fig.colorbar(image, ax=axes, shrink=min(0.5, 3 / len(rows)), label="saliency (share of its maximum)")
+    return fig
+
+
+def plot_occlusion(tables: dict[str, pd.DataFrame]):
+    """Heat maps, one panel per table, of how much masking a region (columns) lowers the probability of
+    the true genre (rows), in percentage points: `occlusion`'s drops averaged per genre, e.g.
+    {"mel bands": ..., "CQT octaves": ..., "seconds": ...}. One colour scale, red for a drop, blue
+    for a gain. Returns the Figure; raises GenreError for no tables."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if not tables:
+        raise GenreError("plot_occlusion needs at least one table of drops (genre x region)")
+    limit = max(float(np.nanmax(np.abs(t.to_numpy()))) for t in tables.values()) * 100 or 1.0
+    widths = [t.shape[1] for t in tables.values()]
+    with _plot_style():
+        fig, axes = plt.subplots(
+            1,
+            len(tables),
+            figsize=(2.2 + 0.55 * sum(widths), 1.4 + 0.45 * max(len(t) for t in tables.values())),
+            width_ratios=widths,
+            layout="constrained",
+            squeeze=False,
+        )
+        for k, (ax, (name, table)) in enumerate(zip(axes[0], tables.items())):
+            sns.heatmap(
+                table * 100,
+                ax=ax,
+                cmap="RdBu_r",
+                vmin=-limit,
+                vmax=limit,
+                center=0,
+                annot=True,
+                fmt=".0f",
+                annot_kws={"fontsize": 8},
+                cbar=k == len(tables) - 1,
+                yticklabels=k == 0,
+                linewidths=0.5,
+                cbar_kws={"label": "drop of the true genre's probability (points)"},
+            )
+            ax.set(title=name, xlabel="masked region", ylabel="true genre" if k == 0 else "")
+            ax.tick_params(axis="x", labelrotation=60)
+            plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
+    return fig
+
+
+def plot_embedding_maps(maps: dict[str, pd.DataFrame], genres: pd.Series, wrong: pd.Series | None = None, notes=None):
+    """Side-by-side 2-D maps of the same clips (`embedding_map` tables, columns x, y), coloured by genre
+    (`genres`, indexed by track_id), the clips in `wrong` (a boolean Series, e.g. the CNN's mistakes)
+    ringed in black. `notes`: a text per map added to its title (e.g. its neighbour purity). Returns the
+    Figure."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    names = [g for g in GENRES if g in set(genres)] + sorted(set(genres) - set(GENRES))
+    colours = dict(zip(names, sns.color_palette("tab10", len(names))))
+    with _plot_style():
+        fig, axes = plt.subplots(1, len(maps), figsize=(5.2 * len(maps), 5.4), layout="constrained", squeeze=False)
+        for ax, (name, table) in zip(axes[0], maps.items()):
+            clips = genres.reindex(table.index)
+            for genre in names:
+                inside = (clips == genre).to_numpy()
+                ax.scatter(table["x"][inside], table["y"][inside], s=28, color=colours[genre], label=genre)
+            if wrong is not None:
+                mistakes = wrong.reindex(table.index, fill_value=False).to_numpy(bool)
+                ax.scatter(
+                    table["x"][mistakes],
+                    table["y"][mistakes],
+                    s=90,
+                    facecolors="none",
+                    edgecolors="black",
+                    linewidths=1.1,
+                    label="misclassified by the CNN",
+                )
+            note = (notes or {}).get(name)
+            ax.set(title=f"{name}\n{note}" if note else name, xticks=[], yticks=[])
+            ax.grid(False)
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(5, len(labels)), frameon=False)
+    return fig
+
+
+def plot_neighbour_purity(purity: dict[str, pd.DataFrame]):
+    """Grouped bars of the mean neighbour purity per genre and over all clips, one bar per representation
+    (`neighbour_purity` tables), with the purity of random neighbours (chance) as a black tick. Returns
+    the Figure."""
+    import matplotlib.pyplot as plt
+
+    first = next(iter(purity.values()))
+    genres = [g for g in GENRES if g in set(first["genre"])] or sorted(set(first["genre"]))
+    groups = [*genres, "all clips"]
+    width = 0.8 / len(purity)
+    with _plot_style():
+        fig, ax = plt.subplots(figsize=(1.2 + 1.05 * len(groups), 4.2), layout="constrained")
+        for m, (name, table) in enumerate(purity.items()):
+            means = [*table.groupby("genre")["purity"].mean().reindex(genres), table["purity"].mean()]
+            ax.bar(np.arange(len(groups)) + (m - (len(purity) - 1) / 2) * width, means, width, label=name)
+        chance = [*first.groupby("genre")["chance"].mean().reindex(genres), first["chance"].mean()]
+        ax.scatter(np.arange(len(groups)), chance, marker="_", s=600, color="black", zorder=3, label="chance")
+        k = first.attrs.get("k", "k")
+        ax.set(ylim=(0, 1), ylabel=f"share of the {k} nearest clips\nof the same genre", title="Neighbour purity")
+        ax.set_xticks(np.arange(len(groups)), groups, rotation=30, ha="right", rotation_mode="anchor")
+        fig.legend(loc="outside lower center", ncols=len(purity) + 1, frameon=False)
+    return fig
 
 
 # ── Experiments: one results row per CNN variant or classical baseline, and cross-validation methods of both ──

@@ -4577,8 +4577,8 @@ def cross_validate(
     only when its result.json records the same CV_FORMAT, method settings (data keys included), labels
     and split, so an interrupted cross-validation resumes and anything changed reruns. While a fold
     runs, its process holds `fold-<k>.lock`: a second process given the same out_dir runs the other
-    folds meanwhile and reads that one back, so two processes share the work (on two cores, about
-    1.3x as fast as one for the CNN).
+    folds meanwhile and reads that one back, so two processes share the work (the CNN's training
+    keeps about 1.4 of two cores busy, so a second process fills the rest).
 
     Raises
     ------

@@ -88,8 +88,9 @@ import pandas as pd
 # set TF_CPP_MIN_LOG_LEVEL yourself to see it
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # TensorFlow uses oneDNN's CPU kernels only on recent Intel CPUs unless told to: on an AMD EPYC (AVX2)
-# they train the demo network 2.2x faster (18 s an epoch instead of 40), with the same results run
-# after run. Set it to 0 to compare; it applies when this module is imported before TensorFlow is
+# the demo network's training steps ran 2.9x faster with them (benchmarks/cpu_settings.py), with the
+# same results run after run. Set it to 0 to compare; it applies when this module is imported before
+# TensorFlow is
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 

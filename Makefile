@@ -39,7 +39,7 @@ demo: data  ## execute every notebook in order, in place; writes figures/
 	done
 
 # two jobs share two cores: one TensorFlow thread each keeps their pools from competing (from a
-# fresh clone 8 min 45 s to 9 min 17 s, without it 10 min 26 s: the unit tests 302 s instead of 385 s)
+# fresh clone 8 min 17 s to 9 min 17 s, without it 10 min 26 s: the unit tests 302 s instead of 385 s)
 test: export TF_NUM_INTRAOP_THREADS ?= 1
 test: data  ## formatting and lint (ruff), then the unit tests and the notebooks, two at a time
 	$(BIN)/ruff format --check --quiet . && $(BIN)/ruff check --quiet .
@@ -52,8 +52,8 @@ unit-tests: setup  ## the unit tests and the module's doctests
 # nbval re-executes each notebook in quick mode (GENRE_QUICK=1) and compares its outputs with the
 # committed ones. A notebook waits only for the notebooks whose caches and runs it reads; with -j2
 # the longest such chain (02 -> 04 -> 07 -> 09) starts beside the unit tests and the other notebooks,
-# the longest first, fill the cores as they free up (fresh clones: 11 min 5 s before, 8 min 45 s
-# and 9 min 17 s after)
+# the longest first, fill the cores as they free up (fresh clones: 11 min 5 s before, 8 min 17 s
+# to 9 min 17 s after)
 FIRST_NOTEBOOKS := $(addprefix nbval-,02_features 04_training 07_pretrained 09_interpretation 06_experiments)
 NOTEBOOK_TESTS := $(FIRST_NOTEBOOKS) $(filter-out $(FIRST_NOTEBOOKS),$(NOTEBOOKS:notebooks/%.ipynb=nbval-%))
 notebook-tests: $(NOTEBOOK_TESTS)  ## every notebook re-executed and compared by nbval

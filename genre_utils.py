@@ -23,13 +23,15 @@ Features: mel-spectrogram and CQT in a resumable on-disk cache, and the baseline
 Model: the report's three-branch CNN in backend-neutral Keras 3, and the classical baseline's classifier
     MODEL_BLOCKS, BRANCH_INPUTS, build_model, load_model, model_table, branch_parameters,
     BASELINE_KINDS, baseline_classifier
-Pretrained network: musicnn (Pons et al. 2018) ported to Keras 3
+Pretrained network: musicnn (Pons et al. 2018) ported to Keras 3, frozen or fine-tuned
     MUSICNN_SAMPLE_RATE, MUSICNN_N_FFT, MUSICNN_HOP, MUSICNN_MELS, MUSICNN_PATCH_FRAMES, MUSICNN_TAGS,
     MUSICNN_PACKAGE, MUSICNN_WHEEL_SHA256, MUSICNN_WEIGHTS, MUSICNN_LAYERS, EMBEDDINGS_FORMAT,
     EMBEDDING_KINDS, EMBEDDING_LOGISTIC_CS, musicnn_patches, build_musicnn, load_musicnn,
     fetch_musicnn_weights, musicnn_outputs, musicnn_tags, musicnn_embedding, pretrained_embeddings,
     embedding_classifier, EMBEDDING_RUN_FILES, train_embedding_classifier, load_embedding_run,
-    predict_file_embeddings, ZERO_SHOT_GENRES, zero_shot_genres, predict_file_zero_shot, embedding_method
+    predict_file_embeddings, ZERO_SHOT_GENRES, zero_shot_genres, predict_file_zero_shot, embedding_method,
+    MUSICNN_PARTS, FINETUNE_SETTINGS, FINETUNE_RUN_FILES, musicnn_clip_patches, build_musicnn_classifier,
+    unfreeze_musicnn, finetune_musicnn, musicnn_clip_proba, finetune_method
 Devices and batches: where Keras runs, and normalised batches of whole clips or excerpts
     gpu_devices, configure_devices, describe_devices, device_memory, TRAIN_MODES, EXCERPT_HOP, chunk_frames,
     excerpt_starts, micro_batch_size, feature_batches
@@ -195,6 +197,15 @@ __all__ = [
     "zero_shot_genres",
     "predict_file_zero_shot",
     "embedding_method",
+    "MUSICNN_PARTS",
+    "FINETUNE_SETTINGS",
+    "FINETUNE_RUN_FILES",
+    "musicnn_clip_patches",
+    "build_musicnn_classifier",
+    "unfreeze_musicnn",
+    "finetune_musicnn",
+    "musicnn_clip_proba",
+    "finetune_method",
     # Devices and batches
     "gpu_devices",
     "configure_devices",
@@ -2497,7 +2508,7 @@ def baseline_classifier(kind: str = "svm", seed: int = 42):
     return make_pipeline(StandardScaler(), classifier)
 
 
-# ── Pretrained network: musicnn (Pons et al. 2018) ported to Keras 3 ──
+# ── Pretrained network: musicnn (Pons et al. 2018) ported to Keras 3, frozen or fine-tuned ──
 # musicnn's MSD model (Pons & Serra 2019), trained to tag ~200,000 songs of the Million Song Dataset with
 # their 50 most frequent last.fm tags, rebuilt layer for layer as a frozen feature extractor. Its weights
 # come from the `musicnn` package on PyPI (ISC licence), converted once at set-up (`make musicnn`).
@@ -2639,11 +2650,18 @@ def build_musicnn():
     neural networks for music audio tagging", ISMIR late-breaking demo 2019.
     """
     keras = import_keras()
-    layers = keras.layers
+    patches = keras.Input((MUSICNN_PATCH_FRAMES, MUSICNN_MELS), name="log_mel")
+    pooled = _musicnn_backend(_musicnn_frontend(patches))
+    dropped = keras.layers.Dropout(0.5, name="backend_dropout")(pooled["penultimate"])
+    logits = keras.layers.Dense(len(MUSICNN_TAGS), name="tag_logits")(dropped)
+    taggram = keras.layers.Activation("sigmoid", name="taggram")(logits)
+    return keras.Model(patches, {"taggram": taggram, **pooled}, name="msd_musicnn")
 
-    frames, bands = MUSICNN_PATCH_FRAMES, MUSICNN_MELS
-    patches = keras.Input((frames, bands), name="log_mel")
-    image = layers.Reshape((frames, bands, 1), name="add_channel")(patches)
+
+def _musicnn_frontend(patches):
+    """musicnn's input batch norm and front-end: log-mel patches (batch, 187, 96) -> (batch, 187, 561)."""
+    layers = import_keras().layers
+    image = layers.Reshape((MUSICNN_PATCH_FRAMES, MUSICNN_MELS, 1), name="add_channel")(patches)
     normalized = layers.BatchNormalization(name="input_norm")(image)
     padded = layers.ZeroPadding2D(((3, 3), (0, 0)), name="frontend_timbral_pad")(normalized)
     frontend = []
@@ -2656,7 +2674,13 @@ def build_musicnn():
         x = layers.ZeroPadding2D((((length - 1) // 2, length // 2), (0, 0)), name=f"{name}_pad")(normalized)
         x = layers.Conv2D(51, (length, 1), activation="relu", name=name)(x)  # TF's "same" padding, made explicit
         frontend.append(_max_over_frequency(layers.BatchNormalization(name=f"{name}_norm")(x), name))
-    frontend = layers.Concatenate(name="frontend")(frontend)
+    return layers.Concatenate(name="frontend")(frontend)
+
+
+def _musicnn_backend(frontend) -> dict:
+    """musicnn's mid-end and back-end up to the penultimate layer: front-end features (batch, 187, 561)
+    -> {"penultimate": (batch, 200), "mean_pool", "max_pool": (batch, 753)}."""
+    layers = import_keras().layers
     midend = [frontend]
     x = frontend
     for number in (1, 2, 3):  # 7-frame convolutions over all features; the 2nd and 3rd add a residual
@@ -2671,12 +2695,11 @@ def build_musicnn():
     x = layers.Concatenate(name="backend_pool")([max_pool, mean_pool])
     x = layers.Dropout(0.5, name="backend_pool_dropout")(layers.BatchNormalization(name="backend_pool_norm")(x))
     x = layers.Dense(200, activation="relu", name="backend_dense")(x)
-    penultimate = layers.BatchNormalization(name="penultimate")(x)
-    dropped = layers.Dropout(0.5, name="backend_dropout")(penultimate)
-    logits = layers.Dense(len(MUSICNN_TAGS), name="tag_logits")(dropped)
-    taggram = layers.Activation("sigmoid", name="taggram")(logits)
-    outputs = {"taggram": taggram, "penultimate": penultimate, "mean_pool": mean_pool, "max_pool": max_pool}
-    return keras.Model(patches, outputs, name="msd_musicnn")
+    return {
+        "penultimate": layers.BatchNormalization(name="penultimate")(x),
+        "mean_pool": mean_pool,
+        "max_pool": max_pool,
+    }
 
 
 def _max_over_frequency(x, name: str):
@@ -2700,17 +2723,22 @@ def load_musicnn(weights: str | os.PathLike = MUSICNN_WEIGHTS):
         )
     with _silenced_stderr():  # TensorFlow logs its CUDA probing on a machine without a GPU
         model = build_musicnn()
+    _set_musicnn_weights(model.layers, path)
+    model.trainable = False
+    return model
+
+
+def _set_musicnn_weights(layers, path: Path) -> None:
+    """Give each of `layers` that has weights its converted MSD weights from `path`, matched by layer name."""
     try:
         with np.load(path) as arrays:
-            for layer in model.layers:
+            for layer in layers:
                 if layer.weights:
                     layer.set_weights([arrays[f"{layer.name}/{w.path.rsplit('/', 1)[-1]}"] for w in layer.weights])
     except (OSError, ValueError, KeyError) as exc:
         raise CacheError(
             f"{path}: not musicnn weights for this network ({_first_line(exc)}); delete it and run `make musicnn` again"
         ) from None
-    model.trainable = False
-    return model
 
 
 def fetch_musicnn_weights(path: str | os.PathLike = MUSICNN_WEIGHTS) -> Path:
@@ -3023,7 +3051,8 @@ def train_embedding_classifier(
 ):
     """Fit `embedding_classifier(kind, seed)` on every clip of `embeddings` and save it as a run folder.
 
-    embeddings: `pretrained_embeddings` output (indexed by track_id); labels: genre per track_id (a
+    embeddings: `pretrained_embeddings` output (indexed by track_id), possibly joined with the
+    clips' `extract_clip_statistics` (a predict run then computes both); labels: genre per track_id (a
     Series, or a tracks table with a genre column); clips without a label are left out. cfg: the
     settings the embeddings were made with (its clip_seconds is the window `predict` cuts files into).
     Returns the fitted Pipeline. Raises DataError when no clip has both an embedding and a label.
@@ -3042,13 +3071,13 @@ def train_embedding_classifier(
     pipeline = embedding_classifier(kind, seed)
     pipeline.fit(embeddings.loc[genres.index].to_numpy(), genres.to_numpy())
     run_dir = Path(run_dir)
-    layers = sorted({column.rsplit("_", 2)[0] for column in embeddings.columns}, key=MUSICNN_LAYERS.index)
+    musicnn = [column for column in embeddings.columns if column in set(_embedding_columns())]
+    layers = sorted({column.rsplit("_", 2)[0] for column in musicnn}, key=MUSICNN_LAYERS.index)
     with _writing_to(run_dir, ConfigError, "the run folder"):
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / "config.json", cfg.to_dict())
-        _write_json(run_dir / "versions.json", _versions())
-        _write_json(
-            run_dir / "classifier.json",
+        _describe_run(
+            run_dir,
+            cfg,
+            "classifier.json",
             {
                 "embedding": "musicnn MSD_musicnn (musicnn==0.1.0, Pons & Serra 2019)",
                 "kind": kind,
@@ -3062,6 +3091,15 @@ def train_embedding_classifier(
         with _atomic_path(run_dir / "classifier.joblib") as tmp:
             joblib.dump(pipeline, tmp)
     return pipeline
+
+
+def _describe_run(run_dir: Path, cfg: Config, name: str, description: dict) -> None:
+    """Create the run folder `run_dir` and write config.json (cfg), versions.json and `name` (the
+    run's own description), each atomically."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / "config.json", cfg.to_dict())
+    _write_json(run_dir / "versions.json", _versions())
+    _write_json(run_dir / name, description)
 
 
 def load_embedding_run(run_dir: str | os.PathLike):
@@ -3086,17 +3124,26 @@ def predict_file_embeddings(path: str | os.PathLike, classifier, cfg: Config, in
     """Genre probabilities of one audio file with an embedding classifier, in `predict_file`'s format.
 
     The file is decoded whole at 16 kHz and cut into windows of cfg.clip_seconds as `predict_file`
-    does; each window's musicnn embedding (`model`: `load_musicnn()`) goes through `classifier`
-    (columns as recorded in `info`, from `load_embedding_run`). Returns one row per window indexed by
+    does; each window's musicnn embedding (`model`: `load_musicnn()`), and its `clip_statistics` where
+    the classifier was fitted on both, go through `classifier` (columns as recorded in `info`, from
+    `load_embedding_run`). Returns one row per window indexed by
     start_s, one column per genre of cfg.genres. Raises AudioError naming the file when it cannot be decoded.
     """
     y0 = load_audio(path, MUSICNN_SAMPLE_RATE, None)
     window = int(round(MUSICNN_SAMPLE_RATE * cfg.clip_seconds))
     y = np.pad(y0, (0, max(0, window - y0.size)))
     starts = excerpt_starts(len(y), window)
-    positions = [list(_embedding_columns()).index(column) for column in info["columns"]]
-    embeddings = np.stack([musicnn_embedding(y[start : start + window], model)[positions] for start in starts])
-    proba = pd.DataFrame(classifier.predict_proba(embeddings), columns=list(classifier.classes_))
+    inputs = pd.DataFrame(
+        [musicnn_embedding(y[start : start + window], model) for start in starts], columns=list(_embedding_columns())
+    )
+    if set(info["columns"]) - set(inputs.columns):  # a classifier of embeddings and clip statistics
+        y_stats = np.pad(load_audio(path, cfg.sample_rate, None), (0, cfg.n_samples))
+        offsets = np.round(starts / MUSICNN_SAMPLE_RATE * cfg.sample_rate).astype(int)
+        statistics = pd.DataFrame([clip_statistics(y_stats[at : at + cfg.n_samples], cfg) for at in offsets])
+        inputs = inputs.join(statistics)
+    proba = pd.DataFrame(
+        classifier.predict_proba(inputs[info["columns"]].to_numpy()), columns=list(classifier.classes_)
+    )
     proba = proba.reindex(columns=list(cfg.genres), fill_value=0.0)
     proba.index = pd.Index(starts / MUSICNN_SAMPLE_RATE, name="start_s")
     return _with_audio_facts(proba, y0, MUSICNN_SAMPLE_RATE, cfg.clip_seconds)
@@ -3217,6 +3264,276 @@ def _label_series(labels) -> pd.Series:
             raise DataError("the tracks table has no genre column; pass load_tracks output or a Series of genres")
         labels = labels["genre"]
     return pd.Series(labels)
+
+
+# Fine-tuning: musicnn with a new genre head, trained on the target labels. The front-end is 92 % of the
+# network's forward computation (37 patches/s on two CPU cores; the rest 12x faster): on a CPU it stays
+# frozen and its outputs are computed once, so an epoch costs the mid- and back-end only;
+# unfreeze="frontend" trains the whole network (a GPU's job).
+
+MUSICNN_PARTS = ("frontend", "midend", "backend", "head")  # input to output; `unfreeze` names the first that trains
+FINETUNE_SETTINGS = {  # the recipe's defaults; each run records the settings it used in finetune.json
+    "head_epochs": 3,  # stage 1: the new head alone, the pretrained body frozen
+    "head_lr": 1e-3,  # Adam
+    "body_epochs": 8,  # stage 2: the head and the parts from `unfreeze` on
+    "body_lr": 1e-4,  # AdamW with cosine decay to 0: small, so the pretrained weights move little
+    "weight_decay": 1e-4,
+    "unfreeze": "midend",
+    "batch_size": 32,  # patches
+    "label_smoothing": 0.1,
+}
+FINETUNE_RUN_FILES = ("config.json", "versions.json", "finetune.json", "model.keras")
+
+
+def musicnn_clip_patches(tracks: pd.DataFrame, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """The `musicnn_patches` of every track (cfg.clip_seconds of it, as `load_audio` crops or pads, at
+    16 kHz): float16 (patches, 187, 96) and the track_id of each patch, tracks in track_id order.
+    Held in memory, 0.36 MB per 30 s clip. Files that cannot be decoded are left out, with a warning;
+    DataError if none can."""
+    from tqdm import tqdm
+
+    table = _checked_tracks(tracks, cfg)
+    patches, clips, reasons = [], [], []
+    for track_id, path in tqdm(
+        table["path"].items(), total=len(table), desc="musicnn patches", unit="clip", mininterval=1
+    ):
+        try:
+            clip = musicnn_patches(load_audio(path, MUSICNN_SAMPLE_RATE, cfg.clip_seconds))
+        except AudioError as exc:
+            reasons.append(str(exc))
+            continue
+        patches.append(clip)
+        clips.append(np.full(len(clip), track_id))
+    if not patches:
+        raise DataError(f"none of the {len(table)} audio files could be decoded ({'; '.join(reasons[:3])})")
+    if reasons:
+        warnings.warn(f"skipped {len(reasons)} of {len(table)} audio files ({'; '.join(reasons[:3])})", stacklevel=2)
+    return np.concatenate(patches), np.concatenate(clips)
+
+
+def build_musicnn_classifier(genres, weights: str | os.PathLike = MUSICNN_WEIGHTS):
+    """musicnn with a new genre head, for fine-tuning: the MSD network up to its penultimate layer
+    (weights from `weights`), dropout 0.5, and a softmax Dense "genre_head" with one unit per genre.
+
+    Two nested models, so that a frozen front-end's outputs can be computed once: "musicnn_frontend"
+    (log-mel patches (batch, 187, 96) -> features (batch, 187, 561)) and "musicnn_body" (features ->
+    genre probabilities). Returns the Model "musicnn_genres" (patches -> probabilities, (batch,
+    len(genres))) with only the head trainable (`unfreeze_musicnn`). Raises CacheError as `load_musicnn`.
+    """
+    keras = import_keras()
+    layers = keras.layers
+    if not Path(weights).is_file():
+        load_musicnn(weights)  # raises the error that says how to get them
+    with _silenced_stderr():
+        patches = keras.Input((MUSICNN_PATCH_FRAMES, MUSICNN_MELS), name="log_mel")
+        frontend = keras.Model(patches, _musicnn_frontend(patches), name="musicnn_frontend")
+        features = keras.Input(frontend.output.shape[1:], name="frontend_features")
+        dropped = layers.Dropout(0.5, name="backend_dropout")(_musicnn_backend(features)["penultimate"])
+        head = layers.Dense(len(genres), activation="softmax", name="genre_head")(dropped)
+        body = keras.Model(features, head, name="musicnn_body")
+        model = keras.Model(patches, body(frontend(patches)), name="musicnn_genres")
+    _set_musicnn_weights(
+        [layer for layer in frontend.layers + body.layers if layer.name != "genre_head"], Path(weights)
+    )
+    unfreeze_musicnn(model, "head")
+    return model
+
+
+def _musicnn_part(layer_name: str) -> str:
+    """Which of MUSICNN_PARTS a layer of `build_musicnn_classifier` belongs to."""
+    if layer_name == "genre_head":
+        return "head"
+    if layer_name.startswith("midend"):
+        return "midend"
+    if layer_name.startswith(("backend", "max_pool", "mean_pool", "penultimate")):
+        return "backend"
+    return "frontend"
+
+
+def unfreeze_musicnn(model, unfreeze: str = "head") -> None:
+    """Make the parts of a `build_musicnn_classifier` model from `unfreeze` (one of MUSICNN_PARTS) to the
+    head trainable and freeze the others. Batch norms stay frozen, in inference mode: their moving
+    statistics come from 200,000 songs, better than a few hundred clips' batches. Recompile afterwards."""
+    if unfreeze not in MUSICNN_PARTS:
+        raise ConfigError(f"unfreeze {unfreeze!r}: choose one of {', '.join(MUSICNN_PARTS)}")
+    keras = import_keras()
+    first = MUSICNN_PARTS.index(unfreeze)
+    for part_model in (model.get_layer("musicnn_frontend"), model.get_layer("musicnn_body")):
+        part_model.trainable = True
+        for layer in part_model.layers:
+            trains = MUSICNN_PARTS.index(_musicnn_part(layer.name)) >= first
+            layer.trainable = trains and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def finetune_musicnn(
+    patches: np.ndarray, clips, labels, cfg: Config, run_dir: str | os.PathLike, frontend_features=None, **settings
+):
+    """Fine-tune `build_musicnn_classifier(cfg.genres)` on labelled 3 s patches; save it as a run folder.
+
+    Stage 1 trains the new head alone (Adam, head_lr, head_epochs), stage 2 the head and the parts
+    from `unfreeze` on (AdamW, body_lr decaying to 0 along a cosine, body_epochs), each patch labelled
+    with its clip's genre (label smoothing). Settings: FINETUNE_SETTINGS, overridden by `settings`.
+
+    Parameters
+    ----------
+    patches : np.ndarray
+        Log-mel patches (n, 187, 96), as from `musicnn_clip_patches`.
+    clips : array-like
+        The track_id of each patch; patches of tracks without a label are left out.
+    labels : pd.Series or pd.DataFrame
+        Genre per track_id (or a tracks table with a genre column), genres from cfg.genres.
+    cfg : Config
+        cfg.genres, cfg.seed (weights, dropout, batch order), cfg.data_root (recorded).
+    run_dir : path
+        Where the run folder goes.
+    frontend_features : np.ndarray, optional
+        The frozen front-end's outputs for `patches`, when already computed (cross-validation
+        computes them once for every fold); ignored with unfreeze="frontend".
+
+    Returns the fine-tuned Model (patches -> genre probabilities). Raises ConfigError for an unknown
+    setting, DataError when no patch has a label or a label is not in cfg.genres.
+
+    Writes
+    ------
+    Into `run_dir`, each atomically: model.keras, config.json (cfg), versions.json and finetune.json
+    (settings, genres, clips, patches, trainable parameters, seconds, per-epoch loss and accuracy,
+    the `data_source`); `genre_utils.py predict --run run_dir` then predicts with it.
+    """
+    keras = import_keras()
+    unknown = sorted(set(settings) - set(FINETUNE_SETTINGS))
+    if unknown:
+        raise ConfigError(f"fine-tuning setting(s) {', '.join(unknown)}: choose from {', '.join(FINETUNE_SETTINGS)}")
+    settings = FINETUNE_SETTINGS | settings
+    genres = _label_series(labels)
+    patch_genres = genres.reindex(np.asarray(clips)).to_numpy()
+    keep = pd.notna(patch_genres)
+    if not keep.any():
+        raise DataError("no patch belongs to a clip with a genre label")
+    unknown = sorted(set(patch_genres[keep]) - set(cfg.genres), key=str)
+    if unknown:
+        raise DataError(f"genre label(s) {unknown} not in cfg.genres {list(cfg.genres)}")
+    y = np.eye(len(cfg.genres), dtype=np.float32)[[cfg.genres.index(genre) for genre in patch_genres[keep]]]
+
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_musicnn_classifier(cfg.genres)
+    start = time.perf_counter()
+    if settings["unfreeze"] == "frontend":
+        trainer, x = model, np.asarray(patches)[keep]
+    else:
+        if frontend_features is None:
+            frontend_features = model.get_layer("musicnn_frontend").predict(np.asarray(patches, np.float32), verbose=0)
+        trainer, x = model.get_layer("musicnn_body"), np.asarray(frontend_features)[keep]
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=settings["label_smoothing"])
+    history, trained = [], 0
+    stages = (("head", settings["head_epochs"]), (settings["unfreeze"], settings["body_epochs"]))
+    for stage, (unfreeze, epochs) in enumerate(stages, start=1):
+        if epochs <= 0:
+            continue
+        unfreeze_musicnn(model, unfreeze)
+        trained = int(sum(np.prod(w.shape) for w in model.trainable_weights))  # batch norms excepted
+        if stage == 1:
+            optimizer = keras.optimizers.Adam(settings["head_lr"])
+        else:
+            steps = epochs * int(np.ceil(len(x) / settings["batch_size"]))
+            schedule = keras.optimizers.schedules.CosineDecay(settings["body_lr"], steps)
+            optimizer = keras.optimizers.AdamW(schedule, weight_decay=settings["weight_decay"])
+        trainer.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+        fitted = trainer.fit(x, y, batch_size=settings["batch_size"], epochs=epochs, shuffle=True, verbose=0)
+        history += [
+            {"stage": stage, "unfreeze": unfreeze, "epoch": epoch + 1, "loss": float(loss_), "accuracy": float(acc)}
+            for epoch, (loss_, acc) in enumerate(zip(fitted.history["loss"], fitted.history["accuracy"]))
+        ]
+    seconds = time.perf_counter() - start
+    run_dir = Path(run_dir)
+    with _writing_to(run_dir, ConfigError, "the run folder"):
+        _describe_run(
+            run_dir,
+            cfg,
+            "finetune.json",
+            {
+                "network": "musicnn MSD_musicnn (musicnn==0.1.0, Pons & Serra 2019) with a new genre head",
+                "settings": settings,
+                "genres": list(cfg.genres),
+                "clips": int(pd.unique(np.asarray(clips)[keep]).size),
+                "patches": int(keep.sum()),
+                "trained_parameters": trained,
+                "train_seconds": seconds,
+                "history": history,
+                "source": data_source(cfg.data_root),
+            },
+        )
+        partial = run_dir / f".model.{os.getpid()}.keras"  # Keras saves only to a .keras name; renamed last
+        model.save(partial)
+        os.replace(partial, run_dir / "model.keras")
+    return model
+
+
+def _load_finetuned_run(run_dir: Path):
+    """`load_run` of a run folder written by `finetune_musicnn`: (model, Config, history from finetune.json)."""
+    for name in FINETUNE_RUN_FILES:
+        if not (run_dir / name).is_file():
+            raise DataError(f"{run_dir / name}: not found; fine-tune musicnn into {run_dir} first (notebook 07)")
+    cfg = _config_from_dict(json.loads((run_dir / "config.json").read_text()), run_dir / "config.json")
+    with _silenced_stderr():
+        model = import_keras().saving.load_model(run_dir / "model.keras")
+    return model, cfg, pd.DataFrame(json.loads((run_dir / "finetune.json").read_text())["history"])
+
+
+def musicnn_clip_proba(model, patches: np.ndarray, clips, genres) -> pd.DataFrame:
+    """Clip genre probabilities of a fine-tuned model: the mean of its patches' softmax outputs, one
+    row per clip (track_id, in first-seen order), one column per genre. `model` takes the patches
+    (the whole network) or, for front-end features, its "musicnn_body"."""
+    proba = pd.DataFrame(np.asarray(model.predict(np.asarray(patches, np.float32), verbose=0)), columns=list(genres))
+    return proba.groupby(np.asarray(clips), sort=False).mean().rename_axis("track_id")
+
+
+def _predict_file_finetuned(path: str | os.PathLike, model, cfg: Config) -> pd.DataFrame:
+    """`predict_file` with a fine-tuned musicnn (`finetune_musicnn`): one
+    row per 3 s patch of the whole file (indexed by start_s), one column per genre of cfg.genres.
+    Raises AudioError naming the file when it cannot be decoded."""
+    y = load_audio(path, MUSICNN_SAMPLE_RATE, None)
+    patches = musicnn_patches(y)
+    windows = pd.DataFrame(np.asarray(model.predict(patches.astype(np.float32), verbose=0)), columns=list(cfg.genres))
+    windows.index = pd.Index(
+        np.arange(len(patches)) * MUSICNN_PATCH_FRAMES * MUSICNN_HOP / MUSICNN_SAMPLE_RATE, name="start_s"
+    )
+    return _with_audio_facts(windows, y, MUSICNN_SAMPLE_RATE, MUSICNN_PATCH_FRAMES * MUSICNN_HOP / MUSICNN_SAMPLE_RATE)
+
+
+def finetune_method(patches: np.ndarray, clips, labels, cfg: Config, **settings):
+    """A cross-validation method (`method(split, run_dir) -> MethodResult`) fine-tuning musicnn per fold.
+
+    Each fold fine-tunes on the patches of its training and validation clips (a fixed budget: no
+    checkpoint to choose) into run_dir and predicts its test clips by `musicnn_clip_proba`. The frozen
+    front-end's outputs are computed once, at the first fold, for every fold (unless unfreeze="frontend").
+    """
+    unknown = sorted(set(settings) - set(FINETUNE_SETTINGS))
+    if unknown:
+        raise ConfigError(f"fine-tuning setting(s) {', '.join(unknown)}: choose from {', '.join(FINETUNE_SETTINGS)}")
+    clips = np.asarray(clips)
+    cached = {}
+
+    def method(split: pd.Series, run_dir: Path) -> MethodResult:
+        fit = np.isin(clips, split.index[split.isin(["training", "validation"])])
+        test = np.isin(clips, split.index[split == "test"])
+        if not fit.any() or not test.any():
+            raise DataError("no patches in the fold's training or test split")
+        x = patches
+        if (settings.get("unfreeze") or FINETUNE_SETTINGS["unfreeze"]) != "frontend":
+            if "frontend" not in cached:
+                frontend = build_musicnn_classifier(cfg.genres).get_layer("musicnn_frontend")
+                cached["frontend"] = frontend.predict(np.asarray(patches, np.float32), verbose=0).astype(np.float16)
+            x = cached["frontend"]
+        model = finetune_musicnn(
+            patches[fit], clips[fit], labels, cfg, run_dir, x[fit] if x is not patches else None, **settings
+        )
+        info = json.loads((Path(run_dir) / "finetune.json").read_text())
+        predictor = model if x is patches else model.get_layer("musicnn_body")
+        proba = musicnn_clip_proba(predictor, x[test], clips[test], cfg.genres)
+        return MethodResult(proba, info["trained_parameters"], info["train_seconds"])
+
+    method.settings = {"method": "musicnn fine-tuned", **FINETUNE_SETTINGS, **settings, "data": _fingerprint(patches)}
+    return method
 
 
 # ── Devices and batches: where Keras runs, and normalised batches of whole clips or excerpts ──
@@ -4110,11 +4427,14 @@ def _config_from_dict(settings: dict, source: Path) -> Config:
 
 def load_run(run_dir: str | os.PathLike):
     """(model, Config, history DataFrame) of a finished run folder written by `train`: the model the
-    run's cfg.checkpoint names (best.keras, or last.keras for "last"), the one that predicts.
+    run's cfg.checkpoint names (best.keras, or last.keras for "last"), the one that predicts. A run
+    of `finetune_musicnn` gives its model.keras and the history of its two stages.
 
     Raises DataError naming the missing file when the folder holds no finished run.
     """
     run_dir = Path(run_dir)
+    if (run_dir / "finetune.json").is_file():
+        return _load_finetuned_run(run_dir)
     for name in RUN_FILES:
         if not (run_dir / name).is_file():
             raise DataError(f"{run_dir / name}: not found; train into {run_dir} first (notebook 04)")
@@ -4169,6 +4489,7 @@ def predict_file(path: str | os.PathLike, model, cfg: Config) -> pd.DataFrame:
     (cfg.clip_seconds), each starting half a window after the previous (`excerpt_starts`), the last
     ending with the file; a shorter file is zero-padded to one window, as in training. Each window gets
     the training features and `predict_proba`'s prediction (a chunked model averages its excerpts).
+    A fine-tuned musicnn (`finetune_musicnn`) predicts each 3 s patch of the file at 16 kHz instead.
 
     Parameters
     ----------
@@ -4190,6 +4511,8 @@ def predict_file(path: str | os.PathLike, model, cfg: Config) -> pd.DataFrame:
     AudioError
         Naming the file when it cannot be decoded.
     """
+    if model.name == "musicnn_genres":  # a fine-tuned musicnn hears its own 3 s patches at 16 kHz
+        return _predict_file_finetuned(path, model, cfg)
     y0 = load_audio(path, cfg.sample_rate, None)
     y = np.pad(y0, (0, max(0, cfg.n_samples - y0.size)))
     starts = excerpt_starts(len(y), cfg.n_samples)
@@ -6669,9 +6992,10 @@ def _cli_predict(cfg: Config, args) -> int:
 
 
 def _run_source(run_dir: Path, cfg: Config) -> str:
-    """The DATA_SOURCES key a run was trained on: as its data.json (CNN) or classifier.json (embedding
-    classifier) records it, else (a run from before that was recorded) what its data root holds now."""
-    for name in ("data.json", "classifier.json"):
+    """The DATA_SOURCES key a run was trained on: as its data.json (CNN), classifier.json (embedding
+    classifier) or finetune.json (fine-tuned musicnn) records it, else (a run from before that was
+    recorded) what its data root holds now."""
+    for name in ("data.json", "classifier.json", "finetune.json"):
         with contextlib.suppress(OSError, ValueError):
             if source := json.loads((run_dir / name).read_text()).get("source"):
                 return source

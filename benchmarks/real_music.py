@@ -14,6 +14,7 @@ numbers, into --out.
     python benchmarks/real_music.py --methods all --max-folds 2 --repeats 1 --out /tmp/screen  # a quicker screening
     python benchmarks/real_music.py --data /data/gtzan           # another dataset
     python benchmarks/real_music.py --seconds 10                 # the first 10 s of each recording
+    python benchmarks/real_music.py --methods musicnn-finetune --add  # one more row in the saved tables
 
 Per-fold runs are kept under --work, in a folder named by the dataset and its features' key
 (`genre_utils.features_key`: the files, their sizes and times, the clip length), so two datasets never
@@ -22,7 +23,9 @@ share one; a rerun reads finished folds back only when they were computed from t
 Methods are registered with `@register(name, description)` on a factory taking the `Inputs` (cfg,
 tracks, cached features and statistics) and returning a `cross_validate` method; the CNN methods
 are the `demo` preset (the report's recipe at demo size), the `recipe` preset, and the recipe with
-one ingredient removed or added (ABLATIONS), and classifiers on frozen musicnn embeddings.
+one ingredient removed or added (ABLATIONS), classifiers on frozen musicnn embeddings (alone or with
+the statistics), and musicnn fine-tuned. `--add` adds methods to the saved tables without rerunning the
+others (the CNN recipe costs about 20 CPU minutes per fold).
 """
 
 from __future__ import annotations
@@ -66,6 +69,10 @@ class Inputs:
     @functools.cached_property
     def embeddings(self) -> pd.DataFrame:
         return gu.pretrained_embeddings(self.tracks, self.cfg)
+
+    @functools.cached_property
+    def patches(self) -> tuple[np.ndarray, np.ndarray]:
+        return gu.musicnn_clip_patches(self.tracks, self.cfg)
 
     def preset(self, profile: str, **changes) -> gu.Config:
         """A preset with this dataset's data root, genres, clip length and cache (same feature settings as cfg)."""
@@ -125,6 +132,18 @@ for _kind, _label in (("logistic", "logistic regression"), ("svm", "SVM (RBF)"),
     register(f"musicnn-{_kind}", f"frozen musicnn (MSD) embeddings + {_label}")(_musicnn_factory(_kind))
 
 
+@register("musicnn-stats", "frozen musicnn embeddings and MFCC/spectral statistics + logistic regression")
+def _musicnn_stats(inputs: Inputs):
+    both = inputs.embeddings.join(inputs.statistics, how="inner")
+    return gu.embedding_method(both, inputs.tracks, inputs.cfg, "logistic", inputs.cfg.seed)
+
+
+@register("musicnn-finetune", "musicnn fine-tuned: a genre head, then mid- and back-end (front-end frozen)")
+def _musicnn_finetune(inputs: Inputs):
+    patches, clips = inputs.patches
+    return gu.finetune_method(patches, clips, inputs.tracks, inputs.cfg)
+
+
 # The ablation: the recipe preset with one ingredient removed (or added), everything else equal
 ABLATIONS = {
     "recipe-whole-clips": ("recipe without random excerpts (whole clips)", dict(train_mode="full")),
@@ -181,6 +200,34 @@ def recordings_seconds(tracks: pd.DataFrame) -> float:
     return float(np.floor(seconds.median() * 10) / 10)
 
 
+SAME_RUN = ("data", "clips", "genres", "clip_seconds", "folds", "repeats", "max_folds", "seed")  # what --add checks
+
+
+def added_to_tables(out: Path, summary: pd.DataFrame, per_fold: pd.DataFrame, run: dict):
+    """(summary, per_fold, run, note) of the tables in `out` with this run's methods added or replacing theirs.
+
+    The earlier run must have had the same SAME_RUN settings, hence the same folds (DataError naming the
+    difference otherwise). Rows keep the earlier order, new methods last; run.json records when the
+    kept rows were measured, and `note` says it for the markdown header."""
+    earlier = json.loads((out / "run.json").read_text())
+    differ = [
+        f"{key} {earlier.get(key)!r} there, {run[key]!r} here" for key in SAME_RUN if earlier.get(key) != run[key]
+    ]
+    if differ:
+        raise gu.DataError(f"{out}: --add needs the tables of the same folds; {'; '.join(differ)}")
+    old_summary, old_folds = pd.read_csv(out / "summary.csv"), pd.read_csv(out / "per_fold.csv")
+    kept = [method for method in old_summary["method"] if method not in set(summary["method"])]
+    order = [*old_summary["method"], *(m for m in summary["method"] if m not in set(old_summary["method"]))]
+    summary = pd.concat([old_summary[old_summary["method"].isin(kept)], summary])
+    summary = summary.set_index("method").loc[order].reset_index()
+    per_fold = pd.concat([old_folds[old_folds["method"].isin(kept)], per_fold])
+    per_fold = per_fold.sort_values("method", key=lambda m: m.map(order.index), kind="stable")
+    kept_dates = {method: earlier.get("kept", {}).get(method, earlier["date"]) for method in kept}
+    run = run | {"methods": {m: (earlier["methods"] | run["methods"])[m] for m in order}, "kept": kept_dates}
+    note = "; ".join(f"{m} from {d}" for m, d in kept_dates.items())
+    return summary, per_fold.reset_index(drop=True), run, f" ({note})" if note else ""
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -222,6 +269,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--label", help="how tables name the data (default: the default data's description, else the folder's name)"
     )
+    parser.add_argument(
+        "--add",
+        action="store_true",
+        help="add these methods' rows to the tables already in --out, which must come from the same data, clip "
+        "length, folds, repeats and seed (run.json); rows of the same methods are replaced, the others kept",
+    )
     parser.add_argument("--list", action="store_true", help="list the methods and exit")
     args = parser.parse_args(argv)
 
@@ -254,6 +307,8 @@ def main(argv=None) -> int:
             labels = labels[labels.index.isin(inputs.features.index.index)]
         if any(name.startswith("musicnn") for name in names):  # clips whose embeddings exist
             labels = labels[labels.index.isin(inputs.embeddings.index)]
+        if "musicnn-finetune" in names:  # clips whose patches exist
+            labels = labels[labels.index.isin(inputs.patches[1])]
         print(
             f"{len(labels)} clips of {len(genres)} genres ({', '.join(genres)}) in {cfg.data_root}, {length}; "
             f"{args.folds}-fold cross-validation x {args.repeats} repeats, seed {args.seed}; runs in {work}"
@@ -271,43 +326,45 @@ def main(argv=None) -> int:
     except gu.GenreError as exc:
         parser.exit(1, f"{parser.prog}: error: {exc}\n")
 
-    summary = result.summary
+    summary, per_fold = result.summary, result.folds
     descriptions = {name: METHODS[name][0] for name in names}
-    args.out.mkdir(parents=True, exist_ok=True)
-    summary.to_csv(args.out / "summary.csv", index=False, float_format="%.6g")
-    result.folds.to_csv(args.out / "per_fold.csv", index=False, float_format="%.6g")
     label = args.label or (
         DEFAULT_LABEL if data == DEFAULT_DATA else f"folder-per-genre set '{Path(data).name}' of {len(genres)} genres"
     )
+    run = {
+        "data": str(cfg.data_root),
+        "label": label,
+        "clips": len(labels),
+        "genres": list(genres),
+        "clip_seconds": seconds,
+        "recording_seconds": whole,
+        "features_key": gu.features_key(tracks, cfg),
+        "folds": args.folds,
+        "repeats": args.repeats,
+        "max_folds": args.max_folds,
+        "seed": args.seed,
+        "date": date.today().isoformat(),
+        "methods": descriptions,
+    }
+    kept = ""
+    if args.add and (args.out / "run.json").is_file():
+        try:
+            summary, per_fold, run, kept = added_to_tables(args.out, summary, per_fold, run)
+        except gu.DataError as exc:
+            parser.exit(1, f"{parser.prog}: error: {exc}\n")
+    summary = summary.round(6)  # as the CSV keeps them, so that every table and figure rounds alike
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(args.out / "summary.csv", index=False, float_format="%.6g")
+    per_fold.to_csv(args.out / "per_fold.csv", index=False, float_format="%.6g")
     scope = f"the first {args.max_folds} folds of " if args.max_folds and args.max_folds < args.folds else ""
     header = (
         f"{label[0].upper() + label[1:]}: {len(labels)} clips ({', '.join(genres)}), {length}, "
         f"{scope}{args.folds}-fold stratified cross-validation repeated {args.repeats} times (fold seeds "
-        f"{args.seed}-{args.seed + args.repeats - 1}), {date.today().isoformat()}. Accuracy: mean ± standard "
-        "error over all folds; worst fold: the lowest fold accuracy.\n\n"
+        f"{args.seed}-{args.seed + args.repeats - 1}), {date.today().isoformat()}{kept}. Accuracy: mean ± "
+        "standard error over all folds; worst fold: the lowest fold accuracy.\n\n"
     )
-    (args.out / "summary.md").write_text(header + markdown_table(summary, descriptions))
-    (args.out / "run.json").write_text(
-        json.dumps(
-            {
-                "data": str(cfg.data_root),
-                "label": label,
-                "clips": len(labels),
-                "genres": list(genres),
-                "clip_seconds": seconds,
-                "recording_seconds": whole,
-                "features_key": gu.features_key(tracks, cfg),
-                "folds": args.folds,
-                "repeats": args.repeats,
-                "max_folds": args.max_folds,
-                "seed": args.seed,
-                "date": date.today().isoformat(),
-                "methods": descriptions,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    (args.out / "summary.md").write_text(header + markdown_table(summary, run["methods"]))
+    (args.out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
 
     baseline = summary.set_index("method")["accuracy_mean"].get("svm")
     print(

@@ -324,3 +324,113 @@ def test_zero_shot_predict_needs_no_run_and_flags_silent_and_short_files(tmp_pat
     assert lines[0] == f"{short}: 1 window of 2.99 s (0.5 s of audio)"
     assert f"  warning: {short}: only 0.5 s of audio; the model hears 2.99 s windows, so 83% of its input" in lines[1]
     assert (tmp_path / "timeline-song.png").is_file() and not (tmp_path / "timeline-silence.png").exists()
+
+
+def test_an_embedding_and_statistics_run_computes_both_when_it_predicts(embedded, tmp_path, capsys):
+    tracks, cfg, embeddings = embedded
+    statistics = gu.extract_clip_statistics(tracks.drop(index=999), cfg.replace(cache_dir=tmp_path), workers=1)
+    both = embeddings.join(statistics, how="inner")
+    assert both.shape == (8, 400 + 88)
+    run_dir = tmp_path / "run"
+    pipeline = gu.train_embedding_classifier(both, tracks, cfg.replace(data_root=tmp_path), run_dir)
+    assert json.loads((run_dir / "classifier.json").read_text())["layers"] == ["penultimate"]
+    song = tracks.at[103, "path"]  # one window of exactly the training length: the same inputs as in training
+    windows = gu.predict_file_embeddings(song, pipeline, cfg, *gu.load_embedding_run(run_dir)[2:], gu.load_musicnn())
+    expected = pipeline.predict_proba(both.loc[[103]].to_numpy())[0]
+    np.testing.assert_allclose(windows[list(pipeline.classes_)].iloc[0], expected, atol=1e-4)
+    status, out = _predict_here(capsys, song, "--run", run_dir)
+    assert status == 0 and out.splitlines()[1].split()[:2] == ["1.", "Rock"], out
+
+
+# Fine-tuning: a genre head on the pretrained body, parts unfrozen in stages, saved as a run
+
+
+@pytest.fixture(scope="module")
+def patches(embedded):
+    tracks, cfg, _ = embedded
+    with pytest.warns(UserWarning, match="skipped 1 of 9 audio files"):
+        return gu.musicnn_clip_patches(tracks, cfg)
+
+
+def test_the_genre_head_sits_on_the_pretrained_body_with_one_unit_per_genre(network, patches):
+    keras = gu.import_keras()
+    x, clips = patches
+    assert x.shape == (8, 187, 96) and x.dtype == np.float16 and clips.tolist() == list(range(100, 108))
+    model = gu.build_musicnn_classifier(("Folk", "Rock", "Pop"))
+    proba = np.asarray(model.predict(x.astype(np.float32), verbose=0))
+    assert tuple(model.output.shape) == (None, 3) and proba.shape == (8, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    # up to the head, the body is the MSD network: the same penultimate activations (float32 rounding)
+    body = model.get_layer("musicnn_body")
+    features = model.get_layer("musicnn_frontend").predict(x.astype(np.float32), verbose=0)
+    penultimate = keras.Model(body.input, body.get_layer("penultimate").output).predict(features, verbose=0)
+    np.testing.assert_allclose(penultimate, gu.musicnn_outputs(x, network)["penultimate"], rtol=1e-4, atol=1e-4)
+    assert [w.path for w in model.trainable_weights] == ["genre_head/kernel", "genre_head/bias"]
+    with pytest.raises(gu.ConfigError, match="unfreeze 'all': choose one of frontend, midend, backend, head"):
+        gu.unfreeze_musicnn(model, "all")
+
+
+@pytest.mark.parametrize("unfreeze", ["head", "midend"])
+def test_a_training_step_changes_only_the_unfrozen_parts(patches, unfreeze):
+    keras = gu.import_keras()
+    x, _ = patches
+    model = gu.build_musicnn_classifier(("Folk", "Rock"))
+    gu.unfreeze_musicnn(model, unfreeze)
+    before = {w.path: np.array(w) for w in model.weights}
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
+    model.train_on_batch(x.astype(np.float32), np.eye(2, dtype=np.float32)[np.arange(8) % 2])
+    moved = {w.path for w in model.weights if not np.array_equal(before[w.path], np.array(w))}
+    if unfreeze == "head":
+        assert moved == {"genre_head/kernel", "genre_head/bias"}
+    else:  # mid-end, back-end and head; not the front-end, nor any batch norm (inference mode)
+        assert {"midend_conv1/kernel", "backend_dense/kernel", "genre_head/kernel"} <= moved
+        assert all(path.startswith(("midend_conv", "backend_dense", "genre_head")) for path in moved), moved
+        assert not any("norm" in path for path in moved)
+
+
+def test_a_finetuned_run_round_trips_through_save_load_run_and_predict_file(embedded, patches, tmp_path, capsys):
+    tracks, cfg, _ = embedded
+    x, clips = patches
+    cfg = cfg.replace(genres=("Folk", "Rock"), data_root=tmp_path)
+    run_dir = tmp_path / "run"
+    model = gu.finetune_musicnn(x, clips, tracks, cfg, run_dir, head_epochs=2, body_epochs=1, batch_size=4)
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(gu.FINETUNE_RUN_FILES)
+    info = json.loads((run_dir / "finetune.json").read_text())
+    assert info["genres"] == ["Folk", "Rock"] and (info["clips"], info["patches"]) == (8, 8)
+    assert info["settings"] == gu.FINETUNE_SETTINGS | {"head_epochs": 2, "body_epochs": 1, "batch_size": 4}
+    assert [(row["stage"], row["unfreeze"], row["epoch"]) for row in info["history"]] == [
+        (1, "head", 1),
+        (1, "head", 2),
+        (2, "midend", 1),
+    ]
+    loaded, run_cfg, history = gu.load_run(run_dir)
+    assert run_cfg == cfg and history["loss"].tolist() == [row["loss"] for row in info["history"]]
+    np.testing.assert_allclose(
+        loaded.predict(x.astype(np.float32), verbose=0), model.predict(x.astype(np.float32), verbose=0), atol=1e-6
+    )
+    song = write_tone(tmp_path / "song.wav", 7.0, 150, amplitude=0.2)
+    windows = gu.predict_file(song, loaded, run_cfg)
+    assert list(windows.columns) == ["Folk", "Rock"] and windows.index.tolist() == pytest.approx([0, 2.992])
+    np.testing.assert_allclose(windows.sum(axis=1), 1.0, atol=1e-5)
+    status, out = _predict_here(capsys, song, "--run", run_dir)
+    assert status == 0 and out.splitlines()[0] == f"{song}: 2 windows of 2.99 s (7.0 s of audio)", out
+    with pytest.raises(gu.ConfigError, match="fine-tuning setting"):
+        gu.finetune_musicnn(x, clips, tracks, cfg, run_dir, epochs=3)
+    (run_dir / "model.keras").unlink()
+    with pytest.raises(gu.DataError, match="model.keras: not found; fine-tune musicnn"):
+        gu.load_run(run_dir)
+
+
+def test_a_finetune_method_fits_training_and_validation_and_predicts_the_test_clips(embedded, patches, tmp_path):
+    tracks, cfg, _ = embedded
+    x, clips = patches
+    split = pd.Series(["training", "validation", *["training"] * 4, "test", "test"], index=range(100, 108))
+    method = gu.finetune_method(
+        x, clips, tracks, cfg.replace(genres=("Folk", "Rock")), head_epochs=5, head_lr=1e-2, body_epochs=0, batch_size=2
+    )
+    result = method(split, tmp_path)
+    assert result.proba.index.tolist() == [106, 107] and list(result.proba.columns) == ["Folk", "Rock"]
+    np.testing.assert_allclose(result.proba.sum(axis=1), 1.0, atol=1e-5)
+    assert result.parameters == 200 * 2 + 2 and result.train_seconds > 0  # the head alone
+    assert result.proba.idxmax(axis=1).tolist() == ["Folk", "Rock"]  # tones vs noise bursts
+    assert json.loads((tmp_path / "finetune.json").read_text())["clips"] == 6

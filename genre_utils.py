@@ -3419,9 +3419,10 @@ def finetune_musicnn(
     start = time.perf_counter()
     if settings["unfreeze"] == "frontend":
         trainer, x = model, np.asarray(patches)[keep]
+    elif frontend_features is None:
+        trainer = model.get_layer("musicnn_body")
+        x = model.get_layer("musicnn_frontend").predict(np.asarray(patches)[keep].astype(np.float32), verbose=0)
     else:
-        if frontend_features is None:
-            frontend_features = model.get_layer("musicnn_frontend").predict(np.asarray(patches, np.float32), verbose=0)
         trainer, x = model.get_layer("musicnn_body"), np.asarray(frontend_features)[keep]
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=settings["label_smoothing"])
     history, trained = [], 0
@@ -3510,29 +3511,29 @@ def finetune_method(patches: np.ndarray, clips, labels, cfg: Config, **settings)
     unknown = sorted(set(settings) - set(FINETUNE_SETTINGS))
     if unknown:
         raise ConfigError(f"fine-tuning setting(s) {', '.join(unknown)}: choose from {', '.join(FINETUNE_SETTINGS)}")
+    settings = FINETUNE_SETTINGS | settings
     clips = np.asarray(clips)
-    cached = {}
+    frontend = {}  # the frozen front-end's outputs for every patch, float16, computed at the first fold
 
     def method(split: pd.Series, run_dir: Path) -> MethodResult:
         fit = np.isin(clips, split.index[split.isin(["training", "validation"])])
         test = np.isin(clips, split.index[split == "test"])
         if not fit.any() or not test.any():
             raise DataError("no patches in the fold's training or test split")
-        x = patches
-        if (settings.get("unfreeze") or FINETUNE_SETTINGS["unfreeze"]) != "frontend":
-            if "frontend" not in cached:
-                frontend = build_musicnn_classifier(cfg.genres).get_layer("musicnn_frontend")
-                cached["frontend"] = frontend.predict(np.asarray(patches, np.float32), verbose=0).astype(np.float16)
-            x = cached["frontend"]
-        model = finetune_musicnn(
-            patches[fit], clips[fit], labels, cfg, run_dir, x[fit] if x is not patches else None, **settings
-        )
+        if settings["unfreeze"] == "frontend":
+            model = finetune_musicnn(patches[fit], clips[fit], labels, cfg, run_dir, **settings)
+            proba = musicnn_clip_proba(model, patches[test], clips[test], cfg.genres)
+        else:
+            if not frontend:
+                network = build_musicnn_classifier(cfg.genres).get_layer("musicnn_frontend")
+                frontend["all"] = network.predict(np.asarray(patches, np.float32), verbose=0).astype(np.float16)
+            features = frontend["all"]
+            model = finetune_musicnn(patches[fit], clips[fit], labels, cfg, run_dir, features[fit], **settings)
+            proba = musicnn_clip_proba(model.get_layer("musicnn_body"), features[test], clips[test], cfg.genres)
         info = json.loads((Path(run_dir) / "finetune.json").read_text())
-        predictor = model if x is patches else model.get_layer("musicnn_body")
-        proba = musicnn_clip_proba(predictor, x[test], clips[test], cfg.genres)
         return MethodResult(proba, info["trained_parameters"], info["train_seconds"])
 
-    method.settings = {"method": "musicnn fine-tuned", **FINETUNE_SETTINGS, **settings, "data": _fingerprint(patches)}
+    method.settings = {"method": "musicnn fine-tuned", **settings, "data": _fingerprint(patches)}
     return method
 
 

@@ -208,7 +208,7 @@ def added_to_tables(out: Path, summary: pd.DataFrame, per_fold: pd.DataFrame, ru
 
     The earlier run must have had the same SAME_RUN settings, hence the same folds (DataError naming the
     difference otherwise). Rows keep the earlier order, new methods last; run.json records when the
-    kept rows were measured, and `note` says it for the markdown header."""
+    kept rows were measured, and `note` names those of other days for the markdown header."""
     earlier = json.loads((out / "run.json").read_text())
     differ = [
         f"{key} {earlier.get(key)!r} there, {run[key]!r} here" for key in SAME_RUN if earlier.get(key) != run[key]
@@ -224,7 +224,7 @@ def added_to_tables(out: Path, summary: pd.DataFrame, per_fold: pd.DataFrame, ru
     per_fold = per_fold.sort_values("method", key=lambda m: m.map(order.index), kind="stable")
     kept_dates = {method: earlier.get("kept", {}).get(method, earlier["date"]) for method in kept}
     run = run | {"methods": {m: (earlier["methods"] | run["methods"])[m] for m in order}, "kept": kept_dates}
-    note = "; ".join(f"{m} from {d}" for m, d in kept_dates.items())
+    note = "; ".join(f"{m} from {d}" for m, d in kept_dates.items() if d != run["date"])
     return summary, per_fold.reset_index(drop=True), run, f" ({note})" if note else ""
 
 

@@ -3400,10 +3400,7 @@ def finetune_musicnn(
     the `data_source`); `genre_utils.py predict --run run_dir` then predicts with it.
     """
     keras = import_keras()
-    unknown = sorted(set(settings) - set(FINETUNE_SETTINGS))
-    if unknown:
-        raise ConfigError(f"fine-tuning setting(s) {', '.join(unknown)}: choose from {', '.join(FINETUNE_SETTINGS)}")
-    settings = FINETUNE_SETTINGS | settings
+    settings = _finetune_settings(settings)
     genres = _label_series(labels)
     patch_genres = genres.reindex(np.asarray(clips)).to_numpy()
     keep = pd.notna(patch_genres)
@@ -3469,6 +3466,17 @@ def finetune_musicnn(
     return model
 
 
+def _finetune_settings(changes: dict) -> dict:
+    """FINETUNE_SETTINGS with `changes`; ConfigError for an unknown setting or part, before any work."""
+    unknown = sorted(set(changes) - set(FINETUNE_SETTINGS))
+    if unknown:
+        raise ConfigError(f"fine-tuning setting(s) {', '.join(unknown)}: choose from {', '.join(FINETUNE_SETTINGS)}")
+    settings = FINETUNE_SETTINGS | changes
+    if settings["unfreeze"] not in MUSICNN_PARTS:
+        raise ConfigError(f"unfreeze {settings['unfreeze']!r}: choose one of {', '.join(MUSICNN_PARTS)}")
+    return settings
+
+
 def _load_finetuned_run(run_dir: Path):
     """`load_run` of a run folder written by `finetune_musicnn`: (model, Config, history from finetune.json)."""
     for name in FINETUNE_RUN_FILES:
@@ -3508,10 +3516,7 @@ def finetune_method(patches: np.ndarray, clips, labels, cfg: Config, **settings)
     checkpoint to choose) into run_dir and predicts its test clips by `musicnn_clip_proba`. The frozen
     front-end's outputs are computed once, at the first fold, for every fold (unless unfreeze="frontend").
     """
-    unknown = sorted(set(settings) - set(FINETUNE_SETTINGS))
-    if unknown:
-        raise ConfigError(f"fine-tuning setting(s) {', '.join(unknown)}: choose from {', '.join(FINETUNE_SETTINGS)}")
-    settings = FINETUNE_SETTINGS | settings
+    settings = _finetune_settings(settings)
     clips = np.asarray(clips)
     frontend = {}  # the frozen front-end's outputs for every patch, float16, computed at the first fold
 

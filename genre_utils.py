@@ -4120,6 +4120,7 @@ def train(
     # Keras writes a backup's weights, then training_metadata.json (keeping the previous pair as
     # .bkp): without either metadata file, the run was killed while writing its first backup,
     # whose weights may be half written, and it starts afresh
+    _repair_backup(backup_dir)
     resuming = any((backup_dir / name).is_file() for name in ("training_metadata.json", "training_metadata.json.bkp"))
     if resuming and config_path.is_file() and json.loads(config_path.read_text()) != settings:
         raise ConfigError(
@@ -4198,6 +4199,28 @@ def train(
         raise _out_of_memory_error(cfg, run_dir, out_of_memory)
     model.save(run_dir / "last.keras")
     return _read_history(history_path)
+
+
+def _repair_backup(backup_dir: Path) -> None:
+    """Undo a kill while Keras wrote backup/training_metadata.json: it opens the file (emptying it)
+    before writing, and on resume fails to parse what is there. The previous pair (.bkp, complete)
+    takes its place, so that epoch is trained again; without one, the half-written metadata goes and
+    the run starts afresh, as after a kill during its first backup."""
+    metadata = backup_dir / "training_metadata.json"
+    if not metadata.is_file():
+        return
+    try:
+        json.loads(metadata.read_text())
+        return
+    except (OSError, ValueError):
+        pass
+    weights = backup_dir / "latest.weights.h5"
+    previous = [path.with_name(f"{path.name}.bkp") for path in (weights, metadata)]
+    if all(path.is_file() for path in previous):
+        for path, earlier in zip((weights, metadata), previous):
+            shutil.copyfile(earlier, path)
+    else:
+        metadata.unlink()
 
 
 def _out_of_memory_error(cfg: Config, run_dir: Path, detail: str) -> DeviceMemoryError:

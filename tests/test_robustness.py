@@ -3,6 +3,7 @@ reason (never a library traceback, never silently wrong output), and interrupted
 
 import errno
 import hashlib
+import json
 import os
 import pickle
 import signal
@@ -497,7 +498,10 @@ def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path):
     (tmp_path / "job.pkl").write_bytes(pickle.dumps((data, cfg)))
 
     def first_epoch_backed_up():  # epoch 0 is logged, then backed up: weights, then training_metadata.json
-        return (run_dir / "backup" / "training_metadata.json").is_file()
+        try:  # written in full: Keras empties the file before it writes it
+            return "epoch" in json.loads((run_dir / "backup" / "training_metadata.json").read_text())
+        except (OSError, ValueError):
+            return False
 
     assert run_until(TRAIN_SCRIPT, [tmp_path / "job.pkl", run_dir], first_epoch_backed_up) == -signal.SIGKILL
     assert not (run_dir / "last.keras").exists()
@@ -521,6 +525,17 @@ def test_a_run_killed_while_writing_its_first_backup_starts_afresh(tmp_path):
     (tmp_path / "backup" / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))  # half written
     recorder = RecordEpochs()
     model = gu.build_model(cfg, branches=["mel_vertical"])  # the smallest branch: quick to compile
+    history = gu.train(model, fake_features(cfg), cfg, tmp_path, callbacks=[recorder], verbose=0)
+    assert recorder.epochs == [0, 1] and history["epoch"].tolist() == [0, 1]
+
+
+def test_a_run_killed_while_writing_its_first_backups_metadata_starts_afresh(tmp_path):
+    cfg = CFG.replace(epochs=2)
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    (tmp_path / "backup" / "training_metadata.json").write_text("")  # opened, not yet written
+    recorder = RecordEpochs()
+    model = gu.build_model(cfg, branches=["mel_vertical"])
     history = gu.train(model, fake_features(cfg), cfg, tmp_path, callbacks=[recorder], verbose=0)
     assert recorder.epochs == [0, 1] and history["epoch"].tolist() == [0, 1]
 

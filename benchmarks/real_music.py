@@ -155,9 +155,9 @@ ABLATIONS = {
         "recipe with the report's step schedule, no warm-up",
         dict(lr_schedule="step", warmup_epochs=0.0),
     ),
-    "recipe-no-early-stopping": (
-        "recipe without early stopping, best val_accuracy checkpoint",
-        dict(early_stopping=0, monitor="val_accuracy"),
+    "recipe-best-checkpoint": (
+        "recipe predicting with its checkpoint of best validation accuracy, not the averaged final weights",
+        dict(checkpoint="best", monitor="val_accuracy"),
     ),
     "recipe-gain": ("recipe plus random gain (+-6 dB)", dict(gain_db=6.0)),
     "recipe-wide": ("recipe with twice the width (filters 16, dense 128)", dict(filters=16, dense_units=128)),

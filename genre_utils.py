@@ -358,6 +358,7 @@ class Config:
     dense_units: int = 256
     dropout: float = 0.5
     bn_momentum: float = 0.99  # batch norm's moving statistics keep this share per step (Keras' default)
+    musicnn_input: bool = False  # late fusion: musicnn's clip embedding as a fourth input to the dense head
     # training
     batch_size: int = 32  # clips per optimiser step
     accumulation_steps: int = 1  # micro-batches of batch_size // this clips per optimiser step (less memory); 1 = off
@@ -1528,7 +1529,8 @@ class Features:
         usually read-only memory maps so nothing is loaded until used. stats: per-band mean and
         standard deviation of the training split, keys mel_mean, mel_std, cqt_mean, cqt_std (a
         description of the cache; training adapts the model's own normalisation to the rows it
-        trains on, see `adapt_normalization`), empty for features built in memory.
+        trains on, see `adapt_normalization`), empty for features built in memory. embedding: None,
+        or (n, 400) float32 musicnn clip embeddings for a model with cfg.musicnn_input (`with_embeddings`).
     """
 
     index: pd.DataFrame
@@ -1537,6 +1539,7 @@ class Features:
     stats: dict[str, np.ndarray] = field(default_factory=dict)
     path: Path | None = None  # cache folder, None for features built in memory
     skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
+    embedding: np.ndarray | None = None
 
     def rows(self, split: str) -> np.ndarray:
         """Row numbers of one split ('training', 'validation' or 'test')."""
@@ -1550,7 +1553,27 @@ class Features:
         index (track ids, splits, labels) counts too: a cross-validation fold is a view with other splits.
         """
         arrays = (self.path.name,) if self.path is not None else (self.mel, self.cqt)
-        return _fingerprint(*arrays, self.index[["split", "label"]])
+        embedding = () if self.embedding is None else (self.embedding,)
+        return _fingerprint(*arrays, *embedding, self.index[["split", "label"]])
+
+    def with_embeddings(self, embeddings: pd.DataFrame) -> Features:
+        """These features with each clip's musicnn embedding (`pretrained_embeddings`' default layer,
+        indexed by track_id) as `embedding`, for a model with cfg.musicnn_input. Raises DataError
+        naming the clips that have features but no embedding."""
+        missing = self.index.index.difference(embeddings.index)
+        if len(missing):
+            raise DataError(
+                f"{self.path or 'in-memory features'}: no musicnn embedding for {len(missing)} clip(s) with "
+                f"features (track ids {', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}); "
+                "compute them with pretrained_embeddings on the same tracks"
+            )
+        columns = list(_fusion_columns())
+        if list(embeddings.columns) != columns:
+            raise DataError(
+                f"embeddings with {embeddings.shape[1]} columns: a fused model takes the {len(columns)} values of "
+                "pretrained_embeddings' default layer (penultimate)"
+            )
+        return dataclasses.replace(self, embedding=embeddings.loc[self.index.index].to_numpy(np.float32))
 
 
 FEATURES_FORMAT = 1  # version of the cache layout and feature recipe; bump it to invalidate old caches
@@ -2274,7 +2297,9 @@ def build_model(cfg: Config, branches=None):
     MODEL_BLOCKS gives each branch's (convolutions, pools), the comment above it in the source the
     filter shapes. Each branch ends in global average pooling, so a clip of any length votes; the
     branches (concatenated when there are several) feed a dense layer, dropout and a softmax. With
-    cfg.time_masks or cfg.freq_masks, a SpecAugment layer first masks each input while training. On
+    cfg.time_masks or cfg.freq_masks, a SpecAugment layer first masks each input while training. With
+    cfg.musicnn_input, musicnn's clip embedding joins the branches before the dense layer (late fusion of
+    the pretrained ear and the report's network; `Features.with_embeddings` supplies it). On
     GPUs the layers compute in mixed precision and the model is mirrored over all of them (see
     `configure_devices`).
 
@@ -2290,8 +2315,9 @@ def build_model(cfg: Config, branches=None):
     -------
     keras.Model
         Inputs "mel" (batch, cfg.n_mels, frames, 1) and/or "cqt" (batch, cfg.cqt_bins, frames, 1):
-        the cached float16 dB features as they are, any number of frames >= 1. Each input is
-        normalised per band by a Normalization layer (`<input>_normalization`) that `train` adapts
+        the cached float16 dB features as they are, any number of frames >= 1; with cfg.musicnn_input
+        also "embedding" (batch, 400) float32. Each input is normalised per band (per value for the
+        embedding) by a Normalization layer (`<input>_normalization`) that `train` adapts
         to the training split (`adapt_normalization`) and that is saved with the model. Output
         "genre" (batch, len(cfg.genres)) float32 probabilities.
 
@@ -2338,11 +2364,16 @@ def build_model(cfg: Config, branches=None):
                 if block.pool:
                     x = layers.MaxPooling2D(block.pool, padding="same", name=f"{name}_pool")(x)
             pooled.append(layers.GlobalAveragePooling2D(name=f"{branch}_global_pool")(x))
+        if cfg.musicnn_input:
+            inputs["embedding"] = keras.Input((len(_fusion_columns()),), name="embedding", dtype="float32")
+            normalization = layers.Normalization(dtype="float32", name="embedding_normalization")
+            pooled.append(normalization(inputs["embedding"]))
         x = layers.Concatenate(name="concat")(pooled) if len(pooled) > 1 else pooled[0]
         x = layers.Dense(cfg.dense_units, activation="relu", kernel_initializer="he_normal", name="dense")(x)
         x = layers.Dropout(cfg.dropout, name="dropout")(x)
         outputs = layers.Dense(len(cfg.genres), activation="softmax", dtype="float32", name="genre")(x)
-        return keras.Model(inputs, outputs, name="genre_cnn_" + "_".join(branches))
+        name = "genre_cnn_" + "_".join(branches) + ("_musicnn" if cfg.musicnn_input else "")
+        return keras.Model(inputs, outputs, name=name)
 
 
 def _spec_augment(tensor, name: str, cfg: Config):
@@ -2857,6 +2888,11 @@ def _embedding_columns() -> tuple[str, ...]:
         for pool in ("mean", "max")
         for unit in range(sizes[name])
     )
+
+
+def _fusion_columns() -> tuple[str, ...]:
+    """The embedding values a fused CNN takes (cfg.musicnn_input): pretrained_embeddings' default layer."""
+    return tuple(column for column in _embedding_columns() if column.startswith("penultimate_"))
 
 
 def pretrained_embeddings(
@@ -3774,6 +3810,14 @@ def _check_features(data: Features, cfg: Config, inputs) -> None:
     heights = {"mel": cfg.n_mels, "cqt": cfg.cqt_bins}
     for name in inputs:
         array = getattr(data, name)
+        if name == "embedding":
+            expected = (len(data.index), len(_fusion_columns()))
+            if array is None or array.shape != expected:
+                raise DataError(
+                    f"{where}: the model takes musicnn embeddings {expected} but the features hold "
+                    f"{'none' if array is None else array.shape}; join them with Features.with_embeddings"
+                )
+            continue
         if array.ndim != 3 or array.shape[0] != len(data.index) or array.shape[1] != heights[name]:
             raise DataError(
                 f"{where}: {name} array has shape {array.shape}, expected ({len(data.index)}, {heights[name]}, "
@@ -3793,7 +3837,8 @@ def _feature_batches_class():
     keras = import_keras()
 
     class FeatureBatches(keras.utils.PyDataset):
-        """Batches ({input: float16 (batch, bins, frames, 1)}, labels (batch,)) read from memory maps."""
+        """Batches ({input: float16 (batch, bins, frames, 1)}, labels (batch,)) read from memory maps
+        (an "embedding" input: float32 (batch, values), the same for every excerpt of a clip)."""
 
         def __init__(self, data, rows, inputs, batch_size, shuffle, excerpt_frames, seed, starts=None, micro_batches=1):
             super().__init__()
@@ -3814,7 +3859,7 @@ def _feature_batches_class():
             if self.shuffle:
                 self.order = self.rng.permutation(self.rows)
             if self.excerpt_frames and not self.fixed_starts:
-                n_frames = getattr(self.data, self.inputs[0]).shape[2]
+                n_frames = self.data.mel.shape[2]  # the mel and CQT frames are the same
                 self.starts = self.rng.integers(0, n_frames - self.excerpt_frames + 1, len(self.rows))
 
         def __len__(self):
@@ -3835,6 +3880,9 @@ def _feature_batches_class():
             for name in self.inputs:
                 array = getattr(self.data, name)
                 self._check_finite(name, array, rows)
+                if array.ndim == 2:  # the embedding: one vector per clip
+                    x[name] = array[rows]
+                    continue
                 if self.excerpt_frames:
                     clips = np.empty((len(rows), array.shape[1], self.excerpt_frames), array.dtype)
                     for i, (row, start) in enumerate(zip(rows, starts)):
@@ -3854,14 +3902,15 @@ def _feature_batches_class():
             if block.dtype == np.float16:  # all exponent bits set: inf or NaN; faster than isfinite
                 bad = ((block.view(np.uint16) & 0x7C00) == 0x7C00).any(axis=(1, 2))
             else:
-                bad = ~np.isfinite(block).all(axis=(1, 2))
+                bad = ~np.isfinite(block).all(axis=tuple(range(1, block.ndim)))
             if bad.any():
                 track_id = self.data.index.index[new[np.argmax(bad)]]
-                where = self.data.path / f"{name}.npy" if self.data.path else f"in-memory {name} features"
-                raise DataError(
-                    f"{where}: track {track_id} holds NaN or infinite values (corrupt cache); "
-                    "delete the cache folder and run extract_features again"
-                )
+                if name == "embedding":
+                    where, remedy = "musicnn embeddings", "delete their .npz and run pretrained_embeddings again"
+                else:
+                    where = self.data.path / f"{name}.npy" if self.data.path else f"in-memory {name} features"
+                    remedy = "delete the cache folder and run extract_features again"
+                raise DataError(f"{where}: track {track_id} holds NaN or infinite values (corrupt cache); {remedy}")
             self.checked[name][new] = True
 
         def on_epoch_end(self):
@@ -3896,7 +3945,7 @@ def feature_batches(
     """
     micro = micro_batch_size(cfg)
     _check_features(data, cfg, inputs)
-    n_frames = getattr(data, inputs[0]).shape[2]
+    n_frames = data.mel.shape[2]
     if excerpt_frames is not None and not 1 <= excerpt_frames <= n_frames:
         raise ConfigError(f"excerpt_frames={excerpt_frames}: must be between 1 and the clips' {n_frames} frames")
     if starts is not None:
@@ -3917,7 +3966,11 @@ def feature_batches(
 
 def _model_inputs(model, cfg: Config) -> list[str]:
     """Names of the model's inputs; raises ConfigError when their heights do not match `cfg`."""
-    heights = {"mel": cfg.n_mels, "cqt": cfg.cqt_bins}
+    heights = {
+        "mel": cfg.n_mels,
+        "cqt": cfg.cqt_bins,
+        "embedding": len(_fusion_columns()) if cfg.musicnn_input else None,
+    }
     for tensor in model.inputs:
         if heights.get(tensor.name) != tensor.shape[1]:
             raise ConfigError(
@@ -3974,7 +4027,8 @@ def adapt_normalization(model, data: Features, rows) -> None:
 
     Each input's layer gets the mean and variance of every band over the given clips and all their
     frames, accumulated in float64 a chunk of rows at a time, so a memory-mapped cache is never
-    loaded whole. The statistics are layer weights: the saved model carries them. Raises DataError
+    loaded whole (a musicnn embedding input: of every value over the clips). The statistics are
+    layer weights: the saved model carries them. Raises DataError
     when `rows` is empty or the statistics are not finite (a corrupt cache).
     """
     rows = np.sort(np.asarray(rows, dtype=np.int64))
@@ -3982,7 +4036,11 @@ def adapt_normalization(model, data: Features, rows) -> None:
     if len(rows) == 0:
         raise DataError(f"{where}: no clips to adapt the input normalisation to")
     for tensor in model.inputs:
-        mean, std = _band_stats(getattr(data, tensor.name), rows)
+        if tensor.name == "embedding":  # one vector per clip: a mean and a variance per value
+            values = data.embedding[rows].astype(np.float64)
+            mean, std = values.mean(axis=0), values.std(axis=0)
+        else:
+            mean, std = _band_stats(getattr(data, tensor.name), rows)
         if not (np.isfinite(mean).all() and np.isfinite(std).all()):
             raise DataError(
                 f"{where}: the {tensor.name} features of the training clips hold NaN or infinite "
@@ -4054,7 +4112,8 @@ def train(
     model : keras.Model
         From `build_model` with the same `cfg`; compiled here.
     data : Features
-        From `extract_features` or `open_features` with the same `cfg`.
+        From `extract_features` or `open_features` with the same `cfg` (for a model with
+        cfg.musicnn_input, `Features.with_embeddings` of them).
     cfg : Config
         The training settings.
     run_dir : str or os.PathLike
@@ -4418,16 +4477,17 @@ def _augmented_batches_class():
             x, labels = self.inner[index]
             y = np.eye(self.classes, dtype=np.float32)[labels] if self.one_hot else labels
             n = len(labels)
-            if self.gain_db:
+            if self.gain_db:  # a level in dB shifts the spectrograms, not the embedding
                 gain = self.rng.uniform(-self.gain_db, self.gain_db, (n, 1, 1, 1)).astype(np.float32)
-                x = {name: array.astype(np.float32) + gain for name, array in x.items()}
+                x = {name: array.astype(np.float32) + gain if array.ndim == 4 else array for name, array in x.items()}
             if self.mixup_alpha:
                 share = self.rng.beta(self.mixup_alpha, self.mixup_alpha, n).astype(np.float32)
                 partner = self.rng.permutation(n)
-                x = {
-                    name: share[:, None, None, None] * array + (1 - share[:, None, None, None]) * array[partner]
-                    for name, array in x.items()
-                }
+                mixed = {}
+                for name, array in x.items():  # spectrograms (n, bins, frames, 1) and embeddings (n, values)
+                    weight = share.reshape(-1, *[1] * (array.ndim - 1))
+                    mixed[name] = weight * array + (1 - weight) * array[partner]
+                x = mixed
                 y = share[:, None] * y + (1 - share[:, None]) * y[partner]
             return x, y
 
@@ -4517,7 +4577,8 @@ def predict_file(path: str | os.PathLike, model, cfg: Config) -> pd.DataFrame:
     The file is decoded whole at cfg.sample_rate and cut into windows as long as the training clips
     (cfg.clip_seconds), each starting half a window after the previous (`excerpt_starts`), the last
     ending with the file; a shorter file is zero-padded to one window, as in training. Each window gets
-    the training features and `predict_proba`'s prediction (a chunked model averages its excerpts).
+    the training features and `predict_proba`'s prediction (a chunked model averages its excerpts); a
+    fused CNN (cfg.musicnn_input) also gets each window's musicnn embedding.
     A fine-tuned musicnn (`finetune_musicnn`) predicts each 3 s patch of the file at 16 kHz instead.
 
     Parameters
@@ -4555,9 +4616,25 @@ def predict_file(path: str | os.PathLike, model, cfg: Config) -> pd.DataFrame:
         mel=np.stack([mel_spectrogram(window, cfg) for window in windows]).astype(np.float16),
         cqt=np.stack([cqt(window, cfg) for window in windows]).astype(np.float16),
     )
+    if "embedding" in _model_inputs(model, cfg):  # a fused CNN also hears each window through musicnn
+        features = features.with_embeddings(_window_embeddings(path, index.index, cfg))
     proba = predict_proba(model, features, np.arange(len(windows)), cfg)
     windows = pd.DataFrame(proba, index=index.index, columns=list(cfg.genres))
     return _with_audio_facts(windows, y0, cfg.sample_rate, cfg.clip_seconds)
+
+
+def _window_embeddings(path, starts_s: pd.Index, cfg: Config) -> pd.DataFrame:
+    """musicnn embeddings (the fused CNN's input) of the cfg.clip_seconds windows of an audio file starting
+    at `starts_s` seconds, each decoded at 16 kHz and zero-padded as `pretrained_embeddings` reads a clip."""
+    y = load_audio(path, MUSICNN_SAMPLE_RATE, None)
+    length = int(round(MUSICNN_SAMPLE_RATE * cfg.clip_seconds))
+    y = np.pad(y, (0, max(0, length - y.size)))
+    model, keep = load_musicnn(), np.isin(_embedding_columns(), _fusion_columns())
+    rows = []
+    for start in starts_s:
+        first = min(int(round(start * MUSICNN_SAMPLE_RATE)), y.size - length)
+        rows.append(musicnn_embedding(y[first : first + length], model)[keep])
+    return pd.DataFrame(np.stack(rows), index=starts_s, columns=list(_fusion_columns()))
 
 
 SILENCE_DB = -60.0  # dBFS: a file whose RMS level lies below this holds nothing to classify (digital silence: -inf)
@@ -5805,14 +5882,7 @@ def _fold_features(features: Features, split: pd.Series) -> Features:
     index["split"] = split.reindex(index.index).fillna("unused").astype(str).to_numpy()
     if not (index["split"] == "training").any():
         raise DataError(f"{features.path or 'in-memory features'}: no clip of the fold's training split has features")
-    return Features(
-        index=index,
-        mel=features.mel,
-        cqt=features.cqt,
-        stats=features.stats,
-        path=features.path,
-        skipped=features.skipped,
-    )
+    return dataclasses.replace(features, index=index)
 
 
 def cnn_method(features: Features, cfg: Config, verbose=0):

@@ -6,6 +6,7 @@ environment; tests/fixtures/make_musicnn_reference.py says how. The weights come
 (part of `make setup`).
 """
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -19,7 +20,8 @@ import pytest
 import soundfile as sf
 
 import genre_utils as gu
-from conftest import SR, write_tone
+from conftest import SR, TINY, write_tone
+from test_training import fake_features
 
 FIXTURES = Path(__file__).with_name("fixtures")
 
@@ -438,3 +440,115 @@ def test_a_finetune_method_fits_training_and_validation_and_predicts_the_test_cl
     assert result.parameters == 200 * 2 + 2 and result.train_seconds > 0  # the head alone
     assert result.proba.idxmax(axis=1).tolist() == ["Folk", "Rock"]  # tones vs noise bursts
     assert json.loads((tmp_path / "finetune.json").read_text())["clips"] == 6
+
+
+# Late fusion: the report's CNN with musicnn's clip embedding as a fourth input to its dense head
+
+FUSED = TINY.replace(musicnn_input=True, genres=("Folk", "Rock"))
+
+
+def _fused_features(seed: int = 0, shift: float = 0.5) -> gu.Features:
+    """Features whose spectrograms are noise and whose 400 embedding values carry the genre (+-shift)."""
+    rng = np.random.default_rng(seed)
+    data = fake_features(FUSED, n_train=24, n_val=16, seed=seed)
+    data.mel[:] = rng.normal(size=data.mel.shape)
+    data.cqt[:] = rng.normal(size=data.cqt.shape)
+    signs = 2 * data.index["label"].to_numpy()[:, None] - 1
+    values = rng.normal(size=(len(data.index), 400)) + shift * signs
+    return data.with_embeddings(pd.DataFrame(values, index=data.index.index, columns=list(gu._fusion_columns())))
+
+
+def test_a_fused_model_joins_the_normalised_embedding_before_its_dense_layer():
+    plain, fused = gu.build_model(FUSED.replace(musicnn_input=False)), gu.build_model(FUSED)
+    assert [tensor.name for tensor in plain.inputs] == ["cqt", "mel"]
+    assert [tensor.name for tensor in fused.inputs] == ["cqt", "embedding", "mel"]
+    assert tuple(fused.get_layer("embedding").output.shape) == (None, 400)
+    assert fused.get_layer("embedding_normalization").input.name == "embedding"
+    # the dense layer's inputs: the three branches' pooled channels, and the 400 embedding values
+    plain_in, fused_in = (model.get_layer("dense").kernel.shape[0] for model in (plain, fused))
+    assert fused_in == plain_in + 400
+    assert fused.name.endswith("_musicnn") and not plain.name.endswith("_musicnn")
+
+
+def test_batches_give_each_excerpt_its_clips_embedding_mixed_like_its_label_and_never_gained():
+    data = _fused_features()
+    rows = data.rows("training")[:4]
+    inner = gu.feature_batches(
+        data, np.repeat(rows, 2), FUSED, ["embedding", "mel"], excerpt_frames=10, starts=np.tile([0, 5], 4)
+    )
+    x, _ = inner[0]
+    assert x["embedding"].dtype == np.float32 and x["embedding"].shape == (8, 400)
+    np.testing.assert_array_equal(x["embedding"], data.embedding[np.repeat(rows, 2)])
+    assert x["mel"].shape == (8, FUSED.n_mels, 10, 1)
+
+    # the first two embedding values made the one-hot label: mixup must blend them as it blends the labels
+    embedding = data.embedding.copy()
+    embedding[:, :2] = np.eye(2)[data.index["label"].to_numpy()]
+    labelled = dataclasses.replace(data, embedding=embedding)
+    training = gu.feature_batches(labelled, labelled.rows("training"), FUSED, ["embedding", "mel"], shuffle=True)
+    cfg = FUSED.replace(mixup_alpha=0.4, gain_db=6.0)
+    x, y = gu._recipe_batches(training, None, cfg)[0][0]
+    assert ((y > 0) & (y < 1)).any()  # some examples are blends
+    np.testing.assert_allclose(x["embedding"][:, :2], y, atol=1e-6)  # the same float32 blend of 0s and 1s
+    # a random gain shifts the spectrograms (dB), not the embedding
+    x, _ = gu._recipe_batches(training, None, FUSED.replace(gain_db=6.0))[0][0]
+    raw, _ = training[0]
+    assert not np.allclose(x["mel"], raw["mel"].astype(np.float32))
+    np.testing.assert_array_equal(x["embedding"], raw["embedding"])
+
+
+def test_a_fused_model_learns_the_genre_from_the_embedding_when_the_spectrograms_hold_none(tmp_path):
+    data = _fused_features()
+    cfg = FUSED.replace(branches=("mel_vertical",), epochs=12, learning_rate=1e-2)
+    keras = gu.import_keras()
+    keras.utils.set_random_seed(cfg.seed)
+    model = gu.build_model(cfg)
+    history = gu.train(model, data, cfg, tmp_path / "run", verbose=0)
+    # 16 validation clips, each of 400 embedding values shifted by +-0.5 standard deviations with the genre
+    # (10 standard deviations along their sum): a model using the embedding separates them whatever the
+    # CPU's rounding; spectrograms of noise alone give chance (0.5)
+    assert history["val_accuracy"].iloc[-1] >= 0.9
+    normalization = model.get_layer("embedding_normalization")  # adapted to the training clips
+    training = data.embedding[data.rows("training")]
+    np.testing.assert_allclose(np.ravel(normalization.mean), training.mean(axis=0), rtol=1e-5, atol=1e-5)
+
+
+def test_embeddings_that_are_missing_or_of_another_layer_raise_data_error():
+    data = _fused_features()
+    embeddings = pd.DataFrame(data.embedding, index=data.index.index, columns=list(gu._fusion_columns()))
+    with pytest.raises(
+        gu.DataError, match=r"no musicnn embedding for 2 clip\(s\) with features \(track ids 100, 101\)"
+    ):
+        data.with_embeddings(embeddings.drop(index=[100, 101]))
+    with pytest.raises(gu.DataError, match="embeddings with 100 columns"):
+        data.with_embeddings(embeddings.iloc[:, :100])
+    plain = dataclasses.replace(data, embedding=None)
+    with pytest.raises(gu.DataError, match="the model takes musicnn embeddings .* hold none; join them"):
+        gu.predict_proba(gu.build_model(FUSED), plain, plain.rows("validation"), FUSED)
+
+
+def test_a_fused_run_round_trips_and_predicts_files_through_musicnn(embedded, tmp_path, capsys):
+    tracks, cfg, embeddings = embedded
+    tracks = tracks.drop(index=999).assign(split=["training", "validation"] * 4)
+    cfg = cfg.replace(genres=("Folk", "Rock"), data_root=tmp_path, musicnn_input=True, epochs=2)
+    features = gu.extract_features(tracks, cfg, workers=1).with_embeddings(embeddings)
+    gu.import_keras().utils.set_random_seed(cfg.seed)
+    model = gu.build_model(cfg)
+    gu.train(model, features, cfg, tmp_path / "run", verbose=0)
+    loaded, run_cfg, _ = gu.load_run(tmp_path / "run")
+    assert run_cfg.musicnn_input and "embedding" in [tensor.name for tensor in loaded.inputs]
+    rows = features.rows("validation")
+    np.testing.assert_allclose(
+        gu.predict_proba(loaded, features, rows, run_cfg), gu.predict_proba(model, features, rows, run_cfg), atol=1e-6
+    )
+    # a file of one window: its embedding is the one pretrained_embeddings computed for that clip
+    path = tracks.at[103, "path"]
+    window = gu._window_embeddings(path, pd.Index([0.0]), run_cfg)
+    np.testing.assert_allclose(window.iloc[0].to_numpy(), embeddings.loc[103].to_numpy(), atol=1e-5)
+    windows = gu.predict_file(path, loaded, run_cfg)
+    assert list(windows.columns) == ["Folk", "Rock"] and len(windows) == 1
+    np.testing.assert_allclose(windows.sum(axis=1), 1.0, atol=1e-5)
+    status, out = _predict_here(
+        capsys, write_tone(tmp_path / "song.wav", 6.0, 150, amplitude=0.2), "--run", tmp_path / "run"
+    )
+    assert status == 0 and out.splitlines()[0].endswith("3 windows of 3.5 s (6.0 s of audio)"), out

@@ -499,7 +499,7 @@ def test_batches_give_each_excerpt_its_clips_embedding_mixed_like_its_label_and_
 
 def test_a_fused_model_learns_the_genre_from_the_embedding_when_the_spectrograms_hold_none(tmp_path):
     data = _fused_features()
-    cfg = FUSED.replace(branches=("mel_vertical",), epochs=12, learning_rate=1e-2)
+    cfg = FUSED.replace(branches=("mel_vertical",), epochs=6, learning_rate=2e-2)
     keras = gu.import_keras()
     keras.utils.set_random_seed(cfg.seed)
     model = gu.build_model(cfg)
@@ -545,10 +545,9 @@ def test_a_fused_run_round_trips_and_predicts_files_through_musicnn(embedded, tm
     path = tracks.at[103, "path"]
     window = gu._window_embeddings(path, pd.Index([0.0]), run_cfg)
     np.testing.assert_allclose(window.iloc[0].to_numpy(), embeddings.loc[103].to_numpy(), atol=1e-5)
-    windows = gu.predict_file(path, loaded, run_cfg)
-    assert list(windows.columns) == ["Folk", "Rock"] and len(windows) == 1
-    np.testing.assert_allclose(windows.sum(axis=1), 1.0, atol=1e-5)
+    # the predict command: load_run, then predict_file with each window's embedding
     status, out = _predict_here(
         capsys, write_tone(tmp_path / "song.wav", 6.0, 150, amplitude=0.2), "--run", tmp_path / "run"
     )
     assert status == 0 and out.splitlines()[0].endswith("3 windows of 3.5 s (6.0 s of audio)"), out
+    assert {line.split()[1] for line in out.splitlines()[1:3]} == {"Folk", "Rock"}, out  # both genres ranked

@@ -9,7 +9,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
 .PHONY: setup musicnn fma data demo test unit-tests notebook-tests report lab clean
 
-MUSICNN_WEIGHTS := cache/musicnn/msd_musicnn.npz
+MUSICNN_WEIGHTS := cache/musicnn/msd_musicnn.npz cache/musicnn/mtt_musicnn.npz
 
 setup: $(VENV)/.installed $(MUSICNN_WEIGHTS)
 
@@ -21,7 +21,7 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/python -m uv pip install --quiet --compile-bytecode --python $(BIN)/python -r requirements.txt
 	touch $@
 
-musicnn: $(MUSICNN_WEIGHTS)  ## the pretrained musicnn MSD weights (musicnn 0.1.0, ISC licence), from PyPI once
+musicnn: $(MUSICNN_WEIGHTS)  ## the pretrained musicnn weights, MSD and MTT networks (musicnn 0.1.0, ISC licence), from PyPI once
 
 $(MUSICNN_WEIGHTS): | $(VENV)/.installed
 	$(BIN)/python genre_utils.py musicnn-weights

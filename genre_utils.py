@@ -25,8 +25,9 @@ Model: the report's three-branch CNN in backend-neutral Keras 3, and the classic
     BASELINE_KINDS, baseline_classifier
 Pretrained network: musicnn (Pons et al. 2018) ported to Keras 3, frozen or fine-tuned
     MUSICNN_SAMPLE_RATE, MUSICNN_N_FFT, MUSICNN_HOP, MUSICNN_MELS, MUSICNN_PATCH_FRAMES, MUSICNN_TAGS,
-    MUSICNN_PACKAGE, MUSICNN_WHEEL_SHA256, MUSICNN_WEIGHTS, MUSICNN_LAYERS, EMBEDDINGS_FORMAT,
-    EMBEDDING_KINDS, EMBEDDING_LOGISTIC_CS, musicnn_patches, build_musicnn, load_musicnn,
+    MUSICNN_PACKAGE, MUSICNN_WHEEL_SHA256, MUSICNN_WEIGHTS, MUSICNN_NETWORKS, MUSICNN_LAYERS,
+    EMBEDDINGS_FORMAT, EMBEDDING_KINDS, EMBEDDING_LOGISTIC_CS, musicnn_patches, build_musicnn,
+    musicnn_weights, load_musicnn,
     fetch_musicnn_weights, musicnn_outputs, musicnn_tags, musicnn_embedding, pretrained_embeddings,
     embedding_classifier, EMBEDDING_RUN_FILES, train_embedding_classifier, load_embedding_run,
     predict_file_embeddings, ZERO_SHOT_GENRES, zero_shot_genres, predict_file_zero_shot, embedding_method,
@@ -176,12 +177,14 @@ __all__ = [
     "MUSICNN_PACKAGE",
     "MUSICNN_WHEEL_SHA256",
     "MUSICNN_WEIGHTS",
+    "MUSICNN_NETWORKS",
     "MUSICNN_LAYERS",
     "EMBEDDINGS_FORMAT",
     "EMBEDDING_KINDS",
     "EMBEDDING_LOGISTIC_CS",
     "musicnn_patches",
     "build_musicnn",
+    "musicnn_weights",
     "load_musicnn",
     "fetch_musicnn_weights",
     "musicnn_outputs",
@@ -2541,8 +2544,10 @@ def baseline_classifier(kind: str = "svm", seed: int = 42):
 
 # ── Pretrained network: musicnn (Pons et al. 2018) ported to Keras 3, frozen or fine-tuned ──
 # musicnn's MSD model (Pons & Serra 2019), trained to tag ~200,000 songs of the Million Song Dataset with
-# their 50 most frequent last.fm tags, rebuilt layer for layer as a frozen feature extractor. Its weights
-# come from the `musicnn` package on PyPI (ISC licence), converted once at set-up (`make musicnn`).
+# their 50 most frequent last.fm tags, rebuilt layer for layer as a frozen feature extractor. The same
+# network trained on MagnaTagATune (~21,000 clips of the Magnatune catalogue, 50 crowd-sourced tags) is a
+# second ear (MUSICNN_NETWORKS). Their weights come from the `musicnn` package on PyPI (ISC licence),
+# converted once at set-up (`make musicnn`).
 
 MUSICNN_SAMPLE_RATE = 16_000  # Hz
 MUSICNN_N_FFT = 512  # samples
@@ -2604,6 +2609,10 @@ MUSICNN_TAGS = (
 MUSICNN_PACKAGE = "musicnn==0.1.0"  # the PyPI release whose wheel ships the TF1 checkpoints
 MUSICNN_WHEEL_SHA256 = "f38a4890c648c1ddbb141c5d96d2b0a8cfcd36746002d896989f7b88beb65cfa"
 MUSICNN_WEIGHTS = ROOT / "cache" / "musicnn" / "msd_musicnn.npz"  # converted weights, written by `make musicnn`
+# network -> its checkpoint in the wheel: "msd" (the Million Song Dataset, 50 last.fm tags) is the default
+# everywhere, "mtt" (MagnaTagATune, the Magnatune catalogue, 50 tags) the second ear; each network's
+# weights sit beside MUSICNN_WEIGHTS as <network>_musicnn.npz (`musicnn_weights`)
+MUSICNN_NETWORKS = {"msd": "MSD_musicnn", "mtt": "MTT_musicnn"}
 MUSICNN_LAYERS = ("penultimate", "mean_pool", "max_pool", "taggram")  # outputs, sizes 200, 753, 753, 50
 EMBEDDINGS_FORMAT = 1  # version of the embeddings cache recipe; part of its file name
 EMBEDDING_KINDS = ("logistic", "svm", "mlp")
@@ -2740,8 +2749,20 @@ def _max_over_frequency(x, name: str):
     return layers.Reshape((x.shape[1], x.shape[3]), name=f"{name}_squeeze")(pooled)
 
 
+def musicnn_weights(network: str = "msd") -> Path:
+    """Where `make musicnn` puts the converted weights of `network` (a key of MUSICNN_NETWORKS).
+
+    >>> musicnn_weights("mtt").name
+    'mtt_musicnn.npz'
+    """
+    if network not in MUSICNN_NETWORKS:
+        raise ConfigError(f"musicnn network {network!r}: choose from {', '.join(MUSICNN_NETWORKS)}")
+    return MUSICNN_WEIGHTS.with_name(f"{network}_musicnn.npz")
+
+
 def load_musicnn(weights: str | os.PathLike = MUSICNN_WEIGHTS):
-    """`build_musicnn()` with the converted MSD weights from `weights` (see `fetch_musicnn_weights`), frozen.
+    """`build_musicnn()` with converted weights from `weights` (see `fetch_musicnn_weights`; default the
+    MSD network's, `musicnn_weights("mtt")` for the MagnaTagATune one), frozen.
 
     Raises CacheError naming the file and the command that makes it when it is missing, and when it
     does not fit the network (delete it and run the command again).
@@ -2760,7 +2781,7 @@ def load_musicnn(weights: str | os.PathLike = MUSICNN_WEIGHTS):
 
 
 def _set_musicnn_weights(layers, path: Path) -> None:
-    """Give each of `layers` that has weights its converted MSD weights from `path`, matched by layer name."""
+    """Give each of `layers` that has weights its converted weights from `path`, matched by layer name."""
     try:
         with np.load(path) as arrays:
             for layer in layers:
@@ -2772,28 +2793,30 @@ def _set_musicnn_weights(layers, path: Path) -> None:
         ) from None
 
 
-def fetch_musicnn_weights(path: str | os.PathLike = MUSICNN_WEIGHTS) -> Path:
-    """Download musicnn's wheel from PyPI and convert its MSD_musicnn checkpoint into `path` (set-up, once).
+def fetch_musicnn_weights(folder: str | os.PathLike = MUSICNN_WEIGHTS.parent) -> list[Path]:
+    """Download musicnn's wheel from PyPI and convert the checkpoint of every MUSICNN_NETWORKS network
+    into `folder` (set-up, once).
 
     Runs `pip download --no-deps musicnn==0.1.0` (the package itself cannot be installed here: it pins
-    numpy < 1.17), checks the wheel's SHA-256, reads the TF1 checkpoint with TensorFlow and writes its
-    weights as an .npz keyed `<Keras layer>/<weight>` in build_musicnn's shapes, atomically. Does
-    nothing when `path` exists. musicnn is by Jordi Pons, ISC licence (free use with the copyright notice).
-    Returns `path`. Raises CacheError when the download, the check or the conversion fails, or `path`
-    cannot be written.
+    numpy < 1.17), checks the wheel's SHA-256, reads each TF1 checkpoint with TensorFlow and writes its
+    weights as an .npz keyed `<Keras layer>/<weight>` in build_musicnn's shapes, atomically. Converts
+    only the networks whose file is missing, and downloads nothing when none is. musicnn is by Jordi
+    Pons, ISC licence (free use with the copyright notice). Returns the weights' paths. Raises
+    CacheError when the download, the check or the conversion fails, or a file cannot be written.
 
     Writes
     ------
-    `path` (3.2 MB), and nothing else: the wheel lives in a temporary folder.
+    `<folder>/<network>_musicnn.npz` (3.2 MB each), and nothing else: the wheel lives in a temporary folder.
     """
     import hashlib
     import subprocess
     import tempfile
     import zipfile
 
-    path = Path(path)
-    if path.is_file():
-        return path
+    paths = {network: Path(folder) / musicnn_weights(network).name for network in MUSICNN_NETWORKS}
+    missing = [network for network, path in paths.items() if not path.is_file()]
+    if not missing:
+        return list(paths.values())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         done = subprocess.run(
@@ -2813,16 +2836,18 @@ def fetch_musicnn_weights(path: str | os.PathLike = MUSICNN_WEIGHTS) -> Path:
                 f"{wheels[0].name}: SHA-256 {digest}, expected {MUSICNN_WHEEL_SHA256}; not the "
                 "musicnn release these weights were checked against"
             )
-        with zipfile.ZipFile(wheels[0]) as wheel:  # the checkpoint's prefix is empty: name it
-            for suffix in (".index", ".data-00000-of-00001"):
-                (tmp / f"msd_musicnn{suffix}").write_bytes(wheel.read(f"musicnn/MSD_musicnn/{suffix}"))
-        arrays = _converted_musicnn_checkpoint(tmp / "msd_musicnn")
-        with _writing_to(path.parent, CacheError, "the weights path"):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with _atomic_path(path) as partial:
-                with open(partial, "wb") as file:
-                    np.savez(file, **arrays)
-    return path
+        for network in missing:
+            checkpoint = MUSICNN_NETWORKS[network]
+            with zipfile.ZipFile(wheels[0]) as wheel:  # the checkpoint's prefix is empty: name it
+                for suffix in (".index", ".data-00000-of-00001"):
+                    (tmp / f"{checkpoint}{suffix}").write_bytes(wheel.read(f"musicnn/{checkpoint}/{suffix}"))
+            arrays = _converted_musicnn_checkpoint(tmp / checkpoint)
+            with _writing_to(paths[network].parent, CacheError, "the weights folder"):
+                paths[network].parent.mkdir(parents=True, exist_ok=True)
+                with _atomic_path(paths[network]) as partial:
+                    with open(partial, "wb") as file:
+                        np.savez(file, **arrays)
+    return list(paths.values())
 
 
 def _converted_musicnn_checkpoint(prefix: Path) -> dict[str, np.ndarray]:
@@ -2879,11 +2904,13 @@ def musicnn_embedding(y: np.ndarray, model) -> np.ndarray:
 
 
 @functools.cache
-def _embedding_columns() -> tuple[str, ...]:
-    """Names of musicnn_embedding's values: `<layer>_<mean|max>_<unit>`."""
+def _embedding_columns(network: str = "msd") -> tuple[str, ...]:
+    """Names of musicnn_embedding's values: `<layer>_<mean|max>_<unit>` for the MSD network, the same
+    prefixed by `<network>_` for another, so that the embeddings of several networks can be joined."""
     sizes = {"penultimate": 200, "mean_pool": 753, "max_pool": 753, "taggram": len(MUSICNN_TAGS)}
+    prefix = "" if network == "msd" else f"{network}_"
     return tuple(
-        f"{name}_{pool}_{unit:03d}"
+        f"{prefix}{name}_{pool}_{unit:03d}"
         for name in MUSICNN_LAYERS
         for pool in ("mean", "max")
         for unit in range(sizes[name])
@@ -2901,9 +2928,10 @@ def pretrained_embeddings(
     layers=("penultimate",),
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
-    weights: str | os.PathLike = MUSICNN_WEIGHTS,
+    network: str = "msd",
 ) -> pd.DataFrame:
-    """musicnn embeddings of every track, computed once into `<cache_dir>/musicnn-embeddings-v<N>-<key>.npz`.
+    """musicnn embeddings of every track, computed once into
+    `<cache_dir>/musicnn-embeddings-v<N>-<network>-<key>.npz`.
 
     Parameters
     ----------
@@ -2921,20 +2949,24 @@ def pretrained_embeddings(
         Processes; default 1, this one, whose network already computes on every core. More processes
         each build their own network on one thread: worth it only on many cores (on two cores, two
         processes ran at 0.7x the speed of one, see benchmarks/embeddings.py).
-    weights : path
-        The converted weights (`make musicnn`).
+    network : str
+        Which MUSICNN_NETWORKS network embeds the clips (its weights from `make musicnn`): "msd" (the
+        default) or "mtt". Its name is part of the cache's, so one network's numbers are never read
+        back as another's.
 
     Returns
     -------
     pd.DataFrame
-        float32, indexed by track_id (sorted), columns `<layer>_<mean|max>_<unit>`; tracks whose audio
+        float32, indexed by track_id (sorted), columns `<layer>_<mean|max>_<unit>` (prefixed by
+        `<network>_` for networks other than "msd", see `_embedding_columns`); tracks whose audio
         cannot be decoded are left out, with a warning.
 
     Writes
     ------
-    Each finished clip at once into `musicnn-embeddings-v<N>-<key>.partial/` (an interrupted run
-    resumes from there), then the whole table atomically into the .npz, and the partial folder is removed;
-    `musicnn-embeddings-v<N>-<key>.lock` is held meanwhile, so a second process waits and reads the result.
+    Each finished clip at once into `musicnn-embeddings-v<N>-<network>-<key>.partial/` (an interrupted
+    run resumes from there), then the whole table atomically into the .npz, and the partial folder is
+    removed; `musicnn-embeddings-v<N>-<network>-<key>.lock` is held meanwhile, so a second process
+    waits and reads the result.
 
     Raises
     ------
@@ -2946,12 +2978,13 @@ def pretrained_embeddings(
     unknown = sorted(set(layers) - set(MUSICNN_LAYERS))
     if unknown or not layers:
         raise ConfigError(f"musicnn layers {unknown or '()'}: choose from {', '.join(MUSICNN_LAYERS)}")
-    if not Path(weights).is_file():
+    weights = musicnn_weights(network)
+    if not weights.is_file():
         load_musicnn(weights)  # raises the error that says how to get them
     table = _checked_tracks(tracks, cfg)
     key = _features_key(table, cfg)
     cache_dir = Path(cache_dir if cache_dir is not None else cfg.cache_dir)
-    path = cache_dir / f"musicnn-embeddings-v{EMBEDDINGS_FORMAT}-{key}.npz"
+    path = cache_dir / f"musicnn-embeddings-v{EMBEDDINGS_FORMAT}-{network}-{key}.npz"
     if not path.is_file():
         with _writing_to(cache_dir, CacheError, "cfg.cache_dir"):
             cache_dir.mkdir(parents=True, exist_ok=True)
@@ -2960,9 +2993,12 @@ def pretrained_embeddings(
                 _build_embeddings(table, key, path, cfg, workers, weights)
     with np.load(path) as cached:
         frame = pd.DataFrame(
-            cached["values"], index=pd.Index(cached["track_id"], name="track_id"), columns=list(_embedding_columns())
+            cached["values"],
+            index=pd.Index(cached["track_id"], name="track_id"),
+            columns=list(_embedding_columns(network)),
         )
-    return frame[[column for column in frame.columns if column.rsplit("_", 2)[0] in layers]]
+    layer_of = [name.rsplit("_", 2)[0] for name in _embedding_columns()]  # the same for every network
+    return frame[[column for column, layer in zip(frame.columns, layer_of) if layer in layers]]
 
 
 def _build_embeddings(
@@ -3027,7 +3063,7 @@ class _EmbeddingJob:
 
 @functools.cache
 def _worker_musicnn(weights: str):
-    """The network of this process, built once; a worker process computes on one thread."""
+    """The network of these weights in this process, built once; a worker process computes on one thread."""
     import multiprocessing
 
     if multiprocessing.parent_process() is not None:  # the worker processes already fill the cores
@@ -3087,16 +3123,17 @@ def train_embedding_classifier(
 ):
     """Fit `embedding_classifier(kind, seed)` on every clip of `embeddings` and save it as a run folder.
 
-    embeddings: `pretrained_embeddings` output (indexed by track_id), possibly joined with the
-    clips' `extract_clip_statistics` (a predict run then computes both); labels: genre per track_id (a
-    Series, or a tracks table with a genre column); clips without a label are left out. cfg: the
-    settings the embeddings were made with (its clip_seconds is the window `predict` cuts files into).
+    embeddings: `pretrained_embeddings` output (indexed by track_id), possibly joined with another
+    network's and with the clips' `extract_clip_statistics` (a predict run then computes them all);
+    labels: genre per track_id (a Series, or a tracks table with a genre column); clips without a label
+    are left out. cfg: the settings the embeddings were made with (its clip_seconds is the window
+    `predict` cuts files into).
     Returns the fitted Pipeline. Raises DataError when no clip has both an embedding and a label.
 
     Writes
     ------
-    Into `run_dir`: config.json (cfg), versions.json, classifier.json (kind, seed, musicnn layers,
-    embedding columns, clips, the `data_source` of cfg.data_root) and classifier.joblib (the
+    Into `run_dir`: config.json (cfg), versions.json, classifier.json (kind, seed, musicnn networks and
+    layers, embedding columns, clips, the `data_source` of cfg.data_root) and classifier.joblib (the
     Pipeline), each atomically; `genre_utils.py predict --run run_dir` then predicts with it.
     """
     import joblib
@@ -3107,15 +3144,25 @@ def train_embedding_classifier(
     pipeline = embedding_classifier(kind, seed)
     pipeline.fit(embeddings.loc[genres.index].to_numpy(), genres.to_numpy())
     run_dir = Path(run_dir)
-    musicnn = [column for column in embeddings.columns if column in set(_embedding_columns())]
-    layers = sorted({column.rsplit("_", 2)[0] for column in musicnn}, key=MUSICNN_LAYERS.index)
+    networks = [network for network in MUSICNN_NETWORKS if set(_embedding_columns(network)) & set(embeddings.columns)]
+    layers = sorted(
+        {
+            name.rsplit("_", 2)[0]
+            for network in networks
+            for name, column in zip(_embedding_columns(), _embedding_columns(network))
+            if column in embeddings.columns
+        },
+        key=MUSICNN_LAYERS.index,
+    )
     with _writing_to(run_dir, ConfigError, "the run folder"):
         _describe_run(
             run_dir,
             cfg,
             "classifier.json",
             {
-                "embedding": "musicnn MSD_musicnn (musicnn==0.1.0, Pons & Serra 2019)",
+                "embedding": f"musicnn {' + '.join(MUSICNN_NETWORKS[n] for n in networks)} "
+                "(musicnn==0.1.0, Pons & Serra 2019)",
+                "networks": networks,
                 "kind": kind,
                 "seed": seed,
                 "layers": layers,
@@ -3160,8 +3207,9 @@ def predict_file_embeddings(path: str | os.PathLike, classifier, cfg: Config, in
     """Genre probabilities of one audio file with an embedding classifier, in `predict_file`'s format.
 
     The file is decoded whole at 16 kHz and cut into windows of cfg.clip_seconds as `predict_file`
-    does; each window's musicnn embedding (`model`: `load_musicnn()`), and its `clip_statistics` where
-    the classifier was fitted on both, go through `classifier` (columns as recorded in `info`, from
+    does; each window's musicnn embedding (`model`: `load_musicnn()`, the MSD network; the other
+    networks the run was fitted on are loaded once per process), and its `clip_statistics` where the
+    classifier was fitted on them too, go through `classifier` (columns as recorded in `info`, from
     `load_embedding_run`). Returns one row per window indexed by
     start_s, one column per genre of cfg.genres. Raises AudioError naming the file when it cannot be decoded.
     """
@@ -3169,8 +3217,19 @@ def predict_file_embeddings(path: str | os.PathLike, classifier, cfg: Config, in
     window = int(round(MUSICNN_SAMPLE_RATE * cfg.clip_seconds))
     y = np.pad(y0, (0, max(0, window - y0.size)))
     starts = excerpt_starts(len(y), window)
-    inputs = pd.DataFrame(
-        [musicnn_embedding(y[start : start + window], model) for start in starts], columns=list(_embedding_columns())
+    networks = {
+        network: model if network == "msd" else _worker_musicnn(str(musicnn_weights(network)))
+        for network in info.get("networks", ["msd"])  # runs written before the MTT network: MSD only
+    }
+    inputs = pd.concat(
+        [
+            pd.DataFrame(
+                [musicnn_embedding(y[start : start + window], network) for start in starts],
+                columns=list(_embedding_columns(name)),
+            )
+            for name, network in networks.items()
+        ],
+        axis=1,
     )
     if set(info["columns"]) - set(inputs.columns):  # a classifier of embeddings and clip statistics
         y_stats = np.pad(load_audio(path, cfg.sample_rate, None), (0, cfg.n_samples))
@@ -6987,7 +7046,7 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--plot", help="save a timeline of the window predictions to this image file")
     predict.set_defaults(run=_cli_predict)
     weights = commands.add_parser(
-        "musicnn-weights", help="download musicnn (ISC licence) from PyPI and convert its MSD weights, once"
+        "musicnn-weights", help="download musicnn (ISC licence) from PyPI and convert its MSD and MTT weights, once"
     )
     weights.set_defaults(run=_cli_musicnn_weights)
     args = parser.parse_args(argv)
@@ -7029,8 +7088,9 @@ def _cli_download(cfg: Config, args) -> None:
 
 
 def _cli_musicnn_weights(cfg: Config, args) -> None:
-    """`musicnn-weights`: fetch and convert musicnn's MSD weights unless they are there."""
-    print(f"musicnn MSD weights (musicnn 0.1.0 by Jordi Pons, ISC licence): {fetch_musicnn_weights()}")
+    """`musicnn-weights`: fetch and convert musicnn's weights (MSD and MTT networks) unless they are there."""
+    paths = ", ".join(map(str, fetch_musicnn_weights()))
+    print(f"musicnn weights (musicnn 0.1.0 by Jordi Pons, ISC licence): {paths}")
 
 
 def _cli_predict(cfg: Config, args) -> int:

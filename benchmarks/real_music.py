@@ -24,9 +24,10 @@ Methods are registered with `@register(name, description)` on a factory taking t
 tracks, cached features and statistics) and returning a `cross_validate` method; the CNN methods
 are the `demo` preset (the report's recipe at demo size), the `recipe` preset, the recipe with
 one ingredient removed or added (ABLATIONS) and the recipe with musicnn's embedding as a fourth input
-(late fusion); classifiers on frozen musicnn embeddings (alone or with the statistics), and musicnn
-fine-tuned. `--add` adds methods to the saved tables without rerunning the
-others (a CNN recipe fold costs 3-6 CPU minutes on 2 cores).
+(late fusion); classifiers on frozen musicnn embeddings (the MSD network's alone or with the
+statistics, the MagnaTagATune network's, both networks'), and musicnn fine-tuned. `--add` adds
+methods to the saved tables without rerunning the others (a CNN recipe fold costs 3-6 CPU minutes on
+2 cores).
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ class Inputs:
     @functools.cached_property
     def embeddings(self) -> pd.DataFrame:
         return gu.pretrained_embeddings(self.tracks, self.cfg)
+
+    @functools.cached_property
+    def embeddings_mtt(self) -> pd.DataFrame:
+        return gu.pretrained_embeddings(self.tracks, self.cfg, network="mtt")
 
     @functools.cached_property
     def patches(self) -> tuple[np.ndarray, np.ndarray]:
@@ -145,6 +150,17 @@ for _kind, _label in (("logistic", "logistic regression"), ("svm", "SVM (RBF)"),
 @register("musicnn-stats", "frozen musicnn embeddings and MFCC/spectral statistics + logistic regression")
 def _musicnn_stats(inputs: Inputs):
     both = inputs.embeddings.join(inputs.statistics, how="inner")
+    return gu.embedding_method(both, inputs.tracks, inputs.cfg, "logistic", inputs.cfg.seed)
+
+
+@register("musicnn-mtt", "frozen musicnn (MagnaTagATune) embeddings + logistic regression")
+def _musicnn_mtt(inputs: Inputs):
+    return gu.embedding_method(inputs.embeddings_mtt, inputs.tracks, inputs.cfg, "logistic", inputs.cfg.seed)
+
+
+@register("musicnn-both", "frozen musicnn embeddings of both networks (MSD and MagnaTagATune) + logistic regression")
+def _musicnn_both(inputs: Inputs):
+    both = inputs.embeddings.join(inputs.embeddings_mtt, how="inner")
     return gu.embedding_method(both, inputs.tracks, inputs.cfg, "logistic", inputs.cfg.seed)
 
 
@@ -317,6 +333,8 @@ def main(argv=None) -> int:
             labels = labels[labels.index.isin(inputs.features.index.index)]
         if any("musicnn" in name for name in names):  # clips whose embeddings exist
             labels = labels[labels.index.isin(inputs.embeddings.index)]
+        if any(name in ("musicnn-mtt", "musicnn-both") for name in names):
+            labels = labels[labels.index.isin(inputs.embeddings_mtt.index)]
         if "musicnn-finetune" in names:  # clips whose patches exist
             labels = labels[labels.index.isin(inputs.patches[1])]
         print(

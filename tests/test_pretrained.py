@@ -1,8 +1,9 @@
-"""The pretrained musicnn network: the Keras 3 port against the original's outputs, its features, the
+"""The pretrained musicnn networks: the Keras 3 port against the original's outputs, its features, the
 embeddings cache, and classifiers on top as cross-validation methods and predict runs.
 
-The reference (tests/fixtures/musicnn_reference.npz) was computed by the original musicnn code in a side
-environment; tests/fixtures/make_musicnn_reference.py says how. The weights come from `make musicnn`
+The references (tests/fixtures/musicnn_reference.npz for the MSD network, mtt_musicnn_reference.npz for
+the MagnaTagATune one) were computed by the original musicnn code in a side environment;
+tests/fixtures/make_musicnn_reference.py says how. The weights come from `make musicnn`
 (part of `make setup`).
 """
 
@@ -33,10 +34,17 @@ def _reference_script():
     return module
 
 
+REFERENCES = {"msd": "musicnn_reference.npz", "mtt": "mtt_musicnn_reference.npz"}  # network -> its fixture
+
+
+def _reference(network: str = "msd") -> dict:
+    with np.load(FIXTURES / REFERENCES[network]) as arrays:
+        return {name: arrays[name] for name in arrays.files}
+
+
 @pytest.fixture(scope="module")
 def reference():
-    with np.load(FIXTURES / "musicnn_reference.npz") as arrays:
-        return {name: arrays[name] for name in arrays.files}
+    return _reference("msd")
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +124,19 @@ def test_the_port_matches_the_original_network_within_float32_rounding(reference
     assert all(error <= 1 for error in errors.values()), f"differences over their float32 bounds: {errors}"
     assert list(reference["tags"]) == list(gu.MUSICNN_TAGS)
     assert network.count_params() == 792_079  # the checkpoint's variables, without the optimizer's
+
+
+def test_the_magnatagatune_network_matches_its_original_too(reference):
+    mtt, mtt_network = _reference("mtt"), gu.load_musicnn(gu.musicnn_weights("mtt"))
+    np.testing.assert_array_equal(mtt["patches"], reference["patches"])  # the same input features
+    errors = _port_errors(gu.musicnn_outputs(mtt["patches"], mtt_network), mtt, mtt_network)
+    assert all(error <= 1 for error in errors.values()), f"differences over their float32 bounds: {errors}"
+    assert {"classical", "techno", "rock", "pop"} <= set(mtt["tags"]) and "indie" not in set(mtt["tags"])
+    # its own weights, not the MSD network's: their outputs differ by far more than rounding
+    msd_errors = _port_errors(gu.musicnn_outputs(mtt["patches"], gu.load_musicnn()), mtt, mtt_network)
+    assert min(msd_errors.values()) > 10, msd_errors
+    with pytest.raises(gu.ConfigError, match="musicnn network 'gtzan': choose from msd, mtt"):
+        gu.musicnn_weights("gtzan")
 
 
 @pytest.mark.parametrize(
@@ -219,6 +240,20 @@ def test_embeddings_are_read_back_from_the_cache_and_resume_a_partial_run(embedd
     assert cached.shape == (8, 100)  # taggram: mean and max of 50 tags
     with pytest.raises(gu.ConfigError, match="musicnn layers"):
         gu.pretrained_embeddings(tracks, cfg, layers=("logits",))
+
+
+def test_each_network_has_its_own_embeddings_cache_and_columns(embedded, tmp_path):
+    tracks, cfg, msd = embedded
+    cfg = cfg.replace(cache_dir=tmp_path)
+    with pytest.warns(UserWarning, match="skipped 1 of 9"):
+        mtt = gu.pretrained_embeddings(tracks, cfg, workers=1, network="mtt")
+    assert sorted(path.name.split("-")[3] for path in tmp_path.glob("musicnn-embeddings-*.npz")) == ["mtt"]
+    assert mtt.index.equals(msd.index) and mtt.columns[0] == "mtt_penultimate_mean_000" and mtt.shape == (8, 400)
+    y = gu.load_audio(tracks.at[103, "path"], gu.MUSICNN_SAMPLE_RATE, 3.5)
+    penultimate = gu.musicnn_outputs(gu.musicnn_patches(y), gu.load_musicnn(gu.musicnn_weights("mtt")))["penultimate"]
+    np.testing.assert_allclose(mtt.loc[103].to_numpy(), np.r_[penultimate.mean(0), penultimate.max(0)], atol=1e-5)
+    # the MSD embeddings of the same clips in the same folder are computed, not read back from the MTT cache
+    assert not np.allclose(gu.pretrained_embeddings(tracks.drop(index=999), cfg, workers=1).to_numpy(), mtt.to_numpy())
 
 
 @pytest.mark.parametrize("kind", gu.EMBEDDING_KINDS)
@@ -342,6 +377,22 @@ def test_an_embedding_and_statistics_run_computes_both_when_it_predicts(embedded
     np.testing.assert_allclose(windows[list(pipeline.classes_)].iloc[0], expected, atol=1e-4)
     status, out = _predict_here(capsys, song, "--run", run_dir)
     assert status == 0 and out.splitlines()[1].split()[:2] == ["1.", "Rock"], out
+
+
+def test_a_run_on_both_networks_embeds_with_both_when_it_predicts(embedded, tmp_path):
+    tracks, cfg, msd = embedded
+    with pytest.warns(UserWarning, match="skipped 1 of 9"):
+        mtt = gu.pretrained_embeddings(tracks, cfg.replace(cache_dir=tmp_path), workers=1, network="mtt")
+    both = msd.join(mtt)
+    run_dir = tmp_path / "run"
+    pipeline = gu.train_embedding_classifier(both, tracks, cfg.replace(data_root=tmp_path), run_dir)
+    info = gu.load_embedding_run(run_dir)[2]
+    assert info["networks"] == ["msd", "mtt"] and info["layers"] == ["penultimate"]
+    assert info["embedding"].startswith("musicnn MSD_musicnn + MTT_musicnn")
+    song = tracks.at[106, "path"]  # one window of exactly the training length: the same inputs as in training
+    windows = gu.predict_file_embeddings(song, pipeline, cfg, info, gu.load_musicnn())
+    expected = pipeline.predict_proba(both.loc[[106]].to_numpy())[0]
+    np.testing.assert_allclose(windows[list(pipeline.classes_)].iloc[0], expected, atol=1e-4)
 
 
 # Fine-tuning: a genre head on the pretrained body, parts unfrozen in stages, saved as a run

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -226,7 +227,18 @@ def recordings_seconds(tracks: pd.DataFrame) -> float:
     return float(np.floor(seconds.median() * 10) / 10)
 
 
-SAME_RUN = ("data", "clips", "genres", "clip_seconds", "folds", "repeats", "max_folds", "seed")  # what --add checks
+def recordings_fingerprint(tracks: pd.DataFrame) -> str:
+    """16 hex digits naming the recordings: each file's genre folder, name and size. Unlike
+    `gu.features_key` it leaves out modification times, which a new checkout or copy changes, so the
+    same recordings anywhere give the same fingerprint, and other recordings in the same folder another."""
+    files = sorted(
+        f"{genre}/{Path(path).name} {Path(path).stat().st_size}" for genre, path in tracks[["genre", "path"]].values
+    )
+    return hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
+
+
+# what --add checks: the same recordings, cut alike, on the same folds
+SAME_RUN = ("data", "recordings", "clips", "genres", "clip_seconds", "folds", "repeats", "max_folds", "seed")
 
 
 def added_to_tables(out: Path, summary: pd.DataFrame, per_fold: pd.DataFrame, run: dict):
@@ -298,8 +310,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--add",
         action="store_true",
-        help="add these methods' rows to the tables already in --out, which must come from the same data, clip "
-        "length, folds, repeats and seed (run.json); rows of the same methods are replaced, the others kept",
+        help="add these methods' rows to the tables already in --out, which must come from the same recordings "
+        "(their names and sizes), clip length, folds, repeats and seed (run.json); rows of the same methods are "
+        "replaced, the others kept",
     )
     parser.add_argument("--list", action="store_true", help="list the methods and exit")
     args = parser.parse_args(argv)
@@ -367,6 +380,7 @@ def main(argv=None) -> int:
         "clip_seconds": seconds,
         "recording_seconds": whole,
         "features_key": gu.features_key(tracks, cfg),
+        "recordings": recordings_fingerprint(tracks),
         "folds": args.folds,
         "repeats": args.repeats,
         "max_folds": args.max_folds,

@@ -70,7 +70,7 @@ def test_seconds_cut_the_recordings_and_the_tables_say_so(real_music, tmp_path):
         real_music.main(["--data", str(data), "--seconds", "0"])
 
 
-def test_add_puts_new_rows_into_the_saved_tables_of_the_same_folds_only(real_music, tmp_path):
+def test_add_puts_new_rows_into_the_saved_tables_of_the_same_folds_only(real_music, tmp_path, capsys):
     data = folder_set(tmp_path / "set", {"low": [110, 130, 150, 170], "high": [2000, 2400, 2800, 3200]})
     out, work = tmp_path / "out", tmp_path / "work"
     both, _ = run(real_music, data, work, out)
@@ -86,4 +86,12 @@ def test_add_puts_new_rows_into_the_saved_tables_of_the_same_folds_only(real_mus
     before = (out / "summary.csv").read_text()
     with pytest.raises(SystemExit, match="1"):  # other folds: nothing is mixed
         real_music.main([*argv[:2], "--folds", "3", *argv[4:], "--methods", "logistic", "--add"])
+    assert (out / "summary.csv").read_text() == before
+    # other recordings under the same names (another size), the same folder, folds and settings: not mixed
+    write_tone(data / "low" / "0.wav", 1.5, 110)
+    assert real_music.recordings_fingerprint(gu.load_tracks(data, genres=["high", "low"])) != measured["recordings"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="1"):
+        real_music.main([*argv, "--methods", "logistic", "--add"])
+    assert f"recordings {measured['recordings']!r} there" in capsys.readouterr().err
     assert (out / "summary.csv").read_text() == before

@@ -5309,15 +5309,16 @@ def _upsampling_matrix(size: int, cells: int, stride: int) -> np.ndarray:
     return np.stack([np.interp(np.arange(size), centres, column) for column in np.eye(cells)], axis=1)
 
 
-def _class_score_gradients(head, kernel, bias, activations, classes: np.ndarray) -> list[np.ndarray]:
+def _class_score_gradients(head, kernel, bias, activations, classes: np.ndarray, fixed=()) -> list[np.ndarray]:
     """Gradient of each clip's score of its class (the logit of classes[i], before the softmax) with respect
-    to each of `activations` (the inputs of `head`), with the autodiff of the Keras backend in use."""
+    to each of `activations` (the first inputs of `head`; its other inputs, `fixed`, are held constant),
+    with the autodiff of the Keras backend in use."""
     keras = import_keras()
     ops = keras.ops
     one_hot = np.eye(kernel.shape[1], dtype=np.float32)[classes]
 
     def score(*tensors):  # clips do not interact at inference, so the gradient of the sum is each clip's own
-        hidden = ops.cast(head(list(tensors), training=False), "float32")
+        hidden = ops.cast(head([*tensors, *fixed], training=False), "float32")
         return ops.sum((ops.matmul(hidden, kernel) + bias) * one_hot)
 
     backend = keras.backend.backend()
@@ -5400,7 +5401,9 @@ def grad_cam(model, data: Features, rows, cfg: Config, classes=None, branches=No
         raise GenreError(f"grad_cam: classes must lie in 0..{len(cfg.genres) - 1} (positions in cfg.genres)")
     blocks = [model.get_layer(name).output for name in names]
     body = keras.Model(model.inputs, blocks)
-    head = keras.Model(blocks, model.get_layer("genre").input)  # the layers between the blocks and the softmax
+    # the layers between the blocks and the softmax; a fused model's dense head reads its embedding input too
+    fused = [tensor for tensor in model.inputs if tensor.name == "embedding"]
+    head = keras.Model([*blocks, *fused], model.get_layer("genre").input)
     genre = model.get_layer("genre")
     kernel, bias = (keras.ops.cast(w, "float32") for w in (genre.kernel, genre.bias))
     inputs = _model_inputs(model, cfg)
@@ -5412,7 +5415,8 @@ def grad_cam(model, data: Features, rows, cfg: Config, classes=None, branches=No
         done += len(batch_classes)
         activations = body(x, training=False)
         activations = activations if isinstance(activations, (list, tuple)) else [activations]
-        gradients = _class_score_gradients(head, kernel, bias, activations, batch_classes)
+        fixed = [keras.ops.convert_to_tensor(x["embedding"])] if fused else []
+        gradients = _class_score_gradients(head, kernel, bias, activations, batch_classes, fixed)
         for branch, activation, gradient in zip(branches, activations, gradients):
             activation = np.asarray(keras.ops.convert_to_numpy(activation), dtype=np.float32)
             weights = gradient.mean(axis=(1, 2))  # (clips, channels)

@@ -548,6 +548,23 @@ def test_batches_give_each_excerpt_its_clips_embedding_mixed_like_its_label_and_
     np.testing.assert_array_equal(x["embedding"], raw["embedding"])
 
 
+def test_grad_cam_occlusion_and_cnn_features_explain_a_fused_model_with_each_clips_embedding():
+    data = _fused_features()
+    model, rows = gu.build_model(FUSED), data.rows("validation")[:4]
+    gu.adapt_normalization(model, data, data.rows("training"))
+    maps = gu.grad_cam(model, data, rows, FUSED)
+    assert list(maps) == list(gu.BRANCHES)
+    for branch, m in maps.items():
+        height = FUSED.n_mels if gu.BRANCH_INPUTS[branch] == "mel" else FUSED.cqt_bins
+        assert m.shape == (len(rows), height, FUSED.n_frames) and np.isfinite(m).all() and (m >= 0).all()
+    # the dense head reads the embedding too, so it gates the gradients: each clip's own must be fed
+    flipped = dataclasses.replace(data, embedding=-data.embedding)
+    assert any(not np.allclose(maps[b], gu.grad_cam(model, flipped, rows, FUSED)[b]) for b in maps)
+    assert gu.occlusion(model, data, rows, FUSED).shape == (len(rows), gu.MEL_BANDS)
+    channels = sum(model.get_layer(f"{b}_global_pool").output.shape[-1] for b in gu.BRANCHES)
+    assert gu.cnn_features(model, data, rows, FUSED).shape == (len(rows), channels)  # the CNN's own features
+
+
 def test_a_fused_model_learns_the_genre_from_the_embedding_when_the_spectrograms_hold_none(tmp_path):
     data = _fused_features()
     cfg = FUSED.replace(branches=("mel_vertical",), epochs=6, learning_rate=2e-2)

@@ -2836,17 +2836,17 @@ def fetch_musicnn_weights(folder: str | os.PathLike = MUSICNN_WEIGHTS.parent) ->
                 f"{wheels[0].name}: SHA-256 {digest}, expected {MUSICNN_WHEEL_SHA256}; not the "
                 "musicnn release these weights were checked against"
             )
-        for network in missing:
-            checkpoint = MUSICNN_NETWORKS[network]
-            with zipfile.ZipFile(wheels[0]) as wheel:  # the checkpoint's prefix is empty: name it
-                for suffix in (".index", ".data-00000-of-00001"):
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            for network in missing:
+                checkpoint = MUSICNN_NETWORKS[network]
+                for suffix in (".index", ".data-00000-of-00001"):  # the checkpoint's prefix is empty: name it
                     (tmp / f"{checkpoint}{suffix}").write_bytes(wheel.read(f"musicnn/{checkpoint}/{suffix}"))
-            arrays = _converted_musicnn_checkpoint(tmp / checkpoint)
-            with _writing_to(paths[network].parent, CacheError, "the weights folder"):
-                paths[network].parent.mkdir(parents=True, exist_ok=True)
-                with _atomic_path(paths[network]) as partial:
-                    with open(partial, "wb") as file:
-                        np.savez(file, **arrays)
+                arrays = _converted_musicnn_checkpoint(tmp / checkpoint)
+                with _writing_to(paths[network].parent, CacheError, "the weights folder"):
+                    paths[network].parent.mkdir(parents=True, exist_ok=True)
+                    with _atomic_path(paths[network]) as partial:
+                        with open(partial, "wb") as file:
+                            np.savez(file, **arrays)
     return list(paths.values())
 
 
@@ -3217,17 +3217,17 @@ def predict_file_embeddings(path: str | os.PathLike, classifier, cfg: Config, in
     window = int(round(MUSICNN_SAMPLE_RATE * cfg.clip_seconds))
     y = np.pad(y0, (0, max(0, window - y0.size)))
     starts = excerpt_starts(len(y), window)
-    networks = {
+    models = {
         network: model if network == "msd" else _worker_musicnn(str(musicnn_weights(network)))
         for network in info.get("networks", ["msd"])  # runs written before the MTT network: MSD only
     }
     inputs = pd.concat(
         [
             pd.DataFrame(
-                [musicnn_embedding(y[start : start + window], network) for start in starts],
-                columns=list(_embedding_columns(name)),
+                [musicnn_embedding(y[start : start + window], network_model) for start in starts],
+                columns=list(_embedding_columns(network)),
             )
-            for name, network in networks.items()
+            for network, network_model in models.items()
         ],
         axis=1,
     )

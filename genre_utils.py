@@ -57,7 +57,7 @@ Report: the executed notebooks as one browsable HTML page
     export_report
 Demo data: a miniature FMA of procedurally synthesized music, self-contained
     DEMO_VERSION, DEMO_MARKER, make_demo_dataset, synthesize_clip
-Command line: python genre_utils.py download | demo-data | report | predict | musicnn-weights
+Command line: python genre_utils.py download | demo-data | report | predict | musicnn-weights | convert-run
     main
 
 Heavy frameworks (Keras and its backend, matplotlib) are imported inside the functions that
@@ -2459,13 +2459,30 @@ def _spec_augment_class():
 
 
 def load_model(path: str | os.PathLike):
-    """A model saved by `train` (best.keras, last.keras), with this module's layers (SpecAugment) and
-    learning-rate schedule (gradient accumulation's) known."""
+    """A model saved by `train` (best.keras, last.keras) or `finetune_musicnn` (model.keras), with this
+    module's layers (SpecAugment) and learning-rate schedule (gradient accumulation's) known.
+
+    Keras' safe mode stays on: a file that would run code when loaded (a Lambda layer's bytecode) is
+    refused. Raises DataError naming the file when it is missing, not a .keras archive (a pickle, a
+    truncated download) or not a model this code can build.
+    """
     keras = import_keras()
 
+    path = Path(path)
     _spec_augment_class()  # registers the layer with Keras' deserialisation
     _optimizer_step_schedule_class()  # ... and the schedule of a run with cfg.accumulation_steps
-    return keras.saving.load_model(path)
+    try:
+        with open(path, "rb") as file:
+            magic = file.read(4)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the model ({_first_line(exc)})") from None
+    if magic != b"PK\x03\x04":
+        raise DataError(f"{path}: not a .keras model archive (a zip file written by Keras expected); not loaded")
+    try:
+        with _silenced_stderr():
+            return keras.saving.load_model(path, safe_mode=True)
+    except Exception as exc:  # truncated archives and foreign configs fail deep inside Keras
+        raise DataError(f"{path}: not a model this code can load ({_first_line(exc)})") from None
 
 
 def model_table(model, n_frames: int | None = None) -> pd.DataFrame:
@@ -3115,7 +3132,15 @@ def embedding_classifier(kind: str = "logistic", seed: int = 42):
     return make_pipeline(StandardScaler(), classifiers[kind]())
 
 
-EMBEDDING_RUN_FILES = ("config.json", "versions.json", "classifier.json", "classifier.joblib")
+EMBEDDING_RUN_FILES = ("config.json", "versions.json", "classifier.json", "classifier.skops")
+# The types an embedding run's classifier.skops may hold beyond those skops trusts by itself (numpy arrays,
+# scikit-learn's scalers, linear models, SVMs, MLPs and pipelines): the inner parts of a calibrated SVM and
+# of an MLP. skops refuses any other type, so loading a run folder someone sent you never runs their code.
+_CLASSIFIER_TYPES = (
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+)
 
 
 def train_embedding_classifier(
@@ -3133,10 +3158,10 @@ def train_embedding_classifier(
     Writes
     ------
     Into `run_dir`: config.json (cfg), versions.json, classifier.json (kind, seed, musicnn networks and
-    layers, embedding columns, clips, the `data_source` of cfg.data_root) and classifier.joblib (the
-    Pipeline), each atomically; `genre_utils.py predict --run run_dir` then predicts with it.
+    layers, embedding columns, clips, the `data_source` of cfg.data_root) and classifier.skops (the
+    Pipeline in skops' format: data, never code), each atomically; `genre_utils.py predict --run run_dir`
+    then predicts with it.
     """
-    import joblib
 
     genres = _label_series(labels).reindex(embeddings.index).dropna()
     if genres.empty:
@@ -3171,9 +3196,16 @@ def train_embedding_classifier(
                 "source": data_source(cfg.data_root),
             },
         )
-        with _atomic_path(run_dir / "classifier.joblib") as tmp:
-            joblib.dump(pipeline, tmp)
+        _write_classifier(run_dir / "classifier.skops", pipeline)
     return pipeline
+
+
+def _write_classifier(path: Path, pipeline) -> None:
+    """Save a fitted Pipeline atomically in skops' format, which `load_embedding_run` reads without running code."""
+    import skops.io
+
+    with _atomic_path(path) as tmp:
+        skops.io.dump(pipeline, tmp)
 
 
 def _describe_run(run_dir: Path, cfg: Config, name: str, description: dict) -> None:
@@ -3181,26 +3213,48 @@ def _describe_run(run_dir: Path, cfg: Config, name: str, description: dict) -> N
     run's own description), each atomically."""
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(run_dir / "config.json", cfg.to_dict())
-    _write_json(run_dir / "versions.json", _versions())
+    _write_json(run_dir / "versions.json", {"run_format": RUN_FORMAT, **_versions()})
     _write_json(run_dir / name, description)
 
 
 def load_embedding_run(run_dir: str | os.PathLike):
     """(fitted Pipeline, Config, classifier.json dict) of a run folder written by `train_embedding_classifier`.
 
-    Raises DataError naming the missing file when the folder holds no such run.
+    The classifier is read with skops, which builds only the scikit-learn types such a run holds and
+    never runs code from the file. Raises DataError naming the file when one is missing, is not what
+    this code writes (malformed, truncated, another type), comes from a newer version of this code, or
+    is an old pickled classifier.joblib (retrain, or convert your own: `genre_utils.py convert-run`).
     """
-    import joblib
+    import skops.io
 
     run_dir = Path(run_dir)
+    if (run_dir / "classifier.joblib").is_file() and not (run_dir / "classifier.skops").is_file():
+        raise DataError(
+            f"{run_dir / 'classifier.joblib'}: a pickle, which can run code when loaded, so it is not read; "
+            f"train the classifier into {run_dir} again (notebook 07), or, for a run you made yourself, "
+            f"`python genre_utils.py convert-run {run_dir} --trust-pickle`"
+        )
     for name in EMBEDDING_RUN_FILES:
         if not (run_dir / name).is_file():
             raise DataError(
                 f"{run_dir / name}: not found; train an embedding classifier into {run_dir} first "
                 "(train_embedding_classifier, notebook 07)"
             )
-    cfg = _config_from_dict(json.loads((run_dir / "config.json").read_text()), run_dir / "config.json")
-    return joblib.load(run_dir / "classifier.joblib"), cfg, json.loads((run_dir / "classifier.json").read_text())
+    _check_run_format(run_dir)
+    cfg = _config_from_dict(_read_json(run_dir / "config.json"), run_dir / "config.json")
+    path = run_dir / "classifier.skops"
+    try:
+        untrusted = set(skops.io.get_untrusted_types(file=path)) - set(_CLASSIFIER_TYPES)
+        if untrusted:
+            raise DataError(f"{path}: holds types this code never writes ({', '.join(sorted(untrusted))}); not loaded")
+        classifier = skops.io.load(path, trusted=list(_CLASSIFIER_TYPES))
+    except DataError:
+        raise
+    except Exception as exc:  # a truncated or foreign file fails somewhere inside skops or zipfile
+        raise DataError(f"{path}: not a classifier saved by this code ({_first_line(exc)})") from None
+    if not hasattr(classifier, "predict_proba"):
+        raise DataError(f"{path}: holds a {type(classifier).__name__}, not a classifier; not loaded")
+    return classifier, cfg, _read_json(run_dir / "classifier.json")
 
 
 def predict_file_embeddings(path: str | os.PathLike, classifier, cfg: Config, info: dict, model) -> pd.DataFrame:
@@ -3577,10 +3631,10 @@ def _load_finetuned_run(run_dir: Path):
     for name in FINETUNE_RUN_FILES:
         if not (run_dir / name).is_file():
             raise DataError(f"{run_dir / name}: not found; fine-tune musicnn into {run_dir} first (notebook 07)")
-    cfg = _config_from_dict(json.loads((run_dir / "config.json").read_text()), run_dir / "config.json")
-    with _silenced_stderr():
-        model = import_keras().saving.load_model(run_dir / "model.keras")
-    return model, cfg, pd.DataFrame(json.loads((run_dir / "finetune.json").read_text())["history"])
+    _check_run_format(run_dir)
+    cfg = _config_from_dict(_read_json(run_dir / "config.json"), run_dir / "config.json")
+    model = load_model(run_dir / "model.keras")
+    return model, cfg, pd.DataFrame(_read_json(run_dir / "finetune.json").get("history", []))
 
 
 def musicnn_clip_proba(model, patches: np.ndarray, clips, genres) -> pd.DataFrame:
@@ -4042,7 +4096,7 @@ def _model_inputs(model, cfg: Config) -> list[str]:
 # ── Training: Keras fit with checkpoints, logs and resume, one folder per run, read back by load_run ──
 
 RUN_FILES = ("config.json", "versions.json", "history.csv", "best.keras", "last.keras")
-RUN_FORMAT = 2  # versions.json's run_format; 2: the model normalises its inputs (1 needed stats.npz)
+RUN_FORMAT = 2  # versions.json's run_format; 2: a CNN normalises its inputs (1 needed stats.npz), an embedding run holds skops data (1: a pickle)
 
 
 def _versions() -> dict:
@@ -4586,13 +4640,9 @@ def load_run(run_dir: str | os.PathLike):
     for name in RUN_FILES:
         if not (run_dir / name).is_file():
             raise DataError(f"{run_dir / name}: not found; train into {run_dir} first (notebook 04)")
-    if _run_format(run_dir) != RUN_FORMAT:
-        raise DataError(
-            f"{run_dir}: trained by an older version of this code (its model expects normalised "
-            f"input); train into {run_dir} again"
-        )
+    _check_run_format(run_dir, oldest=2, retrain="its model expects normalised input; train into it again")
     configure_devices()  # after the checks: a missing run fails at once, without loading Keras
-    cfg = _config_from_dict(json.loads((run_dir / "config.json").read_text()), run_dir / "config.json")
+    cfg = _config_from_dict(_read_json(run_dir / "config.json"), run_dir / "config.json")
     model = load_model(run_dir / f"{cfg.checkpoint}.keras")
     return model, cfg, _read_history(run_dir / "history.csv")
 
@@ -4601,8 +4651,35 @@ def _run_format(run_dir: Path) -> int | None:
     """RUN_FORMAT recorded in a run's versions.json (1 for runs from before it was recorded)."""
     try:
         return json.loads((run_dir / "versions.json").read_text()).get("run_format", 1)
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return None
+
+
+def _check_run_format(run_dir: Path, oldest: int = 1, retrain: str = "") -> None:
+    """Raise DataError unless the run's versions.json is readable and its run_format lies in oldest..RUN_FORMAT."""
+    run_format = _run_format(run_dir)
+    if not isinstance(run_format, int):
+        raise DataError(f"{run_dir / 'versions.json'}: not the JSON this code writes (a run_format number expected)")
+    if run_format > RUN_FORMAT:
+        raise DataError(
+            f"{run_dir}: written by a newer version of genre-cnn (run format {run_format}; this code reads up to "
+            f"{RUN_FORMAT}); update genre-cnn (git pull) to use it"
+        )
+    if run_format < oldest:
+        raise DataError(f"{run_dir}: written by an older version of genre-cnn (run format {run_format}); {retrain}")
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object written by this code, or DataError naming the file when it is missing or malformed."""
+    try:
+        content = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not the JSON this code writes ({_first_line(exc)})") from None
+    if not isinstance(content, dict):
+        raise DataError(f"{path}: not the JSON this code writes (an object expected)")
+    return content
 
 
 # ── Prediction: genre probabilities of cached clips and of audio files of any length, with their caveats ──
@@ -6999,7 +7076,7 @@ def _karplus_strong(freq: float, n: int, sr: int, rng: np.random.Generator, loss
     return np.fft.irfft(burst * loop**periods, n=period).ravel()[:n]
 
 
-# ── Command line: python genre_utils.py download | demo-data | report | predict | musicnn-weights ──
+# ── Command line: python genre_utils.py download | demo-data | report | predict | musicnn-weights | convert-run ──
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -7053,6 +7130,17 @@ def main(argv: list[str] | None = None) -> int:
         "musicnn-weights", help="download musicnn (ISC licence) from PyPI and convert its MSD and MTT weights, once"
     )
     weights.set_defaults(run=_cli_musicnn_weights)
+    convert = commands.add_parser(
+        "convert-run",
+        help="rewrite an embedding run of your own from an older version (pickled classifier.joblib) as data",
+    )
+    convert.add_argument("run_dir", metavar="RUN", help="the run folder holding classifier.joblib")
+    convert.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="required: loading the pickle runs whatever code it holds, so use it only on runs you trained yourself",
+    )
+    convert.set_defaults(run=_cli_convert_run)
     args = parser.parse_args(argv)
     try:
         cfg = get_config(args.profile or getattr(args, "default_profile", None), args.data)
@@ -7097,6 +7185,28 @@ def _cli_musicnn_weights(cfg: Config, args) -> None:
     print(f"musicnn weights (musicnn 0.1.0 by Jordi Pons, ISC licence): {paths}")
 
 
+def _cli_convert_run(cfg: Config, args) -> None:
+    """`convert-run`: an old embedding run's pickled classifier rewritten in skops' format (opt-in: it unpickles)."""
+    run_dir = Path(args.run_dir)
+    old = run_dir / "classifier.joblib"
+    if not old.is_file():
+        raise DataError(f"{old}: not found; only embedding runs from older versions need converting")
+    if not args.trust_pickle:
+        raise ConfigError(
+            f"{old}: loading a pickle runs any code it holds; if you trained this run yourself, "
+            "repeat with --trust-pickle"
+        )
+    import joblib
+
+    print(f"warning: unpickling {old}: this runs any code it holds", file=sys.stderr)
+    pipeline = joblib.load(old)
+    _write_classifier(run_dir / "classifier.skops", pipeline)
+    versions = _read_json(run_dir / "versions.json") if (run_dir / "versions.json").is_file() else {}
+    _write_json(run_dir / "versions.json", {**versions, "run_format": RUN_FORMAT})
+    old.unlink()
+    print(f"{run_dir}: classifier.joblib converted to classifier.skops")
+
+
 def _cli_predict(cfg: Config, args) -> int:
     """`predict`: the top genres of each file, zero-shot from musicnn's tags without --run, else with a
     trained run (a CNN's, or a classifier of musicnn embeddings); returns 1 if a file failed."""
@@ -7106,7 +7216,7 @@ def _cli_predict(cfg: Config, args) -> int:
         print(f"zero-shot genres from musicnn's MSD tags (no training; not covered: {', '.join(uncovered)})")
     else:
         run_dir = Path(args.run_dir)
-        if (run_dir / "classifier.joblib").is_file():
+        if (run_dir / "classifier.json").is_file():
             classifier, run_cfg, info = load_embedding_run(run_dir)
             predict = functools.partial(
                 predict_file_embeddings, classifier=classifier, cfg=run_cfg, info=info, model=load_musicnn()

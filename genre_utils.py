@@ -667,17 +667,10 @@ def load_audio(path: str | os.PathLike, sr: int, duration: float | None) -> np.n
         samples or NaN/infinite ones.
     """
     import librosa
-    import soundfile as sf
 
     path = Path(path)
     n_samples = None if duration is None else int(round(sr * duration))
-    if not path.is_file():
-        raise AudioError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: file is empty (0 bytes)")
-    with contextlib.suppress(sf.LibsndfileError, RuntimeError), _silenced_stderr():
-        if sf.info(str(path)).format == "RAW":  # no header: the "samples" would be the file's bytes
-            raise AudioError(f"{path}: cannot decode audio (no audio header found: not an audio file)")
+    _check_audio_file(path)
     try:
         # librosa warns when it falls back from soundfile to audioread, and libmpg123 prints its
         # own warnings about broken MP3s: both are replaced by the AudioError below
@@ -688,17 +681,143 @@ def load_audio(path: str | os.PathLike, sr: int, duration: float | None) -> np.n
                 y = np.ascontiguousarray(y).mean(axis=0)
             y = librosa.resample(y, orig_sr=native_sr, target_sr=sr, res_type="soxr_hq")
     except Exception as exc:  # every decoder failure becomes one clear message
-        if type(exc).__name__ == "NoBackendError":  # soundfile failed and audioread found no decoder
-            reason = "no decoder can read it: truncated, corrupt or not audio"
-        else:
-            reason = _first_line(exc)
-        raise AudioError(f"{path}: cannot decode audio ({reason})") from None
+        raise _decoding_error(path, exc) from None
     if y.size == 0:
         raise AudioError(f"{path}: no audio samples decoded (truncated or not audio)")
     if not np.all(np.isfinite(y)):
         raise AudioError(f"{path}: decoded audio contains NaN or infinite samples")
     y = y.astype(np.float32, copy=False)
     return y if n_samples is None else librosa.util.fix_length(y, size=n_samples)
+
+
+def _check_audio_file(path: Path) -> None:
+    """Raise AudioError naming the file when it is missing, empty or has no audio header (a text file
+    named .au, which libsndfile would otherwise read as raw samples)."""
+    import soundfile as sf
+
+    if not path.is_file():
+        raise AudioError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: file is empty (0 bytes)")
+    with contextlib.suppress(sf.LibsndfileError, RuntimeError), _silenced_stderr():
+        if sf.info(str(path)).format == "RAW":  # no header: the "samples" would be the file's bytes
+            raise AudioError(f"{path}: cannot decode audio (no audio header found: not an audio file)")
+
+
+def _decoding_error(path: Path, exc: Exception) -> AudioError:
+    """The AudioError for a decoder's failure on `path`."""
+    if type(exc).__name__ == "NoBackendError":  # soundfile failed and audioread found no decoder
+        return AudioError(f"{path}: cannot decode audio (no decoder can read it: truncated, corrupt or not audio)")
+    return AudioError(f"{path}: cannot decode audio ({_first_line(exc)})")
+
+
+class _AudioStream:
+    """An audio file decoded block by block, mono float32 at `sr` Hz, so that memory does not grow with
+    its length: `window` hands out excerpts in order of their start and forgets the samples before.
+
+    The samples are `load_audio(path, sr, None)`'s: the same decoder (libsndfile, MP3 included), the
+    channels' mean, and soxr's resampler run as a stream, which gives the same samples as resampling the
+    whole file. A format libsndfile cannot read is decoded whole by `load_audio` (audioread). After the
+    file ends, `total` is its length in samples and `level_db` its RMS level in dBFS (-inf if silent).
+    """
+
+    BLOCK_SECONDS = 30.0  # decoded at a time
+
+    def __init__(self, path: str | os.PathLike, sr: int, progress: bool = False):
+        import soundfile as sf
+
+        self.path, self.sr = Path(path), sr
+        _check_audio_file(self.path)
+        self.total: int | None = None
+        self._buffer, self._offset, self._squares = np.zeros(0, np.float32), 0, 0.0
+        try:
+            with _silenced_stderr():
+                self._file = sf.SoundFile(str(self.path))
+        except Exception:  # not for libsndfile: audioread decodes it, whole
+            self._file = None
+            self._append(load_audio(self.path, sr, None))
+            self.total = len(self._buffer)
+            return
+        native = self._file.samplerate
+        self._native_frames = 0
+        self._resampler = None
+        if native != sr:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(native, sr, 1, dtype="float32", quality="soxr_hq")
+        seconds = self._file.frames / native if self._file.frames > 0 else 0.0
+        self._progress = None
+        if progress and seconds > 180:  # long files show how far decoding has come
+            from tqdm import tqdm
+
+            self._progress = tqdm(total=round(seconds), desc=self.path.name, unit="s", leave=False)
+
+    @property
+    def level_db(self) -> float:
+        rms = np.sqrt(self._squares / self.total) if self.total else 0.0
+        return 20 * np.log10(rms) if rms > 0 else -np.inf
+
+    def _append(self, y: np.ndarray) -> None:
+        if not np.all(np.isfinite(y)):
+            raise AudioError(f"{self.path}: decoded audio contains NaN or infinite samples")
+        self._squares += float(np.square(y, dtype=np.float64).sum())
+        self._buffer = np.concatenate([self._buffer, y])
+
+    def _decode_block(self) -> None:
+        """Decode the next block into the buffer; at the end of the file set `total` (as load_audio's length)."""
+        native = self._file.samplerate
+        try:
+            with warnings.catch_warnings(), _silenced_stderr():
+                warnings.simplefilter("ignore")
+                block = self._file.read(int(native * self.BLOCK_SECONDS), dtype="float32", always_2d=True)
+        except Exception as exc:
+            raise _decoding_error(self.path, exc) from None
+        last = len(block) == 0
+        y = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+        self._native_frames += len(y)
+        if self._resampler is not None:
+            y = self._resampler.resample_chunk(y, last=last)
+        if last:  # librosa's length: ceil(frames * sr / native)
+            self.total = int(np.ceil(self._native_frames * self.sr / native))
+            y = y[: max(0, self.total - self._offset - len(self._buffer))]
+            self._file.close()
+            if self._progress is not None:
+                self._progress.close()
+            if self.total == 0:
+                raise AudioError(f"{self.path}: no audio samples decoded (truncated or not audio)")
+        elif self._progress is not None:
+            self._progress.update(round(self._native_frames / native) - self._progress.n)
+        self._append(np.ascontiguousarray(y, dtype=np.float32))
+        if last and self._offset + len(self._buffer) < self.total:
+            self._append(np.zeros(self.total - self._offset - len(self._buffer), np.float32))
+
+    def reaches(self, end: int) -> bool:
+        """Whether the file holds at least `end` samples (decoding as far as needed to tell)."""
+        while self.total is None and self._offset + len(self._buffer) < end:
+            self._decode_block()
+        return self._offset + len(self._buffer) >= end
+
+    def window(self, start: int, length: int, clip: bool = False) -> tuple[int, np.ndarray]:
+        """(start, the `length` samples from `start`), zero-padded before 0 and past the end. With `clip`, a
+        window that would run past the end is moved back to end with the file (not before 0), as
+        `excerpt_starts` places the last excerpt. Starts must not decrease from one call to the next."""
+        if not self.reaches(start + length) and clip:
+            start = max(0, self.total - length)
+        skip = max(0, start) - self._offset  # samples before this window are not needed again
+        self._buffer, self._offset = self._buffer[skip:], self._offset + skip
+        y = self._buffer[: start + length - self._offset]
+        return start, np.pad(y, (max(0, -start), length - len(y) - max(0, -start)))
+
+    def windows(self, length: int):
+        """(start, samples) of the windows `length` long that `excerpt_starts(max(total, length), length)`
+        places: every EXCERPT_HOP of a window, the last ending with the file, a short file zero-padded."""
+        hop, start = max(1, int(length * EXCERPT_HOP)), 0
+        while True:
+            first, y = self.window(start, length, clip=True)
+            yield first, y
+            if first < start or not self.reaches(first + length + 1):  # this window ends with the file
+                return
+            start += hop
 
 
 FMA_SUBSETS = ("small", "medium", "large")  # nested: every small track is also in medium and large
@@ -2673,18 +2792,64 @@ def musicnn_patches(y: np.ndarray) -> np.ndarray:
     float32 instead, so patches are always finite; elsewhere the values are the original's.
     A clip shorter than one patch is zero-padded to one. Returns float16 (patches, 187, 96), (time, mel).
     """
-    import librosa
 
     y = np.pad(y, (0, max(0, (MUSICNN_PATCH_FRAMES - 1) * MUSICNN_HOP - len(y))))
+    log_mel = _musicnn_log_mel(y, center=True)
+    n_patches = len(log_mel) // MUSICNN_PATCH_FRAMES
+    return log_mel[: n_patches * MUSICNN_PATCH_FRAMES].reshape(n_patches, MUSICNN_PATCH_FRAMES, MUSICNN_MELS)
+
+
+def _musicnn_log_mel(y: np.ndarray, center: bool) -> np.ndarray:
+    """musicnn's float16 log-mel frames (time, mel) of 16 kHz samples, as `musicnn_patches` describes."""
+    import librosa
+
     mel = librosa.feature.melspectrogram(
-        y=y, sr=MUSICNN_SAMPLE_RATE, n_fft=MUSICNN_N_FFT, hop_length=MUSICNN_HOP, n_mels=MUSICNN_MELS
+        y=y, sr=MUSICNN_SAMPLE_RATE, n_fft=MUSICNN_N_FFT, hop_length=MUSICNN_HOP, n_mels=MUSICNN_MELS, center=center
     ).T.astype(np.float16)
     with np.errstate(over="ignore"):
         log_mel = np.log10(10000 * mel + 1)
     overflow = ~np.isfinite(log_mel)
     log_mel[overflow] = np.log10(10000 * mel[overflow].astype(np.float32) + 1)
-    n_patches = len(log_mel) // MUSICNN_PATCH_FRAMES
-    return log_mel[: n_patches * MUSICNN_PATCH_FRAMES].reshape(n_patches, MUSICNN_PATCH_FRAMES, MUSICNN_MELS)
+    return log_mel
+
+
+_PATCH_SAMPLES = MUSICNN_PATCH_FRAMES * MUSICNN_HOP  # a musicnn patch's span: 3 s at 16 kHz
+_PREDICT_BATCH = 32  # windows or patches a streamed prediction holds at a time
+
+
+def _streamed_musicnn_patches(stream: _AudioStream):
+    """(start_s, patches) of an audio stream at 16 kHz, _PREDICT_BATCH patches at a time: `musicnn_patches`
+    of the whole file, each patch computed from its own samples (its frames, centred as there, reach
+    half an FFT into the neighbouring patches), so memory does not grow with the file's length."""
+    margin = MUSICNN_N_FFT // 2
+    starts, patches, k = [], [], 0
+    while k == 0 or stream.reaches(k * _PATCH_SAMPLES + (MUSICNN_PATCH_FRAMES - 1) * MUSICNN_HOP):
+        _, y = stream.window(k * _PATCH_SAMPLES - margin, _PATCH_SAMPLES + margin)  # zeros past either end
+        patches.append(_musicnn_log_mel(y, center=False))
+        starts.append(k * _PATCH_SAMPLES / MUSICNN_SAMPLE_RATE)
+        k += 1
+        if len(patches) == _PREDICT_BATCH:
+            yield np.array(starts), np.stack(patches)
+            starts, patches = [], []
+    if patches:
+        yield np.array(starts), np.stack(patches)
+
+
+def _streamed_predictions(batches, predict) -> pd.DataFrame:
+    """The rows of `predict(*batch)` (a DataFrame indexed by start_s) for every batch, in order."""
+    return pd.concat([predict(*batch) for batch in batches])
+
+
+def _window_batches(windows):
+    """(starts, windows) of a `_AudioStream.windows` generator, _PREDICT_BATCH at a time."""
+    batch = []
+    for window in windows:
+        batch.append(window)
+        if len(batch) == _PREDICT_BATCH:
+            yield tuple(map(np.array, zip(*batch)))
+            batch = []
+    if batch:
+        yield tuple(map(np.array, zip(*batch)))
 
 
 def build_musicnn():
@@ -3257,45 +3422,51 @@ def load_embedding_run(run_dir: str | os.PathLike):
     return classifier, cfg, _read_json(run_dir / "classifier.json")
 
 
-def predict_file_embeddings(path: str | os.PathLike, classifier, cfg: Config, info: dict, model) -> pd.DataFrame:
+def predict_file_embeddings(
+    path: str | os.PathLike, classifier, cfg: Config, info: dict, model, progress: bool = False
+) -> pd.DataFrame:
     """Genre probabilities of one audio file with an embedding classifier, in `predict_file`'s format.
 
-    The file is decoded whole at 16 kHz and cut into windows of cfg.clip_seconds as `predict_file`
+    The file is decoded at 16 kHz as a stream and cut into windows of cfg.clip_seconds as `predict_file`
     does; each window's musicnn embedding (`model`: `load_musicnn()`, the MSD network; the other
     networks the run was fitted on are loaded once per process), and its `clip_statistics` where the
     classifier was fitted on them too, go through `classifier` (columns as recorded in `info`, from
-    `load_embedding_run`). Returns one row per window indexed by
-    start_s, one column per genre of cfg.genres. Raises AudioError naming the file when it cannot be decoded.
+    `load_embedding_run`). Returns one row per window indexed by start_s, one column per genre of
+    cfg.genres. `progress` shows a bar for files over 3 minutes. Raises AudioError naming the file when
+    it cannot be decoded.
     """
-    y0 = load_audio(path, MUSICNN_SAMPLE_RATE, None)
+    stream = _AudioStream(path, MUSICNN_SAMPLE_RATE, progress)
     window = int(round(MUSICNN_SAMPLE_RATE * cfg.clip_seconds))
-    y = np.pad(y0, (0, max(0, window - y0.size)))
-    starts = excerpt_starts(len(y), window)
     models = {
         network: model if network == "msd" else _worker_musicnn(str(musicnn_weights(network)))
         for network in info.get("networks", ["msd"])  # runs written before the MTT network: MSD only
     }
-    inputs = pd.concat(
-        [
-            pd.DataFrame(
-                [musicnn_embedding(y[start : start + window], network_model) for start in starts],
-                columns=list(_embedding_columns(network)),
+    statistics = _AudioStream(path, cfg.sample_rate) if set(info["columns"]) - set(_embedding_columns()) else None
+
+    def predict(starts: np.ndarray, windows: np.ndarray) -> pd.DataFrame:
+        inputs = pd.concat(
+            [
+                pd.DataFrame(
+                    [musicnn_embedding(y, network_model) for y in windows], columns=list(_embedding_columns(network))
+                )
+                for network, network_model in models.items()
+            ],
+            axis=1,
+        )
+        if statistics is not None:  # a classifier of embeddings and clip statistics
+            offsets = np.round(starts / MUSICNN_SAMPLE_RATE * cfg.sample_rate).astype(int)
+            inputs = inputs.join(
+                pd.DataFrame([clip_statistics(statistics.window(at, cfg.n_samples)[1], cfg) for at in offsets])
             )
-            for network, network_model in models.items()
-        ],
-        axis=1,
-    )
-    if set(info["columns"]) - set(inputs.columns):  # a classifier of embeddings and clip statistics
-        y_stats = np.pad(load_audio(path, cfg.sample_rate, None), (0, cfg.n_samples))
-        offsets = np.round(starts / MUSICNN_SAMPLE_RATE * cfg.sample_rate).astype(int)
-        statistics = pd.DataFrame([clip_statistics(y_stats[at : at + cfg.n_samples], cfg) for at in offsets])
-        inputs = inputs.join(statistics)
-    proba = pd.DataFrame(
-        classifier.predict_proba(inputs[info["columns"]].to_numpy()), columns=list(classifier.classes_)
-    )
-    proba = proba.reindex(columns=list(cfg.genres), fill_value=0.0)
-    proba.index = pd.Index(starts / MUSICNN_SAMPLE_RATE, name="start_s")
-    return _with_audio_facts(proba, y0, MUSICNN_SAMPLE_RATE, cfg.clip_seconds)
+        proba = pd.DataFrame(
+            classifier.predict_proba(inputs[info["columns"]].to_numpy()), columns=list(classifier.classes_)
+        )
+        proba = proba.reindex(columns=list(cfg.genres), fill_value=0.0)
+        proba.index = pd.Index(starts / MUSICNN_SAMPLE_RATE, name="start_s")
+        return proba
+
+    proba = _streamed_predictions(_window_batches(stream.windows(window)), predict)
+    return _with_audio_facts(proba, stream, cfg.clip_seconds)
 
 
 # Zero-shot genres: the MSD tags that name a genre, each under the FMA-small genre nearest to it. The
@@ -3347,19 +3518,25 @@ def zero_shot_genres(tags: pd.DataFrame) -> pd.DataFrame:
     return scores.div(scores.sum(axis=1).clip(lower=1e-12), axis=0)
 
 
-def predict_file_zero_shot(path: str | os.PathLike, model) -> pd.DataFrame:
+def predict_file_zero_shot(path: str | os.PathLike, model, progress: bool = False) -> pd.DataFrame:
     """Zero-shot genre shares of one audio file, in `predict_file`'s format: one row per 3 s patch
     (indexed by start_s), one column per genre of ZERO_SHOT_GENRES (`zero_shot_genres` of the patch's
     tags). attrs["tags"] holds the file's MSD tag probabilities averaged over its patches, what drove
     the genres, and attrs["genres"] the file's shares: `zero_shot_genres` of those averaged tags (the
-    rule measured on the real recordings). `model`: `load_musicnn()`.
+    rule measured on the real recordings). `model`: `load_musicnn()`. The file is decoded as a stream
+    (memory does not grow with its length); `progress` shows a bar for files over 3 minutes.
     Raises AudioError naming the file when it cannot be decoded."""
-    y = load_audio(path, MUSICNN_SAMPLE_RATE, None)
-    tags = musicnn_tags(y, model)
+    stream = _AudioStream(path, MUSICNN_SAMPLE_RATE, progress)
+
+    def predict(starts: np.ndarray, patches: np.ndarray) -> pd.DataFrame:
+        taggram = musicnn_outputs(patches, model)["taggram"]
+        return pd.DataFrame(taggram, index=pd.Index(starts, name="start_s"), columns=list(MUSICNN_TAGS))
+
+    tags = _streamed_predictions(_streamed_musicnn_patches(stream), predict)
     windows = zero_shot_genres(tags)
     windows.attrs["tags"] = tags.mean().sort_values(ascending=False)
     windows.attrs["genres"] = zero_shot_genres(tags.mean().to_frame().T).iloc[0]
-    return _with_audio_facts(windows, y, MUSICNN_SAMPLE_RATE, MUSICNN_PATCH_FRAMES * MUSICNN_HOP / MUSICNN_SAMPLE_RATE)
+    return _with_audio_facts(windows, stream, _PATCH_SAMPLES / MUSICNN_SAMPLE_RATE)
 
 
 def embedding_method(embeddings: pd.DataFrame, labels, cfg: Config, kind: str = "logistic", seed: int = 42):
@@ -3645,17 +3822,18 @@ def musicnn_clip_proba(model, patches: np.ndarray, clips, genres) -> pd.DataFram
     return proba.groupby(np.asarray(clips), sort=False).mean().rename_axis("track_id")
 
 
-def _predict_file_finetuned(path: str | os.PathLike, model, cfg: Config) -> pd.DataFrame:
-    """`predict_file` with a fine-tuned musicnn (`finetune_musicnn`): one
-    row per 3 s patch of the whole file (indexed by start_s), one column per genre of cfg.genres.
+def _predict_file_finetuned(path: str | os.PathLike, model, cfg: Config, progress: bool = False) -> pd.DataFrame:
+    """`predict_file` with a fine-tuned musicnn (`finetune_musicnn`): one row per 3 s patch of the whole
+    file (indexed by start_s), one column per genre of cfg.genres, the file decoded as a stream.
     Raises AudioError naming the file when it cannot be decoded."""
-    y = load_audio(path, MUSICNN_SAMPLE_RATE, None)
-    patches = musicnn_patches(y)
-    windows = pd.DataFrame(np.asarray(model.predict(patches.astype(np.float32), verbose=0)), columns=list(cfg.genres))
-    windows.index = pd.Index(
-        np.arange(len(patches)) * MUSICNN_PATCH_FRAMES * MUSICNN_HOP / MUSICNN_SAMPLE_RATE, name="start_s"
-    )
-    return _with_audio_facts(windows, y, MUSICNN_SAMPLE_RATE, MUSICNN_PATCH_FRAMES * MUSICNN_HOP / MUSICNN_SAMPLE_RATE)
+    stream = _AudioStream(path, MUSICNN_SAMPLE_RATE, progress)
+
+    def predict(starts: np.ndarray, patches: np.ndarray) -> pd.DataFrame:
+        proba = np.asarray(model.predict(patches.astype(np.float32), verbose=0))
+        return pd.DataFrame(proba, index=pd.Index(starts, name="start_s"), columns=list(cfg.genres))
+
+    windows = _streamed_predictions(_streamed_musicnn_patches(stream), predict)
+    return _with_audio_facts(windows, stream, _PATCH_SAMPLES / MUSICNN_SAMPLE_RATE)
 
 
 def finetune_method(patches: np.ndarray, clips, labels, cfg: Config, **settings):
@@ -4096,7 +4274,9 @@ def _model_inputs(model, cfg: Config) -> list[str]:
 # ── Training: Keras fit with checkpoints, logs and resume, one folder per run, read back by load_run ──
 
 RUN_FILES = ("config.json", "versions.json", "history.csv", "best.keras", "last.keras")
-RUN_FORMAT = 2  # versions.json's run_format; 2: a CNN normalises its inputs (1 needed stats.npz), an embedding run holds skops data (1: a pickle)
+# versions.json's run_format. 2: a CNN normalises its inputs (1 needed stats.npz); an embedding run holds
+# its classifier as skops data (1: a pickle)
+RUN_FORMAT = 2
 
 
 def _versions() -> dict:
@@ -4707,10 +4887,11 @@ def predict_proba(model, data: Features, rows, cfg: Config) -> np.ndarray:
     return proba.reshape(len(rows), len(starts), -1).mean(axis=1)
 
 
-def predict_file(path: str | os.PathLike, model, cfg: Config) -> pd.DataFrame:
+def predict_file(path: str | os.PathLike, model, cfg: Config, progress: bool = False) -> pd.DataFrame:
     """Genre probabilities of one audio file of any length, in any format `load_audio` reads.
 
-    The file is decoded whole at cfg.sample_rate and cut into windows as long as the training clips
+    The file is decoded at cfg.sample_rate as a stream, so memory does not grow with its length (a
+    two-hour recording needs no more than a song), and cut into windows as long as the training clips
     (cfg.clip_seconds), each starting half a window after the previous (`excerpt_starts`), the last
     ending with the file; a shorter file is zero-padded to one window, as in training. Each window gets
     the training features and `predict_proba`'s prediction (a chunked model averages its excerpts); a
@@ -4725,6 +4906,8 @@ def predict_file(path: str | os.PathLike, model, cfg: Config) -> pd.DataFrame:
         A trained model, e.g. from `load_run`.
     cfg : Config
         The run's settings.
+    progress : bool
+        Show a progress bar for files longer than 3 minutes (the command line does on a terminal).
 
     Returns
     -------
@@ -4738,38 +4921,40 @@ def predict_file(path: str | os.PathLike, model, cfg: Config) -> pd.DataFrame:
         Naming the file when it cannot be decoded.
     """
     if model.name == "musicnn_genres":  # a fine-tuned musicnn hears its own 3 s patches at 16 kHz
-        return _predict_file_finetuned(path, model, cfg)
-    y0 = load_audio(path, cfg.sample_rate, None)
-    y = np.pad(y0, (0, max(0, cfg.n_samples - y0.size)))
-    starts = excerpt_starts(len(y), cfg.n_samples)
-    windows = [y[start : start + cfg.n_samples] for start in starts]
-    index = pd.DataFrame(
-        {"genre": cfg.genres[0], "split": "prediction", "label": 0},  # labels unused
-        index=pd.Index(starts / cfg.sample_rate, name="start_s"),
-    )
-    features = Features(
-        index=index,
-        mel=np.stack([mel_spectrogram(window, cfg) for window in windows]).astype(np.float16),
-        cqt=np.stack([cqt(window, cfg) for window in windows]).astype(np.float16),
-    )
-    if "embedding" in _model_inputs(model, cfg):  # a fused CNN also hears each window through musicnn
-        features = features.with_embeddings(_window_embeddings(path, index.index, cfg))
-    proba = predict_proba(model, features, np.arange(len(windows)), cfg)
-    windows = pd.DataFrame(proba, index=index.index, columns=list(cfg.genres))
-    return _with_audio_facts(windows, y0, cfg.sample_rate, cfg.clip_seconds)
+        return _predict_file_finetuned(path, model, cfg, progress)
+    stream = _AudioStream(path, cfg.sample_rate, progress)
+    fused = "embedding" in _model_inputs(model, cfg)  # a fused CNN also hears each window through musicnn
+    musicnn_stream = _AudioStream(path, MUSICNN_SAMPLE_RATE) if fused else None
+
+    def predict(starts: np.ndarray, windows: np.ndarray) -> pd.DataFrame:
+        index = pd.DataFrame(
+            {"genre": cfg.genres[0], "split": "prediction", "label": 0},  # labels unused
+            index=pd.Index(starts / cfg.sample_rate, name="start_s"),
+        )
+        features = Features(
+            index=index,
+            mel=np.stack([mel_spectrogram(window, cfg) for window in windows]).astype(np.float16),
+            cqt=np.stack([cqt(window, cfg) for window in windows]).astype(np.float16),
+        )
+        if fused:
+            features = features.with_embeddings(_window_embeddings(musicnn_stream, index.index, cfg))
+        proba = predict_proba(model, features, np.arange(len(windows)), cfg)
+        return pd.DataFrame(proba, index=index.index, columns=list(cfg.genres))
+
+    windows = _streamed_predictions(_window_batches(stream.windows(cfg.n_samples)), predict)
+    return _with_audio_facts(windows, stream, cfg.clip_seconds)
 
 
-def _window_embeddings(path, starts_s: pd.Index, cfg: Config) -> pd.DataFrame:
-    """musicnn embeddings (the fused CNN's input) of the cfg.clip_seconds windows of an audio file starting
-    at `starts_s` seconds, each decoded at 16 kHz and zero-padded as `pretrained_embeddings` reads a clip."""
-    y = load_audio(path, MUSICNN_SAMPLE_RATE, None)
+def _window_embeddings(stream: _AudioStream, starts_s: pd.Index, cfg: Config) -> pd.DataFrame:
+    """musicnn embeddings (the fused CNN's input) of the cfg.clip_seconds windows of an audio stream at
+    16 kHz starting at `starts_s` seconds (in order), zero-padded as `pretrained_embeddings` reads a clip,
+    the last moved back to end with the file."""
     length = int(round(MUSICNN_SAMPLE_RATE * cfg.clip_seconds))
-    y = np.pad(y, (0, max(0, length - y.size)))
     model, keep = load_musicnn(), np.isin(_embedding_columns(), _fusion_columns())
-    rows = []
-    for start in starts_s:
-        first = min(int(round(start * MUSICNN_SAMPLE_RATE)), y.size - length)
-        rows.append(musicnn_embedding(y[first : first + length], model)[keep])
+    rows = [
+        musicnn_embedding(stream.window(int(round(start * MUSICNN_SAMPLE_RATE)), length, clip=True)[1], model)[keep]
+        for start in starts_s
+    ]
     return pd.DataFrame(np.stack(rows), index=starts_s, columns=list(_fusion_columns()))
 
 
@@ -4777,12 +4962,12 @@ SILENCE_DB = -60.0  # dBFS: a file whose RMS level lies below this holds nothing
 SHORT_SHARE = 0.5  # a file shorter than this share of the model's window is mostly padding: flagged
 
 
-def _with_audio_facts(windows: pd.DataFrame, y: np.ndarray, sr: int, window_seconds: float) -> pd.DataFrame:
-    """`windows` with what `predict` reports about the audio in attrs: seconds (its real length, before
-    any padding), level_db (its RMS level in dBFS, -inf for digital silence) and window_s (the model's window)."""
-    rms = float(np.sqrt(np.mean(np.square(y, dtype=np.float64)))) if y.size else 0.0
+def _with_audio_facts(windows: pd.DataFrame, stream: _AudioStream, window_seconds: float) -> pd.DataFrame:
+    """`windows` with what `predict` reports about the audio of a finished stream in attrs: seconds (its
+    real length, before any padding), level_db (its RMS level in dBFS, -inf for digital silence) and
+    window_s (the model's window)."""
     windows.attrs.update(
-        seconds=y.size / sr, level_db=20 * np.log10(rms) if rms > 0 else -np.inf, window_s=float(window_seconds)
+        seconds=stream.total / stream.sr, level_db=float(stream.level_db), window_s=float(window_seconds)
     )
     return windows
 
@@ -7233,7 +7418,7 @@ def _cli_predict(cfg: Config, args) -> int:
     failed = 0
     for song in args.songs:
         try:
-            windows = predict(song)
+            windows = predict(song, progress=sys.stderr.isatty())  # a bar for files over 3 minutes
         except AudioError as exc:
             print(f"genre_utils.py predict: error: {exc}", file=sys.stderr)
             failed += 1

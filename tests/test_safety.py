@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_tone
 
 import genre_utils as gu
+from conftest import write_tone
 
 
 class _Payload:

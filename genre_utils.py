@@ -2814,7 +2814,10 @@ def _musicnn_log_mel(y: np.ndarray, center: bool) -> np.ndarray:
 
 
 _PATCH_SAMPLES = MUSICNN_PATCH_FRAMES * MUSICNN_HOP  # a musicnn patch's span: 3 s at 16 kHz
-_PREDICT_BATCH = 32  # windows or patches a streamed prediction holds at a time
+# Windows or patches a streamed prediction holds at a time. TensorFlow's oneDNN kernels keep memory for
+# the largest batch they have seen: musicnn at 32 patches a batch peaked at 2.2-2.5 GiB on a 20-minute
+# file, at 8 at 1.36 GiB, the peak of a 30 s clip (10 patches, one batch): benchmarks/predict_memory.py
+_PREDICT_BATCH = 8
 
 
 def _streamed_musicnn_patches(stream: _AudioStream):

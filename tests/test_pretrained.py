@@ -611,7 +611,7 @@ def test_a_fused_run_round_trips_and_predicts_files_through_musicnn(embedded, tm
     )
     # a file of one window: its embedding is the one pretrained_embeddings computed for that clip
     path = tracks.at[103, "path"]
-    window = gu._window_embeddings(path, pd.Index([0.0]), run_cfg)
+    window = gu._window_embeddings(gu._AudioStream(path, gu.MUSICNN_SAMPLE_RATE), pd.Index([0.0]), run_cfg)
     np.testing.assert_allclose(window.iloc[0].to_numpy(), embeddings.loc[103].to_numpy(), atol=1e-5)
     # the predict command: load_run, then predict_file with each window's embedding
     status, out = _predict_here(

@@ -636,6 +636,14 @@ def _writing_to(folder: Path, error: type[GenreError], setting: str):
         ) from None
 
 
+def _shown(path: str | os.PathLike) -> str:
+    """A path as messages show it: relative to the project when inside it (`runs/demo-full`, as a
+    reader's own checkout prints it), else as given."""
+    with contextlib.suppress(ValueError, OSError):
+        return Path(path).resolve().relative_to(ROOT).as_posix()
+    return str(path)
+
+
 # ── Data: track tables for the FMA and folder-per-genre layouts, and audio loading ──
 
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".au", ".flac", ".ogg")
@@ -672,12 +680,12 @@ def load_audio(path: str | os.PathLike, sr: int, duration: float | None) -> np.n
     path = Path(path)
     n_samples = None if duration is None else int(round(sr * duration))
     if not path.is_file():
-        raise AudioError(f"{path}: file not found")
+        raise AudioError(f"{_shown(path)}: file not found")
     if path.stat().st_size == 0:
-        raise AudioError(f"{path}: file is empty (0 bytes)")
+        raise AudioError(f"{_shown(path)}: file is empty (0 bytes)")
     with contextlib.suppress(sf.LibsndfileError, RuntimeError), _silenced_stderr():
         if sf.info(str(path)).format == "RAW":  # no header: the "samples" would be the file's bytes
-            raise AudioError(f"{path}: cannot decode audio (no audio header found: not an audio file)")
+            raise AudioError(f"{_shown(path)}: cannot decode audio (no audio header found: not an audio file)")
     try:
         # librosa warns when it falls back from soundfile to audioread, and libmpg123 prints its
         # own warnings about broken MP3s: both are replaced by the AudioError below
@@ -692,11 +700,11 @@ def load_audio(path: str | os.PathLike, sr: int, duration: float | None) -> np.n
             reason = "no decoder can read it: truncated, corrupt or not audio"
         else:
             reason = _first_line(exc)
-        raise AudioError(f"{path}: cannot decode audio ({reason})") from None
+        raise AudioError(f"{_shown(path)}: cannot decode audio ({reason})") from None
     if y.size == 0:
-        raise AudioError(f"{path}: no audio samples decoded (truncated or not audio)")
+        raise AudioError(f"{_shown(path)}: no audio samples decoded (truncated or not audio)")
     if not np.all(np.isfinite(y)):
-        raise AudioError(f"{path}: decoded audio contains NaN or infinite samples")
+        raise AudioError(f"{_shown(path)}: decoded audio contains NaN or infinite samples")
     y = y.astype(np.float32, copy=False)
     return y if n_samples is None else librosa.util.fix_length(y, size=n_samples)
 
@@ -1326,7 +1334,7 @@ def _sha1_of(path: Path, progress: bool = True) -> str:
     """SHA-1 (hex) of a file, read a chunk at a time."""
     import hashlib
 
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     digest = hashlib.sha1()
     with (
@@ -1381,7 +1389,7 @@ def _fetch(url: str, zip_path: Path, *, retries: int, backoff: float, timeout: f
     """
     import requests
     import urllib3
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     part = zip_path.with_name(zip_path.name + ".part")
     failures = 0
@@ -1478,7 +1486,7 @@ def _unpack(zip_path: Path, root: Path, archive: FmaArchive, progress: bool = Tr
     temporary folder, marked complete and renamed into place at the end."""
     import zipfile
 
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     temporary = root / f".{archive.folder}.unpacking"
     shutil.rmtree(temporary, ignore_errors=True)
@@ -1711,9 +1719,11 @@ def extract_features(
             _build_features(table, key, cache_dir, cfg, workers)
     features = open_features(final, cfg)
     if len(features.skipped):
-        examples = "; ".join(f"{path}: {reason}" for path, reason in features.skipped.head(3).itertuples(index=False))
+        examples = "; ".join(
+            f"{_shown(path)}: {reason}" for path, reason in features.skipped.head(3).itertuples(index=False)
+        )
         warnings.warn(
-            f"{final}: skipped {len(features.skipped)} of {len(table)} audio files ({examples}"
+            f"{_shown(final)}: skipped {len(features.skipped)} of {len(table)} audio files ({examples}"
             f"{' ...' * (len(features.skipped) > 3)}); all are listed in Features.skipped and skipped.csv",
             stacklevel=2,
         )
@@ -1722,7 +1732,7 @@ def extract_features(
 
 def _build_features(table: pd.DataFrame, key: str, cache_dir: Path, cfg: Config, workers: int | None) -> None:
     """Compute the cache `features-<key>` of `table` in its .partial folder (resumed if there), then finish it."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     final, partial = cache_dir / f"features-{key}", cache_dir / f"features-{key}.partial"
     with _writing_to(cache_dir, CacheError, "cfg.cache_dir"):
@@ -2004,7 +2014,9 @@ def _finish_partial(
     ok_rows = np.flatnonzero(done == 1)
     skipped_table = pd.DataFrame([(path, reason) for _, path, reason in sorted(skipped)], columns=["path", "reason"])
     if len(ok_rows) == 0:
-        examples = "; ".join(f"{path}: {reason}" for path, reason in skipped_table.head(3).itertuples(index=False))
+        examples = "; ".join(
+            f"{_shown(path)}: {reason}" for path, reason in skipped_table.head(3).itertuples(index=False)
+        )
         raise DataError(f"none of the {len(table)} audio files could be decoded ({examples})")
     index = table.iloc[ok_rows][["genre", "split", "label"]]
     if not (index["split"] == "training").any():
@@ -2193,7 +2205,7 @@ def extract_clip_statistics(
     audio cannot be decoded are left out (as from the feature cache). Raises DataError for a
     malformed track table or when no file at all can be decoded.
     """
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     table = _checked_tracks(tracks, cfg)
     key = _features_key(table, cfg)
@@ -3005,7 +3017,7 @@ def _build_embeddings(
     table: pd.DataFrame, key: str, path: Path, cfg: Config, workers: int | None, weights: str | os.PathLike
 ) -> None:
     """Embed every track of `table` into the .npz `path`, clip by clip through its .partial folder (resumed)."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     cache_dir = path.parent
     partial = path.with_suffix(".partial")
@@ -3043,7 +3055,7 @@ def _build_embeddings(
         raise DataError(f"none of the {len(table)} audio files could be decoded ({'; '.join(reasons[:3])})")
     if reasons:
         warnings.warn(
-            f"{path}: skipped {len(reasons)} of {len(table)} audio files ({'; '.join(reasons[:3])}"
+            f"{_shown(path)}: skipped {len(reasons)} of {len(table)} audio files ({'; '.join(reasons[:3])}"
             f"{' ...' * (len(reasons) > 3)})",
             stacklevel=3,  # the caller of pretrained_embeddings
         )
@@ -3385,7 +3397,7 @@ def musicnn_clip_patches(tracks: pd.DataFrame, cfg: Config) -> tuple[np.ndarray,
     16 kHz): float16 (patches, 187, 96) and the track_id of each patch, tracks in track_id order.
     Held in memory, 0.36 MB per 30 s clip. Files that cannot be decoded are left out, with a warning;
     DataError if none can."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     table = _checked_tracks(tracks, cfg)
     patches, clips, reasons = [], [], []
@@ -5089,7 +5101,7 @@ def cross_validate(
     from importlib.metadata import version
 
     from sklearn.metrics import f1_score
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     labels = _genre_labels(labels)
     unknown = sorted(set(labels) - set(cfg.genres), key=str)
@@ -6675,7 +6687,7 @@ def make_demo_dataset(
     `load_tracks(root, "small", cfg.genres)`. Raises DataError when `root` exists and is not a
     demo dataset (it is never overwritten).
     """
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     cfg = cfg or get_config("demo")
     root = Path(root or cfg.data_root).expanduser().resolve()
@@ -7116,7 +7128,7 @@ def _cli_predict(cfg: Config, args) -> int:
             predict = functools.partial(predict_file, model=model, cfg=run_cfg)
         if _run_source(run_dir, run_cfg) == "synthetic":
             print(
-                f"warning: {run_dir} was trained on the synthetic demo set, so its genres are those of "
+                f"warning: {_shown(run_dir)} was trained on the synthetic demo set, so its genres are those of "
                 "synthetic clips, not of real songs; drop --run for musicnn's zero-shot genres, or train "
                 "on real recordings (README: Using the real FMA-small)"
             )
@@ -7130,12 +7142,12 @@ def _cli_predict(cfg: Config, args) -> int:
             continue
         facts = windows.attrs
         print(
-            f"{song}: {len(windows)} window{'s' * (len(windows) > 1)} of {facts['window_s']:.3g} s "
+            f"{_shown(song)}: {len(windows)} window{'s' * (len(windows) > 1)} of {facts['window_s']:.3g} s "
             f"({facts['seconds']:.1f} s of audio)"
         )
         problems = audio_warnings(windows)
         for problem in problems:
-            print(f"  warning: {song}: {problem}")
+            print(f"  warning: {_shown(song)}: {problem}")
         if facts["level_db"] < SILENCE_DB:
             continue
         probabilities = facts.get("genres", windows.mean()).sort_values(ascending=False)

@@ -636,6 +636,12 @@ def _writing_to(folder: Path, error: type[GenreError], setting: str):
         ) from None
 
 
+def _warn(message: str) -> None:
+    """A UserWarning named after genre_utils.py and the line that warns, not after its caller's file,
+    which in a notebook is the kernel's temporary file (/tmp/ipykernel_.../...py)."""
+    warnings.warn_explicit(message, UserWarning, "genre_utils.py", sys._getframe(1).f_lineno, module="genre_utils")
+
+
 def _shown(path: str | os.PathLike) -> str:
     """A path as messages show it: relative to the project when inside it (`runs/demo-full`, as a
     reader's own checkout prints it), else as given."""
@@ -913,7 +919,7 @@ def _genre_folders(root: Path) -> dict[str, list[Path]]:
             for names, what in ignored
             if names
         )
-        warnings.warn(f"{root}: ignored {details}", stacklevel=3)
+        _warn(f"{_shown(root)}: ignored {details}")
     return folders
 
 
@@ -1028,10 +1034,9 @@ def _drop_unusable(tracks: pd.DataFrame, root: Path, genres) -> pd.DataFrame:
         {"track_id": int(tid), "path": tracks.at[tid, "path"], "reason": reasons[tid]} for tid in reasons.index[dropped]
     ]
     if dropped.any():
-        warnings.warn(
-            f"{root}: skipped {dropped.sum()} of {len(tracks)} tracks ({summary}); "
-            "see genre_utils.skipped_tracks(tracks)",
-            stacklevel=3,
+        _warn(
+            f"{_shown(root)}: skipped {dropped.sum()} of {len(tracks)} tracks ({summary}); "
+            "see genre_utils.skipped_tracks(tracks)"
         )
     return kept
 
@@ -1148,10 +1153,9 @@ def download_fma(
             shutil.rmtree(root / f".{archive.folder}.unpacking", ignore_errors=True)
     for archive in chosen:
         if (root / archive.folder).exists() and not _is_unpacked(root, archive):
-            warnings.warn(
-                f"{root / archive.folder}: already there but not unpacked from {archive.file} by this "
-                "command (by hand?); left as it is. Delete it to have it downloaded and unpacked",
-                stacklevel=2,
+            _warn(
+                f"{_shown(root / archive.folder)}: already there but not unpacked from {archive.file} by this "
+                "command (by hand?); left as it is. Delete it to have it downloaded and unpacked"
             )
     todo = [archive for archive in chosen if not (root / archive.folder).exists()]
     _check_free_space(root, todo)
@@ -1305,9 +1309,7 @@ def _is_verified(zip_path: Path, sha1: str, progress: bool = True) -> bool:
         _stamp_verified(zip_path, digest)
         return True
     bad = _set_aside(zip_path, digest)
-    warnings.warn(
-        f"{zip_path}: SHA-1 {digest} but {sha1} expected; renamed {bad.name}, downloading it again", stacklevel=3
-    )
+    _warn(f"{_shown(zip_path)}: SHA-1 {digest} but {sha1} expected; renamed {bad.name}, downloading it again")
     return False
 
 
@@ -1722,10 +1724,9 @@ def extract_features(
         examples = "; ".join(
             f"{_shown(path)}: {reason}" for path, reason in features.skipped.head(3).itertuples(index=False)
         )
-        warnings.warn(
+        _warn(
             f"{_shown(final)}: skipped {len(features.skipped)} of {len(table)} audio files ({examples}"
-            f"{' ...' * (len(features.skipped) > 3)}); all are listed in Features.skipped and skipped.csv",
-            stacklevel=2,
+            f"{' ...' * (len(features.skipped) > 3)}); all are listed in Features.skipped and skipped.csv"
         )
     return features
 
@@ -1949,7 +1950,7 @@ def _features_of_file(path: str, cfg: Config) -> tuple[np.ndarray | None, np.nda
     try:
         y = load_audio(path, cfg.sample_rate, cfg.clip_seconds)
     except AudioError as exc:
-        return None, None, str(exc).removeprefix(f"{path}: ")
+        return None, None, str(exc).removeprefix(f"{_shown(path)}: ")
     mel = mel_spectrogram(y, cfg)
     constant_q = cqt(y, cfg)
     for name, array in (("mel-spectrogram", mel), ("CQT", constant_q)):
@@ -2225,7 +2226,7 @@ def extract_clip_statistics(
             if reason is None:
                 results[track_id] = statistics
             else:
-                reasons.append(f"{table.at[track_id, 'path']}: {reason}")
+                reasons.append(f"{_shown(table.at[track_id, 'path'])}: {reason}")
             progress.update()
     if not results:
         raise DataError(f"none of the {len(jobs)} audio files could be decoded ({'; '.join(reasons[:3])})")
@@ -2242,7 +2243,7 @@ def _clip_statistics_of_file(path: str, cfg: Config) -> tuple[pd.Series | None, 
     try:
         y = load_audio(path, cfg.sample_rate, cfg.clip_seconds)
     except AudioError as exc:
-        return None, str(exc).removeprefix(f"{path}: ")
+        return None, str(exc).removeprefix(f"{_shown(path)}: ")
     statistics = clip_statistics(y, cfg)
     if not np.all(np.isfinite(statistics.to_numpy())):
         return None, "clip statistics contain NaN or infinite values"
@@ -3048,16 +3049,15 @@ def _build_embeddings(
                 ):
                     np.save(file, embedding)
             else:
-                reasons.append(f"{table.at[track_id, 'path']}: {reason}")
+                reasons.append(f"{_shown(table.at[track_id, 'path'])}: {reason}")
             progress.update()
     done = sorted(int(file.stem) for file in partial.glob("*.npy") if int(file.stem) in table.index)
     if not done:
         raise DataError(f"none of the {len(table)} audio files could be decoded ({'; '.join(reasons[:3])})")
     if reasons:
-        warnings.warn(
+        _warn(
             f"{_shown(path)}: skipped {len(reasons)} of {len(table)} audio files ({'; '.join(reasons[:3])}"
-            f"{' ...' * (len(reasons) > 3)})",
-            stacklevel=3,  # the caller of pretrained_embeddings
+            f"{' ...' * (len(reasons) > 3)})"
         )
     values = np.stack([np.load(partial / f"{track_id}.npy") for track_id in done])
     with _writing_to(cache_dir, CacheError, "cfg.cache_dir"), _atomic_path(path) as tmp, open(tmp, "wb") as file:
@@ -3089,7 +3089,7 @@ def _musicnn_embedding_of_file(path: str, job: _EmbeddingJob) -> tuple[np.ndarra
     try:
         y = load_audio(path, MUSICNN_SAMPLE_RATE, job.clip_seconds)
     except AudioError as exc:
-        return None, str(exc).removeprefix(f"{path}: ")
+        return None, str(exc).removeprefix(f"{_shown(path)}: ")
     return musicnn_embedding(y, _worker_musicnn(job.weights)), None
 
 
@@ -3414,7 +3414,7 @@ def musicnn_clip_patches(tracks: pd.DataFrame, cfg: Config) -> tuple[np.ndarray,
     if not patches:
         raise DataError(f"none of the {len(table)} audio files could be decoded ({'; '.join(reasons[:3])})")
     if reasons:
-        warnings.warn(f"skipped {len(reasons)} of {len(table)} audio files ({'; '.join(reasons[:3])})", stacklevel=2)
+        _warn(f"skipped {len(reasons)} of {len(table)} audio files ({'; '.join(reasons[:3])})")
     return np.concatenate(patches), np.concatenate(clips)
 
 

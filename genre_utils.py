@@ -636,6 +636,20 @@ def _writing_to(folder: Path, error: type[GenreError], setting: str):
         ) from None
 
 
+def _warn(message: str) -> None:
+    """A UserWarning named after genre_utils.py and the line that warns, not after its caller's file,
+    which in a notebook is the kernel's temporary file (/tmp/ipykernel_.../...py)."""
+    warnings.warn_explicit(message, UserWarning, "genre_utils.py", sys._getframe(1).f_lineno, module="genre_utils")
+
+
+def _shown(path: str | os.PathLike) -> str:
+    """A path as messages show it: relative to the project when inside it (`runs/demo-full`, as a
+    reader's own checkout prints it), else as given."""
+    with contextlib.suppress(ValueError, OSError):
+        return Path(path).resolve().relative_to(ROOT).as_posix()
+    return str(path)
+
+
 # ── Data: track tables for the FMA and folder-per-genre layouts, and audio loading ──
 
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".au", ".flac", ".ogg")
@@ -683,9 +697,9 @@ def load_audio(path: str | os.PathLike, sr: int, duration: float | None) -> np.n
     except Exception as exc:  # every decoder failure becomes one clear message
         raise _decoding_error(path, exc) from None
     if y.size == 0:
-        raise AudioError(f"{path}: no audio samples decoded (truncated or not audio)")
+        raise AudioError(f"{_shown(path)}: no audio samples decoded (truncated or not audio)")
     if not np.all(np.isfinite(y)):
-        raise AudioError(f"{path}: decoded audio contains NaN or infinite samples")
+        raise AudioError(f"{_shown(path)}: decoded audio contains NaN or infinite samples")
     y = y.astype(np.float32, copy=False)
     return y if n_samples is None else librosa.util.fix_length(y, size=n_samples)
 
@@ -696,19 +710,21 @@ def _check_audio_file(path: Path) -> None:
     import soundfile as sf
 
     if not path.is_file():
-        raise AudioError(f"{path}: file not found")
+        raise AudioError(f"{_shown(path)}: file not found")
     if path.stat().st_size == 0:
-        raise AudioError(f"{path}: file is empty (0 bytes)")
+        raise AudioError(f"{_shown(path)}: file is empty (0 bytes)")
     with contextlib.suppress(sf.LibsndfileError, RuntimeError), _silenced_stderr():
         if sf.info(str(path)).format == "RAW":  # no header: the "samples" would be the file's bytes
-            raise AudioError(f"{path}: cannot decode audio (no audio header found: not an audio file)")
+            raise AudioError(f"{_shown(path)}: cannot decode audio (no audio header found: not an audio file)")
 
 
 def _decoding_error(path: Path, exc: Exception) -> AudioError:
     """The AudioError for a decoder's failure on `path`."""
     if type(exc).__name__ == "NoBackendError":  # soundfile failed and audioread found no decoder
-        return AudioError(f"{path}: cannot decode audio (no decoder can read it: truncated, corrupt or not audio)")
-    return AudioError(f"{path}: cannot decode audio ({_first_line(exc)})")
+        return AudioError(
+            f"{_shown(path)}: cannot decode audio (no decoder can read it: truncated, corrupt or not audio)"
+        )
+    return AudioError(f"{_shown(path)}: cannot decode audio ({_first_line(exc)})")
 
 
 class _AudioStream:
@@ -748,7 +764,7 @@ class _AudioStream:
         seconds = self._file.frames / native if self._file.frames > 0 else 0.0
         self._progress = None
         if progress and seconds > 180:  # long files show how far decoding has come
-            from tqdm import tqdm
+            from tqdm.auto import tqdm
 
             self._progress = tqdm(total=round(seconds), desc=self.path.name, unit="s", leave=False)
 
@@ -759,7 +775,7 @@ class _AudioStream:
 
     def _append(self, y: np.ndarray) -> None:
         if not np.all(np.isfinite(y)):
-            raise AudioError(f"{self.path}: decoded audio contains NaN or infinite samples")
+            raise AudioError(f"{_shown(self.path)}: decoded audio contains NaN or infinite samples")
         self._squares += float(np.square(y, dtype=np.float64).sum())
         self._buffer = np.concatenate([self._buffer, y])
 
@@ -784,7 +800,7 @@ class _AudioStream:
             if self._progress is not None:
                 self._progress.close()
             if self.total == 0:
-                raise AudioError(f"{self.path}: no audio samples decoded (truncated or not audio)")
+                raise AudioError(f"{_shown(self.path)}: no audio samples decoded (truncated or not audio)")
         elif self._progress is not None:
             self._progress.update(round(self._native_frames / native) - self._progress.n)
         self._append(np.ascontiguousarray(y, dtype=np.float32))
@@ -1024,7 +1040,7 @@ def _genre_folders(root: Path) -> dict[str, list[Path]]:
             for names, what in ignored
             if names
         )
-        warnings.warn(f"{root}: ignored {details}", stacklevel=3)
+        _warn(f"{_shown(root)}: ignored {details}")
     return folders
 
 
@@ -1139,10 +1155,9 @@ def _drop_unusable(tracks: pd.DataFrame, root: Path, genres) -> pd.DataFrame:
         {"track_id": int(tid), "path": tracks.at[tid, "path"], "reason": reasons[tid]} for tid in reasons.index[dropped]
     ]
     if dropped.any():
-        warnings.warn(
-            f"{root}: skipped {dropped.sum()} of {len(tracks)} tracks ({summary}); "
-            "see genre_utils.skipped_tracks(tracks)",
-            stacklevel=3,
+        _warn(
+            f"{_shown(root)}: skipped {dropped.sum()} of {len(tracks)} tracks ({summary}); "
+            "see genre_utils.skipped_tracks(tracks)"
         )
     return kept
 
@@ -1259,10 +1274,9 @@ def download_fma(
             shutil.rmtree(root / f".{archive.folder}.unpacking", ignore_errors=True)
     for archive in chosen:
         if (root / archive.folder).exists() and not _is_unpacked(root, archive):
-            warnings.warn(
-                f"{root / archive.folder}: already there but not unpacked from {archive.file} by this "
-                "command (by hand?); left as it is. Delete it to have it downloaded and unpacked",
-                stacklevel=2,
+            _warn(
+                f"{_shown(root / archive.folder)}: already there but not unpacked from {archive.file} by this "
+                "command (by hand?); left as it is. Delete it to have it downloaded and unpacked"
             )
     todo = [archive for archive in chosen if not (root / archive.folder).exists()]
     _check_free_space(root, todo)
@@ -1416,9 +1430,7 @@ def _is_verified(zip_path: Path, sha1: str, progress: bool = True) -> bool:
         _stamp_verified(zip_path, digest)
         return True
     bad = _set_aside(zip_path, digest)
-    warnings.warn(
-        f"{zip_path}: SHA-1 {digest} but {sha1} expected; renamed {bad.name}, downloading it again", stacklevel=3
-    )
+    _warn(f"{_shown(zip_path)}: SHA-1 {digest} but {sha1} expected; renamed {bad.name}, downloading it again")
     return False
 
 
@@ -1445,7 +1457,7 @@ def _sha1_of(path: Path, progress: bool = True) -> str:
     """SHA-1 (hex) of a file, read a chunk at a time."""
     import hashlib
 
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     digest = hashlib.sha1()
     with (
@@ -1500,7 +1512,7 @@ def _fetch(url: str, zip_path: Path, *, retries: int, backoff: float, timeout: f
     """
     import requests
     import urllib3
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     part = zip_path.with_name(zip_path.name + ".part")
     failures = 0
@@ -1597,7 +1609,7 @@ def _unpack(zip_path: Path, root: Path, archive: FmaArchive, progress: bool = Tr
     temporary folder, marked complete and renamed into place at the end."""
     import zipfile
 
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     temporary = root / f".{archive.folder}.unpacking"
     shutil.rmtree(temporary, ignore_errors=True)
@@ -1830,18 +1842,19 @@ def extract_features(
             _build_features(table, key, cache_dir, cfg, workers)
     features = open_features(final, cfg)
     if len(features.skipped):
-        examples = "; ".join(f"{path}: {reason}" for path, reason in features.skipped.head(3).itertuples(index=False))
-        warnings.warn(
-            f"{final}: skipped {len(features.skipped)} of {len(table)} audio files ({examples}"
-            f"{' ...' * (len(features.skipped) > 3)}); all are listed in Features.skipped and skipped.csv",
-            stacklevel=2,
+        examples = "; ".join(
+            f"{_shown(path)}: {reason}" for path, reason in features.skipped.head(3).itertuples(index=False)
+        )
+        _warn(
+            f"{_shown(final)}: skipped {len(features.skipped)} of {len(table)} audio files ({examples}"
+            f"{' ...' * (len(features.skipped) > 3)}); all are listed in Features.skipped and skipped.csv"
         )
     return features
 
 
 def _build_features(table: pd.DataFrame, key: str, cache_dir: Path, cfg: Config, workers: int | None) -> None:
     """Compute the cache `features-<key>` of `table` in its .partial folder (resumed if there), then finish it."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     final, partial = cache_dir / f"features-{key}", cache_dir / f"features-{key}.partial"
     with _writing_to(cache_dir, CacheError, "cfg.cache_dir"):
@@ -2058,7 +2071,7 @@ def _features_of_file(path: str, cfg: Config) -> tuple[np.ndarray | None, np.nda
     try:
         y = load_audio(path, cfg.sample_rate, cfg.clip_seconds)
     except AudioError as exc:
-        return None, None, str(exc).removeprefix(f"{path}: ")
+        return None, None, str(exc).removeprefix(f"{_shown(path)}: ")
     mel = mel_spectrogram(y, cfg)
     constant_q = cqt(y, cfg)
     for name, array in (("mel-spectrogram", mel), ("CQT", constant_q)):
@@ -2123,7 +2136,9 @@ def _finish_partial(
     ok_rows = np.flatnonzero(done == 1)
     skipped_table = pd.DataFrame([(path, reason) for _, path, reason in sorted(skipped)], columns=["path", "reason"])
     if len(ok_rows) == 0:
-        examples = "; ".join(f"{path}: {reason}" for path, reason in skipped_table.head(3).itertuples(index=False))
+        examples = "; ".join(
+            f"{_shown(path)}: {reason}" for path, reason in skipped_table.head(3).itertuples(index=False)
+        )
         raise DataError(f"none of the {len(table)} audio files could be decoded ({examples})")
     index = table.iloc[ok_rows][["genre", "split", "label"]]
     if not (index["split"] == "training").any():
@@ -2312,7 +2327,7 @@ def extract_clip_statistics(
     audio cannot be decoded are left out (as from the feature cache). Raises DataError for a
     malformed track table or when no file at all can be decoded.
     """
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     table = _checked_tracks(tracks, cfg)
     key = _features_key(table, cfg)
@@ -2332,7 +2347,7 @@ def extract_clip_statistics(
             if reason is None:
                 results[track_id] = statistics
             else:
-                reasons.append(f"{table.at[track_id, 'path']}: {reason}")
+                reasons.append(f"{_shown(table.at[track_id, 'path'])}: {reason}")
             progress.update()
     if not results:
         raise DataError(f"none of the {len(jobs)} audio files could be decoded ({'; '.join(reasons[:3])})")
@@ -2349,7 +2364,7 @@ def _clip_statistics_of_file(path: str, cfg: Config) -> tuple[pd.Series | None, 
     try:
         y = load_audio(path, cfg.sample_rate, cfg.clip_seconds)
     except AudioError as exc:
-        return None, str(exc).removeprefix(f"{path}: ")
+        return None, str(exc).removeprefix(f"{_shown(path)}: ")
     statistics = clip_statistics(y, cfg)
     if not np.all(np.isfinite(statistics.to_numpy())):
         return None, "clip statistics contain NaN or infinite values"
@@ -3190,7 +3205,7 @@ def _build_embeddings(
     table: pd.DataFrame, key: str, path: Path, cfg: Config, workers: int | None, weights: str | os.PathLike
 ) -> None:
     """Embed every track of `table` into the .npz `path`, clip by clip through its .partial folder (resumed)."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     cache_dir = path.parent
     partial = path.with_suffix(".partial")
@@ -3221,16 +3236,15 @@ def _build_embeddings(
                 ):
                     np.save(file, embedding)
             else:
-                reasons.append(f"{table.at[track_id, 'path']}: {reason}")
+                reasons.append(f"{_shown(table.at[track_id, 'path'])}: {reason}")
             progress.update()
     done = sorted(int(file.stem) for file in partial.glob("*.npy") if int(file.stem) in table.index)
     if not done:
         raise DataError(f"none of the {len(table)} audio files could be decoded ({'; '.join(reasons[:3])})")
     if reasons:
-        warnings.warn(
-            f"{path}: skipped {len(reasons)} of {len(table)} audio files ({'; '.join(reasons[:3])}"
-            f"{' ...' * (len(reasons) > 3)})",
-            stacklevel=3,  # the caller of pretrained_embeddings
+        _warn(
+            f"{_shown(path)}: skipped {len(reasons)} of {len(table)} audio files ({'; '.join(reasons[:3])}"
+            f"{' ...' * (len(reasons) > 3)})"
         )
     values = np.stack([np.load(partial / f"{track_id}.npy") for track_id in done])
     with _writing_to(cache_dir, CacheError, "cfg.cache_dir"), _atomic_path(path) as tmp, open(tmp, "wb") as file:
@@ -3262,7 +3276,7 @@ def _musicnn_embedding_of_file(path: str, job: _EmbeddingJob) -> tuple[np.ndarra
     try:
         y = load_audio(path, MUSICNN_SAMPLE_RATE, job.clip_seconds)
     except AudioError as exc:
-        return None, str(exc).removeprefix(f"{path}: ")
+        return None, str(exc).removeprefix(f"{_shown(path)}: ")
     return musicnn_embedding(y, _worker_musicnn(job.weights)), None
 
 
@@ -3477,7 +3491,7 @@ def predict_file_embeddings(
 # instrumental, blues is guitar band music, rnb sits by hip-hop, soul and funk by pop); FMA files
 # ambient and chill-out under Electronic. Tags that name no genre (eras, moods, voices, guitar) feed
 # none, nor do "alternative" and "indie", scenes that Pop and Rock share. No tag names International.
-# Chosen on ../shared/realmusic (README, "Predict your own song"): these groups and the `max` rule
+# Chosen on the 200 Emotify recordings of the README's results, so optimistic there: these groups and the `max` rule
 # below scored 0.68 there; before ambient and chill-out moved from Instrumental to Electronic, 0.625.
 ZERO_SHOT_GENRES = {
     "Hip-Hop": ("Hip-Hop", "rnb"),
@@ -3619,7 +3633,7 @@ def musicnn_clip_patches(tracks: pd.DataFrame, cfg: Config) -> tuple[np.ndarray,
     16 kHz): float16 (patches, 187, 96) and the track_id of each patch, tracks in track_id order.
     Held in memory, 0.36 MB per 30 s clip. Files that cannot be decoded are left out, with a warning;
     DataError if none can."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     table = _checked_tracks(tracks, cfg)
     patches, clips, reasons = [], [], []
@@ -3636,7 +3650,7 @@ def musicnn_clip_patches(tracks: pd.DataFrame, cfg: Config) -> tuple[np.ndarray,
     if not patches:
         raise DataError(f"none of the {len(table)} audio files could be decoded ({'; '.join(reasons[:3])})")
     if reasons:
-        warnings.warn(f"skipped {len(reasons)} of {len(table)} audio files ({'; '.join(reasons[:3])})", stacklevel=2)
+        _warn(f"skipped {len(reasons)} of {len(table)} audio files ({'; '.join(reasons[:3])})")
     return np.concatenate(patches), np.concatenate(clips)
 
 
@@ -5354,7 +5368,7 @@ def cross_validate(
     from importlib.metadata import version
 
     from sklearn.metrics import f1_score
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     labels = _genre_labels(labels)
     unknown = sorted(set(labels) - set(cfg.genres), key=str)
@@ -6940,7 +6954,7 @@ def make_demo_dataset(
     `load_tracks(root, "small", cfg.genres)`. Raises DataError when `root` exists and is not a
     demo dataset (it is never overwritten).
     """
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     cfg = cfg or get_config("demo")
     root = Path(root or cfg.data_root).expanduser().resolve()
@@ -7414,7 +7428,7 @@ def _cli_predict(cfg: Config, args) -> int:
             predict = functools.partial(predict_file, model=model, cfg=run_cfg)
         if _run_source(run_dir, run_cfg) == "synthetic":
             print(
-                f"warning: {run_dir} was trained on the synthetic demo set, so its genres are those of "
+                f"warning: {_shown(run_dir)} was trained on the synthetic demo set, so its genres are those of "
                 "synthetic clips, not of real songs; drop --run for musicnn's zero-shot genres, or train "
                 "on real recordings (README: Using the real FMA-small)"
             )
@@ -7428,12 +7442,12 @@ def _cli_predict(cfg: Config, args) -> int:
             continue
         facts = windows.attrs
         print(
-            f"{song}: {len(windows)} window{'s' * (len(windows) > 1)} of {facts['window_s']:.3g} s "
+            f"{_shown(song)}: {len(windows)} window{'s' * (len(windows) > 1)} of {facts['window_s']:.3g} s "
             f"({facts['seconds']:.1f} s of audio)"
         )
         problems = audio_warnings(windows)
         for problem in problems:
-            print(f"  warning: {song}: {problem}")
+            print(f"  warning: {_shown(song)}: {problem}")
         if facts["level_db"] < SILENCE_DB:
             continue
         probabilities = facts.get("genres", windows.mean()).sort_values(ascending=False)

@@ -6565,14 +6565,18 @@ def _notebook_title(notebook, path: Path) -> str:
 
 
 def export_report(
-    notebooks_dir: str | os.PathLike = ROOT / "notebooks", out_dir: str | os.PathLike = ROOT / "report"
+    notebooks_dir: str | os.PathLike = ROOT / "notebooks",
+    out_dir: str | os.PathLike = ROOT / "report",
+    figures_dir: str | os.PathLike = ROOT / "figures",
 ) -> Path:
-    """Merge the executed notebooks `NN_*.ipynb` of `notebooks_dir` into one HTML page, `out_dir/index.html`.
+    """Merge the executed notebooks `NN_*.ipynb` of `notebooks_dir` into one HTML page, `out_dir/index.html`,
+    and copy the figures of `figures_dir` (PNG, PDF and their CAPTIONS.md) to `out_dir/figures/`.
 
     The page starts with a table of contents linking to each notebook's part; figures are embedded
     (outputs carry them as data, local Markdown images are inlined), so the file can be mailed or
-    opened offline. Written atomically. Returns the path. Raises GenreError when there are no
-    notebooks or one of them has not been executed (run `make demo` first).
+    opened offline; the copied figures are the ones to attach to a report, with their captions. Both
+    are written atomically. Returns the page's path. Raises GenreError when there are no notebooks or
+    one of them has not been executed (run `make demo` first).
     """
     from nbconvert import HTMLExporter
 
@@ -6594,7 +6598,25 @@ def export_report(
     target = out_dir / "index.html"
     with _atomic_path(target) as tmp:
         tmp.write_text(html, encoding="utf-8")
+    _copy_figures(Path(figures_dir), out_dir / "figures")
     return target
+
+
+def _copy_figures(figures_dir: Path, target: Path) -> None:
+    """Replace the folder `target` by a copy of the PNG and PDF figures of `figures_dir` and their
+    CAPTIONS.md (what there is of them), built aside and renamed into place."""
+    files = sorted(p for p in figures_dir.glob("*") if p.suffix in (".png", ".pdf") or p.name == CAPTIONS_FILE)
+    partial, old = (target.with_name(f".{target.name}.{os.getpid()}.{kind}") for kind in ("partial", "old"))
+    try:
+        partial.mkdir()
+        for path in files:
+            shutil.copy2(path, partial / path.name)
+        if target.exists():
+            target.rename(old)
+        partial.rename(target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # ── Demo data: a miniature FMA of procedurally synthesized music, self-contained ──
@@ -7199,8 +7221,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cli_report(cfg: Config, args) -> None:
-    """`report`: the executed notebooks as one HTML page."""
-    print(f"report written to {export_report()}")
+    """`report`: the executed notebooks as one HTML page, beside the figures of `cfg.figures_dir`."""
+    print(f"report written to {export_report(figures_dir=cfg.figures_dir)}, its figures to report/figures")
 
 
 def _cli_demo_data(cfg: Config, args) -> None:

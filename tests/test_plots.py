@@ -135,13 +135,13 @@ def test_plots_leave_global_style_alone(history):
 
 def test_save_figure_writes_png_and_reproducible_pdf(tmp_path, history):
     fig = gu.plot_learning_curves(history)
-    png, pdf = gu.save_figure(fig, "05_learning_curves", tmp_path)
+    png, pdf = gu.save_figure(fig, "05_learning_curves", tmp_path, caption="Loss and accuracy.")
     assert (png.name, pdf.name) == ("05_learning_curves.png", "05_learning_curves.pdf")
     image = matplotlib.image.imread(png)
     assert image.ndim == 3 and image.shape[0] > 100 and image[..., :3].std() > 0.05  # decodes, not blank
     first_pdf = pdf.read_bytes()
     assert first_pdf.startswith(b"%PDF") and b"CreationDate" not in first_pdf
-    gu.save_figure(fig, "05_learning_curves", tmp_path)
+    gu.save_figure(fig, "05_learning_curves", tmp_path, caption="Loss and accuracy.")
     assert pdf.read_bytes() == first_pdf
 
 
@@ -181,10 +181,21 @@ def test_export_report_merges_notebooks_into_one_page(tmp_path):
     )
     (notebooks / "scratch.ipynb").write_text("not a notebook")  # not NN_*: ignored
 
-    out = gu.export_report(notebooks, tmp_path / "report")
+    figures = tmp_path / "figures"
+    fig, _ = plt.subplots()
+    gu.save_figure(fig, "02_example", figures, caption="An empty example.")
+    (figures / "notes.txt").write_text("not a figure")
+
+    out = gu.export_report(notebooks, tmp_path / "report", figures)
 
     assert out == tmp_path / "report" / "index.html"
-    assert [p.name for p in out.parent.iterdir()] == ["index.html"]  # nothing partial left behind
+    assert sorted(p.name for p in out.parent.iterdir()) == ["figures", "index.html"]  # nothing partial left behind
+    copied = sorted(p.name for p in (out.parent / "figures").iterdir())
+    assert copied == ["02_example.pdf", "02_example.png", "CAPTIONS.md"]
+    assert gu.figure_captions(out.parent / "figures").loc["02_example", "caption"] == "An empty example."
+    (figures / "02_example.png").unlink()
+    gu.export_report(notebooks, tmp_path / "report", figures)  # the copy is replaced, not added to
+    assert not (out.parent / "figures" / "02_example.png").exists()
     html = out.read_text(encoding="utf-8")
     assert "alpha-output" in html and "The results" in html
     assert html.index("The dataset") < html.index("The results")

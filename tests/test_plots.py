@@ -259,7 +259,7 @@ def readability_problems(fig) -> list[str]:
                 )
     legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()] + list(fig.legends)
     for legend in legends:
-        box = legend.get_window_extent(renderer)
+        box = legend.get_window_extent(renderer).padded(3 * fig.dpi / 72)  # touching data by 3 pt covers it
         for ax in fig.axes:
             over = Bbox.intersection(box, ax.bbox)  # the part of the legend drawn over this panel
             if over is None or over.width <= 0 or over.height <= 0:
@@ -390,3 +390,28 @@ def test_the_readability_check_finds_a_bare_axis_a_legend_over_data_and_text_out
     assert len(problems) == 3, problems
     assert "y axis 'note' has no tick labels" in problems[0]
     assert "covers the data" in problems[1] and "far right" in problems[2]
+
+
+def test_every_committed_figure_has_a_caption_and_every_caption_a_figure():
+    figures = gu.ROOT / "figures"
+    png, pdf = ({path.stem for path in figures.glob(f"*.{suffix}")} for suffix in ("png", "pdf"))
+    assert png == pdf, f"figures/ has a PNG without its PDF or the reverse: {sorted(png ^ pdf)}"
+    captions = gu.figure_captions(figures)
+    assert sorted(png - set(captions.index)) == [], "figures without a caption in figures/CAPTIONS.md (make demo)"
+    assert sorted(set(captions.index) - png) == [], "captions in figures/CAPTIONS.md of no figure in figures/"
+    assert captions["caption"].str.len().gt(20).all(), captions["caption"]
+    assert all((gu.ROOT / notebook).is_file() for notebook in captions["notebook"]), captions["notebook"]
+    assert captions["notebook"].is_monotonic_increasing, "CAPTIONS.md lists the figures in notebook order"
+
+
+def test_captions_are_replaced_by_name_and_kept_in_notebook_order(tmp_path):
+    fig, _ = plt.subplots()
+    for name, caption in [("05_b", "first"), ("02_a", "second"), ("05_a", "third"), ("05_b", "fourth")]:
+        gu.save_figure(fig, name, tmp_path, caption=f"The {caption}\ncaption.")
+    captions = gu.figure_captions(tmp_path)
+    assert list(captions.index) == ["02_a", "05_b", "05_a"]  # by notebook, then in the order they were drawn
+    assert list(captions["caption"]) == ["The second caption.", "The fourth caption.", "The third caption."]
+    assert captions.loc["02_a", "notebook"] == "notebooks/02_features.ipynb"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".CAPTIONS.md.lock"]
+    with pytest.raises(gu.GenreError, match="02_a: give it a caption"):
+        gu.save_figure(fig, "02_a", tmp_path, caption=" \n")

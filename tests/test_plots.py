@@ -370,9 +370,10 @@ PLOTS = [name for name in gu.__all__ if name.startswith("plot_")]
 
 
 @pytest.mark.parametrize("name", PLOTS)
-def test_every_plot_reads_on_its_own_and_saves_with_its_caption(name, history, scores, tmp_path):
+def test_every_plot_reads_on_its_own_and_saves_with_its_caption(name, history, scores, tmp_path, monkeypatch):
     fig = small_inputs(name, history, scores)
     assert readability_problems(fig) == []
+    monkeypatch.setattr(gu, "FIGURE_DPI", 30)  # a small PNG: what is checked here is what gets written, not its pixels
     caption = f"What {name} shows, on which data, and what to read from it (± 1 standard error)."
     png, pdf = gu.save_figure(fig, f"00_{name}", tmp_path, caption=caption)
     assert PIL.Image.open(png).text["Description"] == caption

@@ -6156,7 +6156,7 @@ def plot_mel_vs_cqt(spectrograms: dict[str, tuple[np.ndarray, np.ndarray]], cfg:
         fig, axes = plt.subplots(
             len(spectrograms),
             2,
-            figsize=(12, 2.2 * len(spectrograms) + 0.6),
+            figsize=(12, 2.2 * len(spectrograms)),
             sharex=True,
             squeeze=False,
             layout="constrained",
@@ -6191,7 +6191,7 @@ def plot_band_statistics(stats):
     import matplotlib.pyplot as plt
 
     with _plot_style():
-        fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), layout="constrained")
+        fig, axes = plt.subplots(1, 2, figsize=(12, 3.5), layout="constrained")
         for ax, name in zip(axes, ("mel", "cqt")):
             mean, std = np.asarray(stats[f"{name}_mean"]), np.asarray(stats[f"{name}_std"])
             ax.plot(mean, label="mean over the training clips")

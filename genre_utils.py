@@ -7222,7 +7222,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _cli_report(cfg: Config, args) -> None:
     """`report`: the executed notebooks as one HTML page, beside the figures of `cfg.figures_dir`."""
-    print(f"report written to {export_report(figures_dir=cfg.figures_dir)}, its figures to report/figures")
+    page = export_report(figures_dir=cfg.figures_dir)
+    print(f"report written to {page}, its figures with their captions to {page.parent / 'figures'}")
 
 
 def _cli_demo_data(cfg: Config, args) -> None:

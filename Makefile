@@ -63,7 +63,7 @@ nbval-03_model nbval-04_training: nbval-02_features  # the feature cache
 nbval-05_results nbval-06_experiments nbval-07_pretrained: nbval-04_training  # the run runs/quick/demo-full
 nbval-09_interpretation: nbval-04_training nbval-07_pretrained  # that run, and the musicnn embeddings 07 caches
 
-report: setup  ## the executed notebooks as one browsable HTML report in report/
+report: setup  ## the executed notebooks as one browsable HTML report in report/, the figures and captions in report/figures/
 	$(BIN)/python genre_utils.py report
 
 lab: setup  ## open the walkthrough in JupyterLab

@@ -51,7 +51,8 @@ Interpretation: what the trained CNN attends to (Grad-CAM, occlusion) and how it
 Experiments: one results row per CNN variant or classical baseline, and cross-validation methods of both
     EXPERIMENT_COLUMNS, cnn_experiment, baseline_experiment, cnn_method, baseline_method
 Plots: one style and one export helper for every figure
-    FIGURE_DPI, set_plot_style, save_figure, plot_learning_curves, plot_confusion_matrix,
+    FIGURE_DPI, set_plot_style, CAPTIONS_FILE, save_figure, figure_captions, plot_mel_vs_cqt,
+    plot_band_statistics, plot_learning_curves, plot_confusion_matrix,
     plot_genre_scores, plot_comparison, plot_cross_validation, plot_prediction_timeline
 Report: the executed notebooks as one browsable HTML page
     export_report
@@ -275,7 +276,11 @@ __all__ = [
     # Plots
     "FIGURE_DPI",
     "set_plot_style",
+    "CAPTIONS_FILE",
     "save_figure",
+    "figure_captions",
+    "plot_mel_vs_cqt",
+    "plot_band_statistics",
     "plot_learning_curves",
     "plot_confusion_matrix",
     "plot_genre_scores",
@@ -6038,7 +6043,7 @@ def plot_occlusion(tables: dict[str, pd.DataFrame]):
         fig, axes = plt.subplots(
             1,
             len(tables),
-            figsize=(2.2 + 0.55 * sum(widths), 1.4 + 0.45 * max(len(t) for t in tables.values())),
+            figsize=(2.2 + 0.55 * sum(widths), max(3.0, 1.4 + 0.45 * max(len(t) for t in tables.values()))),
             width_ratios=widths,
             layout="constrained",
             squeeze=False,
@@ -6057,7 +6062,7 @@ def plot_occlusion(tables: dict[str, pd.DataFrame]):
                 cbar=k == len(tables) - 1,
                 yticklabels=k == 0,
                 linewidths=0.5,
-                cbar_kws={"label": "drop of the true genre's probability (points)"},
+                cbar_kws={"label": "drop of the true genre's\nprobability (points)"},
             )
             ax.set(title=name, xlabel="masked region", ylabel="true genre" if k == 0 else "")
             ax.tick_params(axis="x", labelrotation=60)
@@ -6325,11 +6330,22 @@ def set_plot_style() -> None:
     sns.set_theme(context="notebook", style="whitegrid", palette="deep", font_scale=1.0)
 
 
-def save_figure(fig, name: str, figures_dir: str | os.PathLike = ROOT / "figures") -> list[Path]:
-    """Write `fig` as `<figures_dir>/<name>.png` (for slides, web) and `.pdf` (for LaTeX).
+CAPTIONS_FILE = "CAPTIONS.md"  # beside the figures: each figure's caption and notebook, in notebook order
 
-    Uses a tight bounding box so labels are never clipped. Returns the two paths.
+
+def save_figure(fig, name: str, figures_dir: str | os.PathLike = ROOT / "figures", *, caption: str) -> list[Path]:
+    """Write `fig` as `<figures_dir>/<name>.png` (for slides, web) and `.pdf` (for LaTeX), with its caption.
+
+    `caption`: one or two sentences, what the figure shows, on which data and run, and what to read
+    from it. It becomes the PDF's Subject and the PNG's Description, and the figure's entry in
+    `<figures_dir>/CAPTIONS.md` (`figure_captions`), with the notebook that drew it (the one whose
+    file name starts with the figure's "NN_"); entries are replaced by name and kept in notebook
+    order. Uses a tight bounding box so labels are never clipped. Returns the two paths; raises
+    GenreError for an empty caption.
     """
+    caption = " ".join(str(caption).split())
+    if not caption:
+        raise GenreError(f"figure {name}: give it a caption (what it shows, on which data, what to read from it)")
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
     paths = [figures_dir / f"{name}.png", figures_dir / f"{name}.pdf"]
@@ -6338,9 +6354,46 @@ def save_figure(fig, name: str, figures_dir: str | os.PathLike = ROOT / "figures
             path,
             dpi=FIGURE_DPI,
             bbox_inches="tight",
-            metadata={"CreationDate": None} if path.suffix == ".pdf" else None,
+            metadata={"CreationDate": None, "Subject": caption} if path.suffix == ".pdf" else {"Description": caption},
         )
+    notebooks = sorted((ROOT / "notebooks").glob(f"{name[:3]}*.ipynb")) if re.match(r"\d\d_", name) else []
+    notebook = f"notebooks/{notebooks[0].name}" if notebooks else ""
+    with _exclusive(figures_dir / f".{CAPTIONS_FILE}.lock"):  # notebooks run two at a time in `make test`
+        captions = figure_captions(figures_dir)
+        if name not in captions.index:  # a new figure goes after the last one of its notebook or an earlier one
+            before = (
+                captions["notebook"].where(captions["notebook"] != "", captions.index) <= (notebook or name)
+            ).sum()
+            captions = pd.concat([captions.iloc[:before], pd.DataFrame(index=[name]), captions.iloc[before:]])
+        captions.loc[name, ["notebook", "caption"]] = [notebook, caption]
+        entries = [
+            f"## {figure}\n\n{f'`{source}`: ' if source else ''}[PNG]({figure}.png), [PDF]({figure}.pdf)\n\n{text}\n"
+            for figure, source, text in captions[["notebook", "caption"]].itertuples()
+        ]
+        with _atomic_path(figures_dir / CAPTIONS_FILE) as tmp:
+            tmp.write_text(_CAPTIONS_HEADER + "\n" + "\n".join(entries), encoding="utf-8")
     return paths
+
+
+_CAPTIONS_HEADER = """# Figure captions
+
+Every figure of this folder, PNG and PDF, with its caption and the notebook that drew it, in notebook
+order. Written by `genre_utils.save_figure`; the PDFs carry the same caption as their subject.
+"""
+
+
+def figure_captions(figures_dir: str | os.PathLike = ROOT / "figures") -> pd.DataFrame:
+    """The captions `save_figure` wrote to `<figures_dir>/CAPTIONS.md`: one row per figure name, in the
+    file's order, with columns notebook (e.g. "notebooks/02_features.ipynb", "" when none) and caption.
+    Empty when the file does not exist."""
+    path = Path(figures_dir) / CAPTIONS_FILE
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    rows = {}
+    for entry in re.split(r"^## ", text, flags=re.MULTILINE)[1:]:
+        name, links, caption = (entry.split("\n\n", 2) + ["", ""])[:3]
+        source = re.match(r"`([^`]*)`: ", links)
+        rows[name.strip()] = {"notebook": source.group(1) if source else "", "caption": " ".join(caption.split())}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["notebook", "caption"], dtype=object)
 
 
 @contextlib.contextmanager
@@ -6369,6 +6422,63 @@ def _require_columns(table: pd.DataFrame, columns, what: str) -> None:
         raise GenreError(
             f"{what} has no column(s) {', '.join(missing)}; it has {', '.join(map(str, table.columns)) or 'none'}"
         )
+
+
+def plot_mel_vs_cqt(spectrograms: dict[str, tuple[np.ndarray, np.ndarray]], cfg: Config):
+    """One row per clip, its mel-spectrogram (left, Hz) and CQT (right, the C of every octave) side by
+    side, on one dB colour scale. spectrograms: {title: (mel (n_mels, frames), cqt (cqt_bins, frames))}
+    in dB, as `mel_spectrogram` and `cqt` give them with `cfg`. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    ticks = {source: _frequency_ticks(cfg, source) for source in ("mel", "cqt")}
+    with _plot_style():
+        fig, axes = plt.subplots(
+            len(spectrograms),
+            2,
+            figsize=(12, 2.2 * len(spectrograms)),
+            sharex=True,
+            squeeze=False,
+            layout="constrained",
+        )
+        for row, (title, pair) in enumerate(spectrograms.items()):
+            for ax, source, spectrogram in zip(axes[row], ("mel", "cqt"), pair):
+                seconds = spectrogram.shape[1] * cfg.hop_length / cfg.sample_rate
+                image = ax.imshow(
+                    np.asarray(spectrogram, dtype=np.float32),
+                    origin="lower",
+                    aspect="auto",
+                    interpolation="nearest",
+                    cmap="magma",
+                    vmin=-TOP_DB,
+                    vmax=0,
+                    extent=(0, seconds, 0, len(spectrogram)),
+                )
+                ax.set_yticks(*ticks[source])
+                ax.set(ylabel="Hz" if source == "mel" else "note", xlabel="time (s)" if row == len(axes) - 1 else "")
+                ax.set_title(f"{title}: {'mel-spectrogram' if source == 'mel' else 'CQT'}", loc="left")
+                ax.grid(False)
+        fig.colorbar(
+            image, ax=axes, format="%+.0f dB", shrink=min(0.4, 2.5 / len(axes)), label="dB below the clip's maximum"
+        )
+    return fig
+
+
+def plot_band_statistics(stats):
+    """The mean of every band over the training clips, ± one standard deviation, one panel per input
+    (mel bands against Hz, CQT bins against notes at each octave's C). stats: `Features.stats`, with
+    mel_mean, mel_std, cqt_mean, cqt_std. The legend sits below the panels. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    with _plot_style():
+        fig, axes = plt.subplots(1, 2, figsize=(12, 3.5), layout="constrained")
+        for ax, name in zip(axes, ("mel", "cqt")):
+            mean, std = np.asarray(stats[f"{name}_mean"]), np.asarray(stats[f"{name}_std"])
+            ax.plot(mean, label="mean over the training clips")
+            ax.fill_between(np.arange(len(mean)), mean - std, mean + std, alpha=0.3, label="± 1 standard deviation")
+            bands = "mel band" if name == "mel" else "CQT bin (semitone)"
+            ax.set(xlabel=bands, ylabel="dB below the clip's maximum", title=f"{bands.split()[0]}: per-band statistics")
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, frameon=False)
+    return fig
 
 
 def plot_learning_curves(history: pd.DataFrame):
@@ -6569,62 +6679,89 @@ def plot_cross_validation(
     per_fold: pd.DataFrame | None = None,
     baseline: str | None = "svm",
     labels: dict[str, str] | None = None,
+    chance: float | None = None,
 ):
-    """Mean cross-validated accuracy per method with its standard error, each fold as a dot; returns the Figure.
+    """Mean cross-validated accuracy per method, best on top, with its standard error and each fold as
+    a dot; returns the Figure.
 
     summary: `CrossValidation.summary` (or its CSV): method, accuracy_mean, accuracy_se, and
     accuracy_min (the worst fold, printed beside the mean) where present. per_fold:
     `CrossValidation.folds` (method, accuracy), drawn as dots when given. `baseline`: the method
-    whose mean is drawn as a dashed line (None or absent: no line). `labels`: readable names per
-    method for the axis (default the method names). Raises GenreError for missing columns or an
-    empty summary.
+    whose mean is drawn as a dotted line (None or absent: no line). `labels`: readable names per
+    method for the axis (default the method names), wrapped to fit. `chance`: the accuracy of
+    guessing (1 / genres), a dashed line. The axis is zoomed to the folds and chance, and its label
+    says where it starts. Raises GenreError for missing columns or an empty summary.
     """
+    import textwrap
+
     import matplotlib.pyplot as plt
 
     _require_columns(summary, ["method", "accuracy_mean", "accuracy_se"], "the cross-validation summary")
     if len(summary) == 0:
         raise GenreError("the cross-validation summary is empty")
+    if per_fold is not None:
+        _require_columns(per_fold, ["method", "accuracy"], "the per-fold table")
     labels = labels or {}
+    summary = summary.sort_values("accuracy_mean", ascending=False, kind="stable")
     methods = summary["method"].tolist()
     positions = np.arange(len(methods))
+    means, errors = summary["accuracy_mean"].to_numpy(dtype=float), summary["accuracy_se"].to_numpy(dtype=float)
+    shown = [means - errors, means + errors, [chance if chance is not None else np.nan]]
+    if per_fold is not None:
+        shown.append(per_fold.loc[per_fold["method"].isin(methods), "accuracy"].to_numpy(dtype=float))
+    low, high = np.nanmin(np.concatenate(shown)), np.nanmax(np.concatenate(shown))
+    start, end = max(0.0, np.floor(low * 10 - 0.5) / 10), min(1.0, np.ceil(high * 10 + 0.5) / 10)
     with _plot_style():
-        fig, ax = plt.subplots(figsize=(9, 1.4 + 0.55 * len(methods)), layout="constrained")
-        ax.barh(
-            positions,
-            summary["accuracy_mean"],
-            xerr=summary["accuracy_se"],
-            color="C0",
-            alpha=0.75,
-            capsize=3,
-            label="mean ± standard error over folds",
-        )
+        fig, ax = plt.subplots(figsize=(10, 1.6 + 0.5 * len(methods)), layout="constrained")
+        ax.barh(positions, means - start, left=start, color="C0", alpha=0.45, label="mean over the folds")
         if per_fold is not None:
-            _require_columns(per_fold, ["method", "accuracy"], "the per-fold table")
             for position, method in zip(positions, methods):
                 accuracy = per_fold.loc[per_fold["method"] == method, "accuracy"].to_numpy(dtype=float)
                 ax.plot(
                     accuracy,
-                    np.full(len(accuracy), position),
+                    np.full(len(accuracy), position + 0.22),
                     "o",
-                    color="0.15",
-                    markersize=3.5,
+                    color="0.35",
+                    markersize=3,
+                    alpha=0.7,
                     label="one fold" if position == 0 else None,
                 )
+        ax.errorbar(
+            means,
+            positions,
+            xerr=errors,
+            fmt="|",
+            color="black",
+            elinewidth=2,
+            capsize=5,
+            capthick=2,
+            markersize=12,
+            label="± standard error",
+        )
+        if chance is not None:
+            ax.axvline(chance, color="0.2", linestyle="--", linewidth=1.2, label=f"chance: {chance:.3f}")
         if baseline in methods:
             level = float(summary.loc[summary["method"] == baseline, "accuracy_mean"].iloc[0])
-            ax.axvline(level, color="C3", linestyle="--", label=f"{labels.get(baseline, baseline)}: {level:.3f}")
+            ax.axvline(
+                level, color="C3", linestyle=":", linewidth=1.5, label=f"{labels.get(baseline, baseline)}: {level:.3f}"
+            )
         worst = summary["accuracy_min"] if "accuracy_min" in summary else pd.Series(np.nan, summary.index)
-        for position, (mean, se, low) in enumerate(zip(summary["accuracy_mean"], summary["accuracy_se"], worst)):
+        for position, (mean, se, lowest) in enumerate(zip(means, errors, worst)):
             ax.text(  # in the right margin, clear of the bars and the dots
                 1.02,
                 position,
-                f"{mean:.3f} ± {se:.3f}" + (f", worst {low:.3f}" if np.isfinite(low) else ""),
+                f"{mean:.3f} ± {se:.3f}" + (f"\nworst fold {lowest:.3f}" if np.isfinite(lowest) else ""),
                 transform=ax.get_yaxis_transform(),
                 va="center",
+                fontsize="small",
             )
-        ax.set_yticks(positions, [labels.get(m, m) for m in methods])
-        ax.invert_yaxis()
-        ax.set(xlim=(0, 1.05), xlabel="Test accuracy (cross-validated)", title="Cross-validated accuracy by method")
+        ax.set_yticks(positions, [textwrap.fill(str(labels.get(m, m)), 34) for m in methods], fontsize="small")
+        ax.set_ylim(len(methods) - 0.5, -0.5)  # best on top
+        ax.set(
+            xlim=(start, end),
+            xlabel=f"Test accuracy, cross-validated (the axis starts at {start:.1f})",
+            title="Cross-validated accuracy by method",
+        )
         ax.grid(axis="y", visible=False)
         fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=3, frameon=False)
     return fig
@@ -6707,14 +6844,18 @@ def _notebook_title(notebook, path: Path) -> str:
 
 
 def export_report(
-    notebooks_dir: str | os.PathLike = ROOT / "notebooks", out_dir: str | os.PathLike = ROOT / "report"
+    notebooks_dir: str | os.PathLike = ROOT / "notebooks",
+    out_dir: str | os.PathLike = ROOT / "report",
+    figures_dir: str | os.PathLike = ROOT / "figures",
 ) -> Path:
-    """Merge the executed notebooks `NN_*.ipynb` of `notebooks_dir` into one HTML page, `out_dir/index.html`.
+    """Merge the executed notebooks `NN_*.ipynb` of `notebooks_dir` into one HTML page, `out_dir/index.html`,
+    and copy the figures of `figures_dir` (PNG, PDF and their CAPTIONS.md) to `out_dir/figures/`.
 
     The page starts with a table of contents linking to each notebook's part; figures are embedded
     (outputs carry them as data, local Markdown images are inlined), so the file can be mailed or
-    opened offline. Written atomically. Returns the path. Raises GenreError when there are no
-    notebooks or one of them has not been executed (run `make demo` first).
+    opened offline; the copied figures are the ones to attach to a report, with their captions. Both
+    are written atomically. Returns the page's path. Raises GenreError when there are no notebooks or
+    one of them has not been executed (run `make demo` first).
     """
     from nbconvert import HTMLExporter
 
@@ -6736,7 +6877,25 @@ def export_report(
     target = out_dir / "index.html"
     with _atomic_path(target) as tmp:
         tmp.write_text(html, encoding="utf-8")
+    _copy_figures(Path(figures_dir), out_dir / "figures")
     return target
+
+
+def _copy_figures(figures_dir: Path, target: Path) -> None:
+    """Replace the folder `target` by a copy of the PNG and PDF figures of `figures_dir` and their
+    CAPTIONS.md (what there is of them), built aside and renamed into place."""
+    files = sorted(p for p in figures_dir.glob("*") if p.suffix in (".png", ".pdf") or p.name == CAPTIONS_FILE)
+    partial, old = (target.with_name(f".{target.name}.{os.getpid()}.{kind}") for kind in ("partial", "old"))
+    try:
+        partial.mkdir()
+        for path in files:
+            shutil.copy2(path, partial / path.name)
+        if target.exists():
+            target.rename(old)
+        partial.rename(target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # ── Demo data: a miniature FMA of procedurally synthesized music, self-contained ──
@@ -7352,8 +7511,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cli_report(cfg: Config, args) -> None:
-    """`report`: the executed notebooks as one HTML page."""
-    print(f"report written to {export_report()}")
+    """`report`: the executed notebooks as one HTML page, beside the figures of `cfg.figures_dir`."""
+    page = export_report(figures_dir=cfg.figures_dir)
+    print(f"report written to {page}, its figures with their captions to {page.parent / 'figures'}")
 
 
 def _cli_demo_data(cfg: Config, args) -> None:

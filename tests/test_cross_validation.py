@@ -402,24 +402,31 @@ def test_a_cnn_method_trains_one_fold_with_the_recipe_and_its_model_reloads(tmp_
     assert json.loads((tmp_path / "config.json").read_text())["mixup_alpha"] == cfg.mixup_alpha
 
 
-def test_cross_validation_plot_has_a_bar_per_method_a_dot_per_fold_and_the_baseline_line():
+def test_cross_validation_plot_has_a_bar_per_method_best_on_top_a_dot_per_fold_and_the_baseline_line():
     import matplotlib.pyplot as plt
 
     summary = pd.DataFrame({"method": ["svm", "cnn"], "accuracy_mean": [0.6, 0.7], "accuracy_se": [0.02, 0.03]})
     per_fold = pd.DataFrame({"method": ["svm"] * 3 + ["cnn"] * 3, "accuracy": [0.58, 0.6, 0.62, 0.65, 0.7, 0.75]})
-    fig = gu.plot_cross_validation(summary, per_fold, baseline="svm", labels={"cnn": "the CNN"})
+    fig = gu.plot_cross_validation(summary, per_fold, baseline="svm", labels={"cnn": "the CNN"}, chance=0.25)
     ax = fig.axes[0]
-    assert [label.get_text() for label in ax.get_yticklabels()] == ["svm", "the CNN"]
-    assert [patch.get_width() for patch in ax.patches] == pytest.approx([0.6, 0.7])
+    assert [label.get_text() for label in ax.get_yticklabels()] == ["the CNN", "svm"]  # best first ...
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]  # ... on top
+    # the axis spans chance and the folds with at least 0.05 to spare, on tenths, and says where it starts
+    assert ax.get_xlim() == pytest.approx((0.2, 0.8)) and "starts at 0.2" in ax.get_xlabel()
+    assert [patch.get_x() for patch in ax.patches] == pytest.approx([0.2, 0.2])  # bars start with the axis
+    assert [patch.get_width() for patch in ax.patches] == pytest.approx([0.5, 0.4])
     dots = [line for line in ax.lines if line.get_marker() == "o"]
     assert sorted(x for line in dots for x in line.get_xdata()) == pytest.approx(sorted(per_fold["accuracy"]))
-    assert any(line.get_linestyle() == "--" and line.get_xdata()[0] == pytest.approx(0.6) for line in ax.lines)
-    assert [text.get_text() for text in ax.texts] == ["0.600 ± 0.020", "0.700 ± 0.030"]
+    lines = {line.get_label(): (line.get_linestyle(), line.get_xdata()[0]) for line in ax.lines}
+    assert lines["svm: 0.600"] == (":", pytest.approx(0.6)) and lines["chance: 0.250"] == ("--", pytest.approx(0.25))
+    error_bars = ax.containers[-1]  # errorbar: whiskers of ± one standard error around each mean
+    np.testing.assert_allclose(error_bars.lines[2][0].get_segments(), [[[0.67, 0], [0.73, 0]], [[0.58, 1], [0.62, 1]]])
+    assert [text.get_text() for text in ax.texts] == ["0.700 ± 0.030", "0.600 ± 0.020"]
     plt.close(fig)
     fig = gu.plot_cross_validation(summary.assign(accuracy_min=[0.58, 0.65]), per_fold)
     assert [text.get_text() for text in fig.axes[0].texts] == [
-        "0.600 ± 0.020, worst 0.580",
-        "0.700 ± 0.030, worst 0.650",
+        "0.700 ± 0.030\nworst fold 0.650",
+        "0.600 ± 0.020\nworst fold 0.580",
     ]
     plt.close(fig)
     with pytest.raises(gu.GenreError, match="accuracy_se"):

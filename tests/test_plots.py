@@ -2,6 +2,7 @@
 
 import base64
 import io
+import types
 
 import matplotlib
 
@@ -12,7 +13,9 @@ import matplotlib.pyplot as plt
 import nbformat
 import numpy as np
 import pandas as pd
+import PIL.Image
 import pytest
+from matplotlib.backends.backend_pdf import pdfRepr
 
 import genre_utils as gu
 
@@ -132,13 +135,13 @@ def test_plots_leave_global_style_alone(history):
 
 def test_save_figure_writes_png_and_reproducible_pdf(tmp_path, history):
     fig = gu.plot_learning_curves(history)
-    png, pdf = gu.save_figure(fig, "05_learning_curves", tmp_path)
+    png, pdf = gu.save_figure(fig, "05_learning_curves", tmp_path, caption="Loss and accuracy.")
     assert (png.name, pdf.name) == ("05_learning_curves.png", "05_learning_curves.pdf")
     image = matplotlib.image.imread(png)
     assert image.ndim == 3 and image.shape[0] > 100 and image[..., :3].std() > 0.05  # decodes, not blank
     first_pdf = pdf.read_bytes()
     assert first_pdf.startswith(b"%PDF") and b"CreationDate" not in first_pdf
-    gu.save_figure(fig, "05_learning_curves", tmp_path)
+    gu.save_figure(fig, "05_learning_curves", tmp_path, caption="Loss and accuracy.")
     assert pdf.read_bytes() == first_pdf
 
 
@@ -178,10 +181,21 @@ def test_export_report_merges_notebooks_into_one_page(tmp_path):
     )
     (notebooks / "scratch.ipynb").write_text("not a notebook")  # not NN_*: ignored
 
-    out = gu.export_report(notebooks, tmp_path / "report")
+    figures = tmp_path / "figures"
+    fig, _ = plt.subplots()
+    gu.save_figure(fig, "02_example", figures, caption="An empty example.")
+    (figures / "notes.txt").write_text("not a figure")
+
+    out = gu.export_report(notebooks, tmp_path / "report", figures)
 
     assert out == tmp_path / "report" / "index.html"
-    assert [p.name for p in out.parent.iterdir()] == ["index.html"]  # nothing partial left behind
+    assert sorted(p.name for p in out.parent.iterdir()) == ["figures", "index.html"]  # nothing partial left behind
+    copied = sorted(p.name for p in (out.parent / "figures").iterdir())
+    assert copied == ["02_example.pdf", "02_example.png", "CAPTIONS.md"]
+    assert gu.figure_captions(out.parent / "figures").loc["02_example", "caption"] == "An empty example."
+    (figures / "02_example.png").unlink()
+    gu.export_report(notebooks, tmp_path / "report", figures)  # the copy is replaced, not added to
+    assert not (out.parent / "figures" / "02_example.png").exists()
     html = out.read_text(encoding="utf-8")
     assert "alpha-output" in html and "The results" in html
     assert html.index("The dataset") < html.index("The results")
@@ -212,3 +226,193 @@ def test_style_context_keeps_interactive_mode_switched_on_inside():
         assert matplotlib.is_interactive()
     finally:
         matplotlib.interactive(False)
+
+
+# ── Readability: every plot_* function, on small inputs, reads on its own ──
+
+
+def readability_problems(fig) -> list[str]:
+    """What keeps `fig` from reading on its own in a report: an axis with a label but no tick labels,
+    a legend over plotted data (lines, markers, bars, bands, images, text), text outside the figure."""
+    from matplotlib.collections import PathCollection, PolyCollection
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    problems, undrawn = [], set()  # tick labels of ticks outside the view keep stale positions
+    for ax in fig.axes:
+        for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            low, high = sorted(axis.get_view_interval())
+            slack = (high - low) * 1e-9  # a tick at the very edge of the view is drawn
+            labels = []
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                for label in (tick.label1, tick.label2):
+                    if not low - slack <= tick.get_loc() <= high + slack:
+                        undrawn.add(id(label))
+                    elif label.get_visible() and label.get_text().strip():
+                        labels.append(label.get_text())
+            if axis.get_visible() and axis.label.get_visible() and axis.label.get_text() and not labels:
+                problems.append(
+                    f"{ax.get_title(loc='left') or ax.get_title()!r}: {name} axis "
+                    f"{axis.label.get_text()!r} has no tick labels"
+                )
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()] + list(fig.legends)
+    for legend in legends:
+        box = legend.get_window_extent(renderer).padded(3 * fig.dpi / 72)  # touching data by 3 pt covers it
+        for ax in fig.axes:
+            over = Bbox.intersection(box, ax.bbox)  # the part of the legend drawn over this panel
+            if over is None or over.width <= 0 or over.height <= 0:
+                continue
+            covered = []
+            for line in ax.lines:
+                path = line.get_transform().transform_path(line.get_path())
+                if line.get_linestyle() not in ("None", "", " ") and path.intersects_bbox(over, filled=False):
+                    covered.append(line)
+                elif line.get_marker() not in (None, "None", "", " ") and over.count_contains(path.vertices):
+                    covered.append(line)
+            for collection in ax.collections:
+                if isinstance(collection, PathCollection):  # scatter: its points
+                    points = collection.get_offset_transform().transform(collection.get_offsets())
+                    if over.count_contains(points):
+                        covered.append(collection)
+                    continue
+                transform = collection.get_transform()
+                filled = isinstance(collection, PolyCollection)
+                if any(
+                    transform.transform_path(p).intersects_bbox(over, filled=filled) for p in collection.get_paths()
+                ):
+                    covered.append(collection)
+            for artist in [*ax.patches, *ax.images, *ax.texts]:
+                extent = artist.get_window_extent(renderer)
+                if np.isfinite(extent.bounds).all() and extent.overlaps(over):
+                    covered.append(artist)
+            if covered:
+                kinds = ", ".join(type(artist).__name__ for artist in covered[:3])
+                problems.append(
+                    f"legend {[t.get_text() for t in legend.get_texts()]} covers the data of panel "
+                    f"{ax.get_title(loc='left') or ax.get_title()!r}: {kinds}"
+                )
+    page = fig.bbox.padded(1)  # a pixel of rounding
+
+    def beyond(box) -> bool:
+        return not (page.contains(box.x0, box.y0) and page.contains(box.x1, box.y1))
+
+    if beyond(fig.get_tightbbox(renderer).transformed(fig.dpi_scale_trans)):  # everything drawn, in pixels
+        texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and id(t) not in undrawn]
+        outside = [t.get_text() for t in texts if beyond(t.get_window_extent(renderer))]
+        problems.append(f"text runs outside the figure: {outside[:4]}")
+    return problems
+
+
+def small_features(cfg: gu.Config, clips: int = 2, frames: int = 40):
+    """What plot_saliency reads of a Features: mel and CQT arrays and an index with genres."""
+    rng = np.random.default_rng(0)
+    return types.SimpleNamespace(
+        mel=rng.uniform(-80, 0, (clips, cfg.n_mels, frames)).astype(np.float16),
+        cqt=rng.uniform(-80, 0, (clips, cfg.cqt_bins, frames)).astype(np.float16),
+        index=pd.DataFrame({"genre": list(cfg.genres[:clips])}),
+    )
+
+
+def small_inputs(name: str, history, scores):
+    """A figure of every plot_* function of genre_utils, on inputs small enough to draw in a blink."""
+    rng = np.random.default_rng(0)
+    cfg = gu.get_config("demo")
+    genres = list(gu.GENRES[:3])
+    if name == "plot_mel_vs_cqt":
+        spectrograms = {
+            g: (rng.uniform(-80, 0, (cfg.n_mels, 40)), rng.uniform(-80, 0, (cfg.cqt_bins, 40))) for g in genres[:2]
+        }
+        return gu.plot_mel_vs_cqt(spectrograms, cfg)
+    if name == "plot_band_statistics":  # bands that fill their panels, as the real ones do: no corner is free
+        stats = {}
+        for source, bands in (("mel", cfg.n_mels), ("cqt", cfg.cqt_bins)):
+            stats[f"{source}_mean"] = -40 + 5 * np.sin(np.linspace(0, 3 * np.pi, bands))
+            stats[f"{source}_std"] = np.full(bands, 15.0)
+        return gu.plot_band_statistics(stats)
+    if name == "plot_learning_curves":
+        return gu.plot_learning_curves(history)
+    if name == "plot_confusion_matrix":
+        return gu.plot_confusion_matrix(scores.confusion)
+    if name == "plot_genre_scores":
+        return gu.plot_genre_scores(scores.per_genre)
+    if name == "plot_comparison":
+        table = pd.DataFrame({"accuracy": [0.62, 0.55, 0.48], "std": [0.02, 0.03, 0.01]}, index=["a", "b", "c"])
+        return gu.plot_comparison(table, error="std")
+    if name == "plot_cross_validation":
+        methods = ["svm", "logistic", "a network with a long descriptive name that must wrap"]
+        per_fold = pd.DataFrame({"method": np.repeat(methods, 5), "accuracy": rng.uniform(0.5, 0.9, 15)})
+        summary = per_fold.groupby("method", sort=False)["accuracy"].agg(["mean", "sem", "min"]).reset_index()
+        summary.columns = ["method", "accuracy_mean", "accuracy_se", "accuracy_min"]
+        return gu.plot_cross_validation(summary, per_fold, baseline="svm", chance=0.25)
+    if name == "plot_prediction_timeline":
+        windows = pd.DataFrame(rng.dirichlet(np.ones(len(genres)), 6), index=np.arange(0, 30, 5.0), columns=genres)
+        return gu.plot_prediction_timeline(windows.rename_axis("start_s"), title="a song")
+    if name == "plot_saliency":
+        data = small_features(cfg)
+        maps = {b: rng.uniform(0, 1, (2, *getattr(data, gu.BRANCH_INPUTS[b]).shape[1:])) for b in gu.BRANCHES}
+        return gu.plot_saliency(data, [0, 1], maps, cfg)
+    if name == "plot_occlusion":
+        table = pd.DataFrame(rng.uniform(-0.2, 0.5, (3, 4)), index=genres, columns=["C1", "C2", "C3", "C4"])
+        return gu.plot_occlusion({"CQT octaves": table, "seconds": table})
+    clips = pd.Series(np.repeat(genres, 6), index=np.arange(100, 118))
+    if name == "plot_embedding_maps":
+        points = pd.DataFrame(rng.normal(size=(18, 2)), index=clips.index, columns=["x", "y"])
+        return gu.plot_embedding_maps({"CNN": points, "musicnn": points}, clips, wrong=clips == genres[0])
+    if name == "plot_neighbour_purity":
+        table = pd.DataFrame(rng.normal(size=(18, 4)), index=clips.index)
+        return gu.plot_neighbour_purity({"CNN": gu.neighbour_purity(table, clips, k=3)})
+    raise AssertionError(f"no small inputs for {name}: add them here")
+
+
+PLOTS = [name for name in gu.__all__ if name.startswith("plot_")]
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_every_plot_reads_on_its_own_and_saves_with_its_caption(name, history, scores, tmp_path, monkeypatch):
+    fig = small_inputs(name, history, scores)
+    assert readability_problems(fig) == []
+    monkeypatch.setattr(gu, "FIGURE_DPI", 30)  # a small PNG: what is checked here is what gets written, not its pixels
+    caption = f"What {name} shows, on which data, and what to read from it (± 1 standard error)."
+    png, pdf = gu.save_figure(fig, f"00_{name}", tmp_path, caption=caption)
+    assert PIL.Image.open(png).text["Description"] == caption
+    assert b"/Subject " + pdfRepr(caption) in pdf.read_bytes()
+    assert gu.figure_captions(tmp_path).loc[f"00_{name}", "caption"] == caption
+
+
+def test_the_readability_check_finds_a_bare_axis_a_legend_over_data_and_text_outside():
+    fig, ax = plt.subplots(figsize=(4, 3), layout="constrained")
+    ax.plot(np.arange(10), np.arange(10), label="a diagonal line")
+    ax.set(ylabel="note", yticks=[], xlabel="time")
+    ax.legend(loc="center")
+    fig.text(1.02, 0.5, "far right")
+    problems = readability_problems(fig)
+    assert len(problems) == 3, problems
+    assert "y axis 'note' has no tick labels" in problems[0]
+    assert "covers the data" in problems[1] and "far right" in problems[2]
+
+
+def test_every_committed_figure_has_a_caption_and_every_caption_a_figure():
+    figures = gu.ROOT / "figures"
+    png, pdf = ({path.stem for path in figures.glob(f"*.{suffix}")} for suffix in ("png", "pdf"))
+    assert png == pdf, f"figures/ has a PNG without its PDF or the reverse: {sorted(png ^ pdf)}"
+    captions = gu.figure_captions(figures)
+    assert sorted(png - set(captions.index)) == [], "figures without a caption in figures/CAPTIONS.md (make demo)"
+    assert sorted(set(captions.index) - png) == [], "captions in figures/CAPTIONS.md of no figure in figures/"
+    assert captions["caption"].str.len().gt(20).all(), captions["caption"]
+    assert all((gu.ROOT / notebook).is_file() for notebook in captions["notebook"]), captions["notebook"]
+    assert captions["notebook"].is_monotonic_increasing, "CAPTIONS.md lists the figures in notebook order"
+
+
+def test_captions_are_replaced_by_name_and_kept_in_notebook_order(tmp_path):
+    fig, _ = plt.subplots()
+    for name, caption in [("05_b", "first"), ("02_a", "second"), ("05_a", "third"), ("05_b", "fourth")]:
+        gu.save_figure(fig, name, tmp_path, caption=f"The {caption}\ncaption.")
+    captions = gu.figure_captions(tmp_path)
+    assert list(captions.index) == ["02_a", "05_b", "05_a"]  # by notebook, then in the order they were drawn
+    assert list(captions["caption"]) == ["The second caption.", "The fourth caption.", "The third caption."]
+    assert captions.loc["02_a", "notebook"] == "notebooks/02_features.ipynb"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".CAPTIONS.md.lock"]
+    with pytest.raises(gu.GenreError, match="02_a: give it a caption"):
+        gu.save_figure(fig, "02_a", tmp_path, caption=" \n")

@@ -491,8 +491,7 @@ def fake_features(cfg: gu.Config, n_train: int = 16, n_val: int = 4) -> gu.Featu
 RESUMED = CFG.replace(branches=("mel_vertical",), epochs=4)  # the smallest branch: quick to compile
 RESUMED_MODES = {
     "whole clips": RESUMED,
-    "chunked": RESUMED.replace(train_mode="chunked", chunk_seconds=0.25),
-    # the recipe (random excerpts, mixup, SpecAugment masks, moving average of the weights), a random gain too
+    # the recipe: chunked (random excerpts), mixup, SpecAugment masks, the weights' moving average; a gain too
     "recipe": RESUMED.replace(
         **{**gu.RECIPE_SETTINGS, "epochs": 4, "warmup_epochs": 1.0, "chunk_seconds": 0.25}, gain_db=6.0
     ),
@@ -500,28 +499,31 @@ RESUMED_MODES = {
 
 
 @pytest.mark.parametrize(
-    "mode, moment, at_epoch",
-    [("whole clips", "while checkpointing", 1), ("chunked", "mid-epoch", 2), ("recipe", "after its row", 1)],
+    "mode, kills",  # each kill: (moment, epoch); a second kill hits the resumed run
+    [("whole clips", [("while checkpointing", 1), ("after its row", 2)]), ("recipe", [("mid-epoch", 2)])],
 )
-def test_a_run_killed_at_any_moment_resumes_to_the_uninterrupted_runs_weights_and_history(
-    tmp_path, mode, moment, at_epoch
-):
+def test_a_killed_run_resumes_to_the_weights_and_history_of_a_run_never_killed(tmp_path, mode, kills):
     import keras
 
     cfg = RESUMED_MODES[mode]
     data, run_dir = fake_features(cfg), tmp_path / "killed"
-    (tmp_path / "job.pkl").write_bytes(pickle.dumps((data, cfg, moment, at_epoch)))
-    child = subprocess.Popen(  # killed by itself at the moment, SIGKILL: no handler runs
-        [sys.executable, "-c", TRAIN_SCRIPT, tmp_path / "job.pkl", run_dir], cwd=ROOT, stderr=subprocess.PIPE
-    )
-    keras.utils.set_random_seed(cfg.seed)  # meanwhile, the same call uninterrupted
+
+    def start(moment, at_epoch):  # the child kills itself at the moment, with SIGKILL: no handler runs
+        (tmp_path / "job.pkl").write_bytes(pickle.dumps((data, cfg, moment, at_epoch)))
+        command = [sys.executable, "-c", TRAIN_SCRIPT, tmp_path / "job.pkl", run_dir]
+        return subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE)
+
+    child = start(*kills[0])
+    keras.utils.set_random_seed(cfg.seed)  # meanwhile, the same call never killed
     uninterrupted = gu.build_model(cfg)
     expected = gu.train(uninterrupted, data, cfg, tmp_path / "uninterrupted", verbose=0)
-    _, stderr = child.communicate(timeout=120)
-    assert child.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
-    committed = at_epoch + (moment == "after its row")  # epochs whose checkpoint was complete
-    assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == list(range(committed))
-    assert not (run_dir / "last.keras").exists()
+    for number, (moment, at_epoch) in enumerate(kills):
+        child = start(moment, at_epoch) if number else child
+        _, stderr = child.communicate(timeout=120)
+        assert child.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+        committed = at_epoch + (moment == "after its row")  # epochs whose checkpoint was complete
+        assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == list(range(committed)), moment
+        assert not (run_dir / "last.keras").exists()
 
     resumed = gu.build_model(cfg)  # not seeded: its dropout's seed comes from the checkpoint
     history = gu.train(resumed, data, cfg, run_dir, verbose=0)

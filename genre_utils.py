@@ -4319,7 +4319,7 @@ def train(
     return _read_history(history_path)
 
 
-CHECKPOINT_WEIGHTS = "state.weights.h5"  # in each checkpoint: the model's and the optimiser's variables
+_CHECKPOINT_WEIGHTS = "state.weights.h5"  # in each checkpoint: the model's and the optimiser's variables
 
 
 @functools.cache
@@ -4385,7 +4385,7 @@ def _commit_checkpoint(model, run_dir: Path, state: dict, improved: bool) -> Non
     partial = backup_dir / f".{folder.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    model.save_weights(partial / CHECKPOINT_WEIGHTS)
+    model.save_weights(partial / _CHECKPOINT_WEIGHTS)
     if improved:
         model.save(partial / "best.keras")
     elif previous is not None and (previous / "best.keras").is_file():
@@ -4415,7 +4415,7 @@ def _publish_checkpoint(folder: Path, run_dir: Path) -> dict:
 
 def _restore_checkpoint(model, folder: Path, state: dict) -> None:
     """Load a checkpoint's variables and seed states into `model`, compiled and built."""
-    model.load_weights(folder / CHECKPOINT_WEIGHTS)
+    model.load_weights(folder / _CHECKPOINT_WEIGHTS)
     for variable, value in zip(_seed_states(model), state["seeds"], strict=True):
         variable.assign(np.asarray(value, dtype=variable.dtype))
 

@@ -4346,7 +4346,7 @@ def _epoch_checkpoint_class():
             self.batches.set_epoch(epoch)
 
         def on_epoch_end(self, epoch, logs=None):
-            value, best = logs[self.monitor], self.state["best"]
+            value, best = float(logs[self.monitor]), self.state["best"]
             improved = value < best if self.monitor == "val_loss" else value > best
             row = {"epoch": epoch, **{key: float(logs[key]) for key in sorted(logs)}}  # CSVLogger's columns
             self.state = {

@@ -540,6 +540,17 @@ def test_a_killed_run_resumes_to_the_weights_and_history_of_a_run_never_killed(t
     assert (run_dir / "last.keras").is_file() and not (run_dir / "backup").exists()
 
 
+def test_a_half_written_checkpoint_or_an_older_versions_backup_is_not_resumed(tmp_path):
+    (tmp_path / "backup" / ".epoch-0001.partial").mkdir(parents=True)  # killed while writing the first checkpoint
+    (tmp_path / "backup" / ".epoch-0001.partial" / "state.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    (tmp_path / "backup" / "training_metadata.json").write_text('{"epoch": 1}')  # Keras' BackupAndRestore's
+    (tmp_path / "history.csv").write_text("epoch,loss\n0,1.0\n")
+    cfg = RESUMED.replace(epochs=1)
+    history = gu.train(gu.build_model(cfg), fake_features(cfg), cfg, tmp_path, verbose=0)
+    assert history["epoch"].tolist() == [0] and history["loss"].iloc[0] != 1.0  # trained afresh
+    assert not (tmp_path / "backup").exists()
+
+
 def test_an_output_path_under_a_file_names_the_folder_and_the_problem(tmp_path, tracks, cfg):
     blocker = tmp_path / "results.txt"  # works as root too, unlike chmod
     blocker.write_text("a file where a folder should be")

@@ -514,16 +514,21 @@ def test_a_killed_run_resumes_to_the_weights_and_history_of_a_run_never_killed(t
         return subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE)
 
     child = start(*kills[0])
-    keras.utils.set_random_seed(cfg.seed)  # meanwhile, the same call never killed
-    uninterrupted = gu.build_model(cfg)
-    expected = gu.train(uninterrupted, data, cfg, tmp_path / "uninterrupted", verbose=0)
-    for number, (moment, at_epoch) in enumerate(kills):
-        child = start(moment, at_epoch) if number else child
-        _, stderr = child.communicate(timeout=120)
-        assert child.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
-        committed = at_epoch + (moment == "after its row")  # epochs whose checkpoint was complete
-        assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == list(range(committed)), moment
-        assert not (run_dir / "last.keras").exists()
+    try:
+        keras.utils.set_random_seed(cfg.seed)  # meanwhile, the same call never killed
+        uninterrupted = gu.build_model(cfg)
+        expected = gu.train(uninterrupted, data, cfg, tmp_path / "uninterrupted", verbose=0)
+        for number, (moment, at_epoch) in enumerate(kills):
+            child = start(moment, at_epoch) if number else child
+            _, stderr = child.communicate(timeout=120)
+            assert child.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+            committed = at_epoch + (moment == "after its row")  # epochs whose checkpoint was complete
+            assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == list(range(committed)), moment
+            assert not (run_dir / "last.keras").exists()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
 
     resumed = gu.build_model(cfg)  # not seeded: its dropout's seed comes from the checkpoint
     history = gu.train(resumed, data, cfg, run_dir, verbose=0)

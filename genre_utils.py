@@ -4161,19 +4161,21 @@ def _feature_batches_class():
             self.shuffle, self.excerpt_frames = shuffle, excerpt_frames
             self.labels = data.index["label"].to_numpy(np.int32)
             self.checked = {name: np.zeros(len(data.index), bool) for name in self.inputs}  # rows found finite
-            self.rng = np.random.default_rng(seed)
-            self.fixed_starts = starts is not None
+            self.seed, self.fixed_starts = seed, starts is not None
             self.order = self.rows
             self.starts = np.zeros(len(self.rows), np.int64) if starts is None else np.asarray(starts, np.int64)
-            self._draw()
+            self.set_epoch(0)
 
-        def _draw(self):
-            """New clip order and excerpt starts for the next epoch."""
+        def set_epoch(self, epoch):
+            """Draw the clip order and excerpt starts of `epoch` from a generator seeded by (seed, epoch)
+            alone: an epoch draws the same whatever epochs came before (a resumed run's too)."""
+            self.epoch = epoch
+            rng = np.random.default_rng([self.seed, epoch])
             if self.shuffle:
-                self.order = self.rng.permutation(self.rows)
+                self.order = rng.permutation(self.rows)
             if self.excerpt_frames and not self.fixed_starts:
                 n_frames = self.data.mel.shape[2]  # the mel and CQT frames are the same
-                self.starts = self.rng.integers(0, n_frames - self.excerpt_frames + 1, len(self.rows))
+                self.starts = rng.integers(0, n_frames - self.excerpt_frames + 1, len(self.rows))
 
         def __len__(self):
             return -(-len(self.rows) // self.batch_size) * self.micro_batches
@@ -4227,7 +4229,7 @@ def _feature_batches_class():
             self.checked[name][new] = True
 
         def on_epoch_end(self):
-            self._draw()
+            self.set_epoch(self.epoch + 1)
 
     return FeatureBatches
 
@@ -4245,8 +4247,9 @@ def feature_batches(
 
     Each batch is ({name: float16 (batch, bins, frames, 1)} for name in `inputs`, int32 labels): the
     cached dB values as they are (the model normalises them, see `build_model`). `shuffle` reorders clips every
-    epoch with a generator seeded by cfg.seed; `excerpt_frames` crops a random excerpt of that many
-    frames from every clip, anew each epoch (chunked training); `starts` (one frame number per row,
+    epoch with a generator seeded by cfg.seed and the epoch (`set_epoch`; `on_epoch_end` moves to the
+    next); `excerpt_frames` crops a random excerpt of that many frames from every clip, anew each
+    epoch (chunked training); `starts` (one frame number per row,
     with `excerpt_frames`) fixes the excerpts instead (prediction). With cfg.accumulation_steps > 1
     every batch is a micro-batch of `micro_batch_size(cfg)` clips; shuffled (training) batches come in
     groups of accumulation_steps that split one batch of cfg.batch_size, so that an epoch has as many
@@ -4331,8 +4334,8 @@ def _training_data(data: Features, cfg: Config) -> dict:
 
 
 def _read_history(path: Path) -> pd.DataFrame:
-    """history.csv with each epoch once (a run killed between logging and backing up an epoch
-    repeats it on resume; the later row wins)."""
+    """history.csv with each epoch once (in runs from before checkpoints were committed whole, a kill
+    between logging and backing up an epoch repeated it; the later row wins)."""
     history = pd.read_csv(path)
     return history.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
 
@@ -4416,8 +4419,11 @@ def train(
     (`RECIPE_SETTINGS`). cfg.train_mode "full" trains on whole clips; "chunked" on one random excerpt
     of cfg.chunk_seconds per clip and epoch (see `chunk_frames`), validated clip by clip with the
     averaged prediction of excerpts covering each clip (as `predict_proba` predicts). If `run_dir`
-    holds backup/ (a killed run), the run resumes after its last finished epoch; otherwise it starts
-    afresh, replacing earlier results. With cfg.accumulation_steps > 1 every optimiser step averages
+    holds backup/ (a killed run), the run resumes after its last finished epoch, exactly: every epoch
+    draws its batches, excerpts and augmentations from (cfg.seed, epoch), and the checkpoint holds
+    the rest (weights, optimiser and moving average, seed generators, history), so on the same
+    machine it ends with the weights and history of a run never killed. Otherwise it starts afresh,
+    replacing earlier results. With cfg.accumulation_steps > 1 every optimiser step averages
     the gradients of that many micro-batches of cfg.batch_size // accumulation_steps clips: the same
     steps, learning rates and clips per step in a fraction of the memory; batch normalisation
     normalises (and updates its moving statistics) per micro-batch, and mixup blends within one.
@@ -4451,7 +4457,8 @@ def train(
         versions.json (with RUN_FORMAT), history.csv, best.keras (best cfg.monitor; its epoch's
         weights, never averaged), last.keras (the weights when training ends, or with cfg.use_ema
         their moving average), tensorboard/ (where TensorFlow is installed) and, while running,
-        backup/. cfg.checkpoint names the one that predicts (`cnn_method`, `cnn_experiment`). The
+        backup/ (the last finished epoch's checkpoint, `_commit_checkpoint`; history.csv and best.keras
+        follow it). cfg.checkpoint names the one that predicts (`cnn_method`, `cnn_experiment`). The
         models hold their input normalisation (`adapt_normalization` on the training split), so they
         predict from cached features alone. `load_run` reads the run back.
 
@@ -4491,11 +4498,8 @@ def train(
     run_dir = Path(run_dir)
     backup_dir, history_path, config_path = run_dir / "backup", run_dir / "history.csv", run_dir / "config.json"
     settings = json.loads(json.dumps(cfg.to_dict()))  # as it reads back from JSON
-    # Keras writes a backup's weights, then training_metadata.json (keeping the previous pair as
-    # .bkp): without either metadata file, the run was killed while writing its first backup,
-    # whose weights may be half written, and it starts afresh
-    _repair_backup(backup_dir)
-    resuming = any((backup_dir / name).is_file() for name in ("training_metadata.json", "training_metadata.json.bkp"))
+    checkpoint = _last_checkpoint(backup_dir)
+    resuming = checkpoint is not None
     if resuming and config_path.is_file() and json.loads(config_path.read_text()) != settings:
         raise ConfigError(
             f"{config_path}: the interrupted run in {run_dir} used other settings; resume it with the "
@@ -4512,7 +4516,10 @@ def train(
             )
     with _writing_to(run_dir, ConfigError, "the run folder (cfg.runs_dir)"):
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not resuming:
+        state = {"history": [], "best": float("inf" if cfg.monitor == "val_loss" else "-inf"), "stopped": False}
+        if resuming:  # history.csv loses any row logged after the checkpoint
+            state = _publish_checkpoint(checkpoint, run_dir)
+        else:
             for name in ("history.csv", "best.keras", "last.keras"):
                 (run_dir / name).unlink(missing_ok=True)
             for name in ("tensorboard", "backup"):
@@ -4531,26 +4538,15 @@ def train(
         one_hot = not isinstance(loss, str)
         labels = keras.KerasTensor((None, len(cfg.genres)) if one_hot else (None,), "float32" if one_hot else "int32")
         model._symbolic_build(data_batch=({tensor.name: tensor for tensor in model.inputs}, labels, None))
-    best_so_far = None  # a resumed run's checkpoint only replaces a better earlier epoch
-    mode = "min" if cfg.monitor == "val_loss" else "max"
-    if resuming and history_path.is_file():
-        logged = _read_history(history_path)[cfg.monitor]
-        best_so_far = float(logged.min() if mode == "min" else logged.max())
-    # the first callbacks complete the epoch's logs, which the others then write and checkpoint; an
-    # epoch is logged before it is backed up: a kill in between repeats it, never loses it
+    if resuming:
+        _restore_checkpoint(model, checkpoint, state)
+    stopping = [keras.callbacks.EarlyStopping("val_loss", patience=cfg.early_stopping)] if cfg.early_stopping else []
+    # the first callbacks complete the epoch's logs, which the checkpoint then commits with its row
     logging = [
         *([_clip_validation_class()(data, splits["validation"], cfg)] if chunked else []),
         _epoch_timer_class()(),  # after the clip validation, so the time includes it
-        keras.callbacks.CSVLogger(history_path, append=True),
-        keras.callbacks.ModelCheckpoint(
-            run_dir / "best.keras",
-            monitor=cfg.monitor,
-            mode=mode,
-            save_best_only=True,
-            initial_value_threshold=best_so_far,
-        ),
-        *([keras.callbacks.EarlyStopping("val_loss", patience=cfg.early_stopping)] if cfg.early_stopping else []),
-        keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
+        *stopping,
+        _epoch_checkpoint_class()(run_dir, train_batches, state, cfg.monitor, *stopping),
         # Keras writes TensorBoard logs through TensorFlow, whatever the backend
         *([keras.callbacks.TensorBoard(run_dir / "tensorboard")] if importlib.util.find_spec("tensorflow") else []),
     ]
@@ -4562,6 +4558,8 @@ def train(
             epochs=cfg.epochs,
             verbose=verbose,
             callbacks=[*logging, *callbacks],
+            initial_epoch=cfg.epochs if state["stopped"] else len(state["history"]),
+            shuffle=False,  # the batches shuffle themselves, by epoch (Keras' own order would not resume)
         )
     except Exception as exc:
         if not _is_out_of_memory(exc):
@@ -4571,30 +4569,119 @@ def train(
         out_of_memory = _first_line(exc)
     if out_of_memory is not None:
         raise _out_of_memory_error(cfg, run_dir, out_of_memory)
-    model.save(run_dir / "last.keras")
+    model.save(backup_dir / "last.keras")  # complete before it takes its name, and before backup/ goes
+    os.replace(backup_dir / "last.keras", run_dir / "last.keras")
+    shutil.rmtree(backup_dir)
     return _read_history(history_path)
 
 
-def _repair_backup(backup_dir: Path) -> None:
-    """Undo a kill while Keras wrote backup/training_metadata.json: it opens the file (emptying it)
-    before writing, and on resume fails to parse what is there. The previous pair (.bkp, complete)
-    takes its place, so that epoch is trained again; without one, the half-written metadata goes and
-    the run starts afresh, as after a kill during its first backup."""
-    metadata = backup_dir / "training_metadata.json"
-    if not metadata.is_file():
-        return
-    try:
-        json.loads(metadata.read_text())
-        return
-    except (OSError, ValueError):
-        pass
-    weights = backup_dir / "latest.weights.h5"
-    previous = [path.with_name(f"{path.name}.bkp") for path in (weights, metadata)]
-    if all(path.is_file() for path in previous):
-        for path, earlier in zip((weights, metadata), previous):
-            shutil.copyfile(earlier, path)
+_CHECKPOINT_WEIGHTS = "state.weights.h5"  # in each checkpoint: the model's and the optimiser's variables
+
+
+@functools.cache
+def _epoch_checkpoint_class():
+    """keras Callback that makes a run resumable exactly (created on first use, see above)."""
+    keras = import_keras()
+
+    class EpochCheckpoint(keras.callbacks.Callback):
+        """Sets the training batches to each epoch (their randomness derives from it, see
+        `feature_batches`) and commits each finished epoch (`_commit_checkpoint`) with its row of the
+        history and the best `monitor` so far: an epoch strictly better saves best.keras, as Keras'
+        ModelCheckpoint does. `stopping` (an EarlyStopping) resumes its count from the history."""
+
+        def __init__(self, run_dir, batches, state, monitor, stopping=None):
+            super().__init__()
+            self.run_dir, self.batches, self.state = run_dir, batches, state
+            self.monitor, self.stopping = monitor, stopping
+
+        def on_train_begin(self, logs=None):
+            for row in self.state["history"] if self.stopping else ():  # after its own on_train_begin
+                self.stopping.on_epoch_end(row["epoch"], row)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.batches.set_epoch(epoch)
+
+        def on_epoch_end(self, epoch, logs=None):
+            value, best = float(logs[self.monitor]), self.state["best"]
+            improved = value < best if self.monitor == "val_loss" else value > best
+            row = {"epoch": epoch, **{key: float(logs[key]) for key in sorted(logs)}}  # CSVLogger's columns
+            self.state = {
+                "history": [*self.state["history"], row],
+                "best": value if improved else best,
+                "stopped": bool(self.model.stop_training),
+                "seeds": [keras.ops.convert_to_numpy(state).tolist() for state in _seed_states(self.model)],
+            }
+            _commit_checkpoint(self.model, self.run_dir, self.state, improved)
+
+    return EpochCheckpoint
+
+
+def _seed_states(model) -> list:
+    """The states of the model's random seed generators (dropout, SpecAugment masks): variables that are
+    not weights, so that saved weights lack them."""
+    weights = {id(weight) for weight in model.weights}
+    return [variable for variable in model.variables if id(variable) not in weights]
+
+
+def _last_checkpoint(backup_dir: Path) -> Path | None:
+    """The last committed checkpoint of a run, backup/epoch-<epochs done>/, or None."""
+    folders = [path for path in backup_dir.glob("epoch-*") if path.name[6:].isdigit()]
+    return max(folders, key=lambda path: int(path.name[6:]), default=None)
+
+
+def _commit_checkpoint(model, run_dir: Path, state: dict, improved: bool) -> None:
+    """Commit a finished epoch as backup/epoch-<epochs done>/: the model's and the optimiser's variables
+    (the moving average of the weights included), `state` (the history, the best cfg.monitor, whether
+    training stopped, the seed generators' states) and best.keras (this epoch's model if `improved`,
+    else the previous checkpoint's). They are written into a hidden folder renamed into place: a kill
+    at any instant leaves the previous checkpoint or this one, whole. `_publish_checkpoint` follows."""
+    backup_dir = run_dir / "backup"
+    previous = _last_checkpoint(backup_dir)
+    folder = backup_dir / f"epoch-{len(state['history']):04d}"
+    partial = backup_dir / f".{folder.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    model.save_weights(partial / _CHECKPOINT_WEIGHTS)
+    if improved:
+        model.save(partial / "best.keras")
+    elif previous is not None and (previous / "best.keras").is_file():
+        _link_or_copy(previous / "best.keras", partial / "best.keras")
+    (partial / "state.json").write_text(json.dumps(state))
+    os.replace(partial, folder)
+    _publish_checkpoint(folder, run_dir)
+
+
+def _publish_checkpoint(folder: Path, run_dir: Path) -> dict:
+    """Make the run folder agree with the committed checkpoint `folder`, and return its state: the rest of
+    backup/ (older or half-written checkpoints) removed, history.csv rewritten from its history (any
+    row logged after it goes) and best.keras its best model."""
+    for other in folder.parent.iterdir():
+        if other != folder:
+            shutil.rmtree(other) if other.is_dir() else other.unlink()
+    state = json.loads((folder / "state.json").read_text())
+    with _atomic_path(run_dir / "history.csv") as tmp:
+        pd.DataFrame(state["history"]).to_csv(tmp, index=False)
+    if (folder / "best.keras").is_file():
+        with _atomic_path(run_dir / "best.keras") as tmp:
+            _link_or_copy(folder / "best.keras", tmp)
     else:
-        metadata.unlink()
+        (run_dir / "best.keras").unlink(missing_ok=True)
+    return state
+
+
+def _restore_checkpoint(model, folder: Path, state: dict) -> None:
+    """Load a checkpoint's variables and seed states into `model`, compiled and built."""
+    model.load_weights(folder / _CHECKPOINT_WEIGHTS)
+    for variable, value in zip(_seed_states(model), state["seeds"], strict=True):
+        variable.assign(np.asarray(value, dtype=variable.dtype))
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link `target` to `source` (files never rewritten in place), or copy it where links fail."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _out_of_memory_error(cfg: Config, run_dir: Path, detail: str) -> DeviceMemoryError:
@@ -4782,8 +4869,7 @@ def _augmented_batches_class():
         def __init__(self, inner, classes, one_hot, mixup_alpha, gain_db, seed):
             super().__init__()
             self.inner, self.classes, self.one_hot = inner, classes, one_hot
-            self.mixup_alpha, self.gain_db = mixup_alpha, gain_db
-            self.rng = np.random.default_rng([seed, 2018])
+            self.mixup_alpha, self.gain_db, self.seed = mixup_alpha, gain_db, seed
 
         def __len__(self):
             return len(self.inner)
@@ -4792,12 +4878,14 @@ def _augmented_batches_class():
             x, labels = self.inner[index]
             y = np.eye(self.classes, dtype=np.float32)[labels] if self.one_hot else labels
             n = len(labels)
+            # each batch's own generator: the same draws in whatever order and epoch batches are read
+            rng = np.random.default_rng([self.seed, 2018, self.inner.epoch, index])
             if self.gain_db:  # a level in dB shifts the spectrograms, not the embedding
-                gain = self.rng.uniform(-self.gain_db, self.gain_db, (n, 1, 1, 1)).astype(np.float32)
+                gain = rng.uniform(-self.gain_db, self.gain_db, (n, 1, 1, 1)).astype(np.float32)
                 x = {name: array.astype(np.float32) + gain if array.ndim == 4 else array for name, array in x.items()}
             if self.mixup_alpha:
-                share = self.rng.beta(self.mixup_alpha, self.mixup_alpha, n).astype(np.float32)
-                partner = self.rng.permutation(n)
+                share = rng.beta(self.mixup_alpha, self.mixup_alpha, n).astype(np.float32)
+                partner = rng.permutation(n)
                 mixed = {}
                 for name, array in x.items():  # spectrograms (n, bins, frames, 1) and embeddings (n, values)
                     weight = share.reshape(-1, *[1] * (array.ndim - 1))
@@ -4805,6 +4893,9 @@ def _augmented_batches_class():
                 x = mixed
                 y = share[:, None] * y + (1 - share[:, None]) * y[partner]
             return x, y
+
+        def set_epoch(self, epoch):
+            self.inner.set_epoch(epoch)
 
         def on_epoch_end(self):
             self.inner.on_epoch_end()

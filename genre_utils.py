@@ -6,7 +6,7 @@ names (`__all__` lists the same names in the same order; everything else starts 
 Config and errors: every knob in one dataclass, its presets, and every error class
     ROOT, GENRES, BRANCHES, SPLITS, GenreError, ConfigError, DataError, AudioError, CacheError,
     DownloadError, DeviceMemoryError, Config, PRESETS, RECIPE_SETTINGS, QUICK_EPOCHS, QUICK_DIR, quick_mode,
-    get_config
+    get_config, parse_settings
 Shared helpers: quiet imports, atomic writes and output-folder errors, used by several sections
     import_keras
 Data: track tables for the FMA and folder-per-genre layouts, and audio loading
@@ -117,6 +117,7 @@ __all__ = [
     "QUICK_DIR",
     "quick_mode",
     "get_config",
+    "parse_settings",
     # Shared helpers
     "import_keras",
     # Data
@@ -357,7 +358,12 @@ class Config:
     cqt_fmin: float = 32.70  # Hz, C1
     # model
     branches: tuple[str, ...] = BRANCHES
-    filters: int = 32  # channels of the first block; later blocks double up to 8x
+    first_block_channels: int = 32  # channels of each branch's first conv block; later blocks double up to 8x
+    vertical_kernel_share: float = 0.4  # mel_vertical kernels span this share of the bands a block sees ...
+    vertical_kernel_frames: int = 3  # ... and this many frames: spectral envelopes (timbre)
+    # mel_horizontal kernels: 1 band x this many frames in blocks 1, 2, ... (the last for the rest): rhythm
+    horizontal_kernel_frames: tuple[int, ...] = (32, 16, 8)
+    cqt_kernel: tuple[int, int] = (3, 3)  # cqt kernels: (bins, frames)
     dense_units: int = 256
     dropout: float = 0.5
     bn_momentum: float = 0.99  # batch norm's moving statistics keep this share per step (Keras' default)
@@ -409,6 +415,17 @@ class Config:
         """JSON-ready dict of every field (paths as strings)."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
+    def changed_settings(self) -> str:
+        """The fields that differ from the preset's, as GENRE_SETTINGS writes them ("none" if none);
+        where data, caches, runs and figures go, and quick mode's epochs, are left out."""
+        base = _preset(self.profile) if self.profile in PRESETS else Config()
+        changed = [
+            f"{f.name}={_setting_text(getattr(self, f.name))}"
+            for f in dataclasses.fields(self)
+            if f.name not in _PLACE_SETTINGS and getattr(self, f.name) != getattr(base, f.name)
+        ]
+        return " ".join(changed) or "none"
+
 
 PRESETS = {
     # The report's settings: 30 s FMA clips at 22,050 Hz, batch 32, 46 epochs.
@@ -419,7 +436,7 @@ PRESETS = {
         data_root=ROOT / "data" / "demo",
         clip_seconds=10.0,
         n_mels=64,
-        filters=8,
+        first_block_channels=8,
         dense_units=64,
         bn_momentum=0.9,  # 12 steps an epoch: the moving statistics must follow the weights within one
         epochs=20,
@@ -469,6 +486,9 @@ PRESETS["recipe"] = PRESETS["demo"].replace(profile="recipe", **RECIPE_SETTINGS)
 # and notebook 07 embeds one 3 s musicnn patch per clip
 QUICK_EPOCHS = 2
 QUICK_DIR = ROOT / "runs" / "quick"
+# fields that say where things go, not how they are computed: Config.changed_settings leaves them out
+_PLACE_SETTINGS = ("profile", "data_root", "cache_dir", "runs_dir", "figures_dir")
+_RENAMED_SETTINGS = {"filters": "first_block_channels"}  # old name: new name (saved configs are read with either)
 
 
 def quick_mode() -> bool:
@@ -481,22 +501,80 @@ def get_config(profile: str | None = None, data_root: str | os.PathLike | None =
 
     `profile` defaults to the environment variable GENRE_PROFILE (else "demo"), `data_root` to
     GENRE_DATA (else the preset's). With GENRE_QUICK set (not empty or "0"), epochs defaults to
-    QUICK_EPOCHS and runs_dir, figures_dir to QUICK_DIR and QUICK_DIR/figures. Raises ConfigError
-    for an unknown preset or field.
+    QUICK_EPOCHS and runs_dir, figures_dir to QUICK_DIR and QUICK_DIR/figures. GENRE_SETTINGS
+    changes any field for every notebook and script of a run: space-separated `field=value` pairs
+    ("n_mels=128 epochs=10"; tuples comma-separated, "horizontal_kernel_frames=16,8"; paths relative
+    to the project folder); `changes` win over it. Raises ConfigError for an unknown preset or field,
+    or a value that does not parse as the field's type, naming it.
     """
     profile = profile or os.environ.get("GENRE_PROFILE") or "demo"
     if profile not in PRESETS:
         raise ConfigError(f"unknown preset {profile!r}; choose one of {', '.join(PRESETS)} (GENRE_PROFILE)")
-    cfg = PRESETS[profile]
-    if quick_mode():
-        changes = {"epochs": QUICK_EPOCHS, "runs_dir": QUICK_DIR, "figures_dir": QUICK_DIR / "figures", **changes}
+    changes = {**parse_settings(os.environ.get("GENRE_SETTINGS", "")), **changes}
     data_root = data_root or os.environ.get("GENRE_DATA")
     if data_root:
         changes["data_root"] = Path(data_root).expanduser().resolve()
     unknown = set(changes) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))}")
-    return cfg.replace(**changes)
+        renamed = [f"{old} is now {new}" for old, new in _RENAMED_SETTINGS.items() if old in unknown]
+        raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))}" + "".join(f" ({r})" for r in renamed))
+    return _preset(profile).replace(**changes)
+
+
+def parse_settings(text: str) -> dict:
+    """`field=value` pairs separated by spaces (GENRE_SETTINGS) as typed Config changes.
+
+    >>> parse_settings("n_mels=128 epochs=10 use_ema=true horizontal_kernel_frames=16,8")
+    {'n_mels': 128, 'epochs': 10, 'use_ema': True, 'horizontal_kernel_frames': (16, 8)}
+
+    Raises ConfigError naming a pair without "=", an unknown field or a value of the wrong type.
+    """
+    defaults = {f.name: getattr(Config(), f.name) for f in dataclasses.fields(Config)}
+    changes = {}
+    for pair in text.split():
+        name, equals, value = pair.partition("=")
+        if not equals or not value:
+            raise ConfigError(f"GENRE_SETTINGS: {pair!r} is not field=value (e.g. n_mels=128)")
+        if name == "profile":
+            raise ConfigError("GENRE_SETTINGS: choose the preset with GENRE_PROFILE, not profile=")
+        if name not in defaults:
+            renamed = f" ({name} is now {_RENAMED_SETTINGS[name]})" if name in _RENAMED_SETTINGS else ""
+            raise ConfigError(f"GENRE_SETTINGS: unknown setting {name!r}{renamed}; the fields of Config are settings")
+        default = defaults[name]
+        try:
+            if isinstance(default, tuple):
+                kind = type(default[0]) if default else str
+                changes[name] = tuple(_typed(kind, item) for item in value.split(","))
+            else:
+                changes[name] = _typed(type(default), value)
+        except ValueError:
+            raise ConfigError(
+                f"GENRE_SETTINGS: {name}={value!r} is not a valid {type(default).__name__} (default {default!r})"
+            ) from None
+    return changes
+
+
+def _typed(kind: type, text: str):
+    """`text` as a value of `kind` (bool, int, float, Path relative to ROOT, str); ValueError if it is not."""
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(text)
+        return text.lower() in ("true", "1", "yes")
+    if issubclass(kind, Path):
+        return (ROOT / Path(text).expanduser()).resolve()
+    return kind(text)
+
+
+def _setting_text(value) -> str:
+    """A field's value as GENRE_SETTINGS writes it."""
+    return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+
+
+def _preset(profile: str) -> Config:
+    """The preset, with quick mode's epochs and folders when GENRE_QUICK is set."""
+    if quick_mode():
+        return PRESETS[profile].replace(epochs=QUICK_EPOCHS, runs_dir=QUICK_DIR, figures_dir=QUICK_DIR / "figures")
+    return PRESETS[profile]
 
 
 # ── Shared helpers: quiet imports, atomic writes and output-folder errors, used by several sections ──
@@ -2242,13 +2320,14 @@ def _clip_statistics_of_file(path: str, cfg: Config) -> tuple[pd.Series | None, 
 # Filter shapes follow Pons et al. 2017 ("Timbre analysis of music audio signals with CNNs"),
 # whose figure the report's lost one cited; every size is in (frequency bins, time frames):
 # - mel_vertical: kernels span 40 % of the bands a block sees (Pons' m = 0.4 F) and 3 frames
-#   (Pons: 1-7), so each filter learns a spectral envelope, i.e. timbre. The first pool is (4, 2):
+#   (Pons: 1-7; cfg.vertical_kernel_share, cfg.vertical_kernel_frames), so each filter learns a
+#   spectral envelope, i.e. timbre. The first pool is (4, 2):
 #   max-pooling over frequency makes the timbre detectors pitch-invariant, as in Pons.
 # - mel_horizontal: kernels one band high and 32, then 16, then 8 frames long (0.74 s, then
 #   ever longer spans as pooling halves time), so filters learn rhythm and onsets per band
-#   (Schlüter & Böck 2014; Pons & Serra 2017).
-# - cqt: 3x3 kernels, the ordinary image-CNN choice the report made for the CQT.
-# Block b has cfg.filters * min(2**b, 8) channels. Pools are 2x2 with "same" padding, so six of
+#   (Schlüter & Böck 2014; Pons & Serra 2017; cfg.horizontal_kernel_frames).
+# - cqt: 3x3 kernels, the ordinary image-CNN choice the report made for the CQT (cfg.cqt_kernel).
+# Block b has cfg.first_block_channels * min(2**b, 8) channels. Pools are 2x2 with "same" padding, so six of
 # them turn the seed input (128 x 1292 mel, 84 x 1292 CQT) into 2 x 21 maps and the demo input
 # (64 x 431 mel, 84 x 431 CQT) into 1 x 7 and 2 x 7; global average pooling then lets a clip of
 # any length vote.
@@ -2271,12 +2350,13 @@ def _branch_blocks(branch: str, height: int, cfg: Config) -> list[_Block]:
     for b in range(n_convs):
         pool = None if b >= n_pools else ((4, 2) if branch == "mel_vertical" and b == 0 else (2, 2))
         if branch == "mel_vertical":
-            kernel = (max(1, round(0.4 * height)), 3)
+            kernel = (max(1, round(cfg.vertical_kernel_share * height)), cfg.vertical_kernel_frames)
         elif branch == "mel_horizontal":
-            kernel = (1, (32, 16)[b] if b < 2 else 8)
+            frames = cfg.horizontal_kernel_frames
+            kernel = (1, frames[min(b, len(frames) - 1)])
         else:
-            kernel = (3, 3)
-        blocks.append(_Block(kernel, pool, cfg.filters * min(2**b, 8)))
+            kernel = tuple(cfg.cqt_kernel)
+        blocks.append(_Block(kernel, pool, cfg.first_block_channels * min(2**b, 8)))
         if pool:
             height = -(-height // pool[0])  # "same" pooling rounds up
     return blocks
@@ -2309,7 +2389,8 @@ def build_model(cfg: Config, branches=None):
     Parameters
     ----------
     cfg : Config
-        Input heights (n_mels, cqt_bins), filters, dense_units, dropout and the genres.
+        Input heights (n_mels, cqt_bins), first_block_channels, the kernel shapes, dense_units,
+        dropout and the genres.
     branches : sequence of str, optional
         A non-empty subset of BRANCHES ("mel_vertical", "mel_horizontal", "cqt"), default
         cfg.branches; only the inputs they need are created.
@@ -4559,6 +4640,7 @@ def _augmented_batches_class():
 def _config_from_dict(settings: dict, source: Path) -> Config:
     """Config from `cfg.to_dict()` output read back from JSON (paths and tuples restored)."""
     defaults = Config()
+    settings = {_RENAMED_SETTINGS.get(name, name): value for name, value in settings.items()}
     unknown = set(settings) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
         raise ConfigError(f"{source}: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -5858,7 +5940,7 @@ def _finished_run(run_dir: Path, cfg: Config, data: Features) -> bool:
         return False
     if _run_format(run_dir) != RUN_FORMAT:
         return False
-    if json.loads((run_dir / "config.json").read_text()) != json.loads(json.dumps(cfg.to_dict())):
+    if _config_from_dict(json.loads((run_dir / "config.json").read_text()), run_dir / "config.json") != cfg:
         return False
     if json.loads((run_dir / "data.json").read_text()).get("fingerprint") != data.fingerprint():
         return False

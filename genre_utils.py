@@ -609,6 +609,39 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _duration_text(seconds: float) -> str:
+    """A duration for people: "40 s", "12 min", "3.5 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+class _ExpectedDuration:
+    """Says once, after the first `after` of `total` items, how long all of them should take at that pace.
+
+    The long steps (feature extraction, training, fine-tuning, cross-validation) print this before most of
+    their work, so a run on real data tells its cost early; their progress bars then count down (tqdm's
+    ETA, or Keras' epoch lines). `write` prints the line (a tqdm bar's write keeps the bar intact).
+    """
+
+    def __init__(self, what: str, total: int, unit: str, after: int = 3, write=print):
+        self.what, self.total, self.unit, self.after, self.write = what, total, unit, max(1, after), write
+        self.start, self.done = time.perf_counter(), 0
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.done - n < self.after <= self.done < self.total:
+            elapsed = time.perf_counter() - self.start
+            self.say(elapsed / self.done * self.total, f"at the pace of the first {self.done}")
+
+    def say(self, seconds: float, basis: str) -> None:
+        end = time.strftime("%H:%M", time.localtime(time.time() + seconds - (time.perf_counter() - self.start)))
+        self.write(
+            f"{self.what}: {self.total} {self.unit}s expected to take about {_duration_text(seconds)} on this "
+            f"machine ({basis}; done around {end})"
+        )
+
+
 @contextlib.contextmanager
 def _atomic_path(path: Path):
     """A temporary file next to `path`, renamed onto it when the block succeeds and removed when it
@@ -1819,8 +1852,10 @@ def _build_features(table: pd.DataFrame, key: str, cache_dir: Path, cfg: Config,
 
     jobs = [(int(row), str(table["path"].iloc[row])) for row in todo]
     progress = tqdm(total=len(table), initial=len(table) - len(todo), desc=f"features {key}", unit="clip")
+    workers = workers or _available_cores()
+    expected = _ExpectedDuration("feature extraction", len(jobs), "clip", after=2 * workers + 1, write=progress.write)
     try:
-        for row, (mel_row, cqt_row, reason) in _feature_results(jobs, cfg, workers or _available_cores()):
+        for row, (mel_row, cqt_row, reason) in _feature_results(jobs, cfg, workers):
             if reason is None:
                 mel[row], cqt_rows[row] = mel_row, cqt_row
                 unflushed.append(row)
@@ -1830,6 +1865,7 @@ def _build_features(table: pd.DataFrame, key: str, cache_dir: Path, cfg: Config,
             else:
                 skipped.append((row, str(table["path"].iloc[row]), reason))
             progress.update()
+            expected.update()
     finally:
         with _writing_to(cache_dir, CacheError, "cfg.cache_dir"):
             flush()
@@ -3612,7 +3648,10 @@ def finetune_musicnn(
             schedule = keras.optimizers.schedules.CosineDecay(settings["body_lr"], steps)
             optimizer = keras.optimizers.AdamW(schedule, weight_decay=settings["weight_decay"])
         trainer.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
-        fitted = trainer.fit(x, y, batch_size=settings["batch_size"], epochs=epochs, shuffle=True, verbose=0)
+        timer = _expected_duration_class()(f"fine-tuning musicnn, stage {stage} ({unfreeze})")
+        fitted = trainer.fit(
+            x, y, batch_size=settings["batch_size"], epochs=epochs, shuffle=True, verbose=0, callbacks=[timer]
+        )
         history += [
             {"stage": stage, "unfreeze": unfreeze, "epoch": epoch + 1, "loss": float(loss_), "accuracy": float(acc)}
             for epoch, (loss_, acc) in enumerate(zip(fitted.history["loss"], fitted.history["accuracy"]))
@@ -4208,6 +4247,54 @@ def _epoch_timer_class():
 
 
 @functools.cache
+def _expected_duration_class():
+    """keras Callback printing how long fit should take, measured on its first steps after the first
+    (which traces the graph; with fewer than 3 steps an epoch, on the first epoch), then the time
+    left after each epoch (created on first use, see above)."""
+    keras = import_keras()
+
+    class ExpectedDuration(keras.callbacks.Callback):
+        def __init__(self, what: str):
+            super().__init__()
+            self.what = what
+
+        def on_train_begin(self, logs=None):
+            self.expected, self.epochs_done, self.said = None, 0, False
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if self.expected is None:
+                epochs_left = self.params["epochs"] - epoch
+                self.expected = _ExpectedDuration(self.what, epochs_left, "epoch", write=print)
+
+        def on_train_batch_end(self, batch, logs=None):
+            steps = self.params.get("steps") or 0
+            if self.said or steps < 3:
+                return
+            if batch == 0:
+                self.traced = time.perf_counter()
+            elif batch == min(5, steps - 1):
+                per_step = (time.perf_counter() - self.traced) / batch
+                basis = f"steps 2-{batch + 1} of {steps} an epoch, validation not counted"
+                self.expected.say(per_step * steps * self.expected.total, basis)
+                self.said = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epochs_done += 1
+            elapsed = time.perf_counter() - self.expected.start
+            left = self.params["epochs"] - epoch - 1
+            if not self.said:
+                self.expected.say(elapsed * self.expected.total, "its first epoch, tracing included")
+                self.said = True
+            elif left:
+                print(
+                    f"{self.what}: epoch {epoch + 1} of {self.params['epochs']}, about "
+                    f"{_duration_text(elapsed / self.epochs_done * left)} left"
+                )
+
+    return ExpectedDuration
+
+
+@functools.cache
 def _clip_validation_class():
     """keras Callback that validates clip by clip with `predict_proba` (chunked training)."""
     keras = import_keras()
@@ -4366,6 +4453,7 @@ def train(
     logging = [
         *([_clip_validation_class()(data, splits["validation"], cfg)] if chunked else []),
         _epoch_timer_class()(),  # after the clip validation, so the time includes it
+        _expected_duration_class()(f"training {run_dir.name}"),
         keras.callbacks.CSVLogger(history_path, append=True),
         keras.callbacks.ModelCheckpoint(
             run_dir / "best.keras",
@@ -5211,7 +5299,7 @@ def cross_validate(
     codes = {genre: k for k, genre in enumerate(cfg.genres)}
     n_run = folds if max_folds is None else max(1, min(folds, int(max_folds)))
     tasks = list(itertools.product(methods, range(repeats), range(n_run)))
-    results = {}
+    results, expected = {}, {}  # expected: each method's duration, said after its first fold
     bar = tqdm(total=len(tasks), desc="cross-validation", unit="fold", disable=not progress)
     with bar:
         # first every fold no other process is running (each fold holds a lock while it runs, so two
@@ -5224,9 +5312,14 @@ def cross_validate(
                     fold_dir.parent.mkdir(parents=True, exist_ok=True)
                 with _exclusive(fold_dir.with_suffix(".lock"), wait=wait) as mine:
                     if mine:
+                        what = f"cross-validation of {name}"
+                        estimate = expected.setdefault(
+                            name, _ExpectedDuration(what, repeats * n_run, "fold", 1, bar.write)
+                        )
                         split = assignment[(repeat, fold)].rename("split")
                         results[name, repeat, fold] = _fold_result(name, methods[name], split, labels, fold_dir, cfg)
                         bar.update()
+                        estimate.update()
     rows = []
     for name, repeat, fold in tasks:
         result = results[name, repeat, fold]

@@ -115,6 +115,16 @@ def test_one_training_step_lowers_the_loss_on_a_fixed_batch(data):
     assert after < before
 
 
+def test_training_says_its_expected_duration_after_its_first_steps_then_the_time_left(tmp_path, data, capsys):
+    gu.train(gu.build_model(TINY), data, TINY, tmp_path / "eta", verbose=0)
+    said = capsys.readouterr().out.splitlines()
+    # 24 clips in batches of 8: 3 steps an epoch; the first traces the graph, so steps 2-3 are timed
+    assert said[0].startswith("training eta: 2 epochs expected to take about ")
+    assert "(steps 2-3 of 3 an epoch, validation not counted; done around " in said[0]
+    assert said[1].startswith("training eta: epoch 1 of 2, about ") and said[1].endswith(" left")
+    assert len(said) == 2
+
+
 class KillAfterFirstEpoch(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.optimizer_built = self.model.optimizer.built

@@ -624,15 +624,19 @@ class _ExpectedDuration:
     ETA, or Keras' epoch lines). `write` prints the line (a tqdm bar's write keeps the bar intact).
     """
 
-    def __init__(self, what: str, total: int, unit: str, after: int = 3, write=print):
+    def __init__(self, what: str, total: int, unit: str, after: int = 3, write=print, warm: int = 1):
         self.what, self.total, self.unit, self.after, self.write = what, total, unit, max(1, after), write
-        self.start, self.done = time.perf_counter(), 0
+        self.start, self.done, self.first, self.warm = time.perf_counter(), 0, None, warm
 
     def update(self, n: int = 1) -> None:
+        now = time.perf_counter()
         self.done += n
+        if self.first is None and self.done >= self.warm:  # the first `warm` items pay the start-up (worker
+            self.first = (now, self.done)  # processes, a first graph) once; the pace is measured after them
         if self.done - n < self.after <= self.done < self.total:
-            elapsed = time.perf_counter() - self.start
-            self.say(elapsed / self.done * self.total, f"at the pace of the first {self.done}")
+            (first, first_done), elapsed = self.first or (now, self.done), now - self.start
+            pace = (now - first) / (self.done - first_done) if self.done > first_done else elapsed / self.done
+            self.say(first - self.start + pace * (self.total - first_done), f"at the pace of the first {self.done}")
 
     def say(self, seconds: float, basis: str) -> None:
         end = time.strftime("%H:%M", time.localtime(time.time() + seconds - (time.perf_counter() - self.start)))
@@ -1770,7 +1774,7 @@ def extract_features(
     the rows already flushed there. Files that cannot be decoded, or give NaN/inf features, are
     skipped, listed in Features.skipped and summed up in a warning when the extraction ends; their
     rows are removed in place (no second copy of the cache on disk), and a run killed meanwhile
-    finishes that without decoding again.
+    finishes that without decoding again. After the first few clips it prints how long all should take.
 
     Parameters
     ----------
@@ -1853,7 +1857,8 @@ def _build_features(table: pd.DataFrame, key: str, cache_dir: Path, cfg: Config,
     jobs = [(int(row), str(table["path"].iloc[row])) for row in todo]
     progress = tqdm(total=len(table), initial=len(table) - len(todo), desc=f"features {key}", unit="clip")
     workers = workers or _available_cores()
-    expected = _ExpectedDuration("feature extraction", len(jobs), "clip", after=2 * workers + 1, write=progress.write)
+    # each worker's first clip waits for its process to start and librosa to compile: the pace is timed after
+    expected = _ExpectedDuration("feature extraction", len(jobs), "clip", 5 * workers - 2, progress.write, workers)
     try:
         for row, (mel_row, cqt_row, reason) in _feature_results(jobs, cfg, workers):
             if reason is None:
@@ -3585,6 +3590,7 @@ def finetune_musicnn(
     Stage 1 trains the new head alone (Adam, head_lr, head_epochs), stage 2 the head and the parts
     from `unfreeze` on (AdamW, body_lr decaying to 0 along a cosine, body_epochs), each patch labelled
     with its clip's genre (label smoothing). Settings: FINETUNE_SETTINGS, overridden by `settings`.
+    Each stage prints how long it should take after its first steps.
 
     Parameters
     ----------
@@ -4333,6 +4339,7 @@ def train(
     the gradients of that many micro-batches of cfg.batch_size // accumulation_steps clips: the same
     steps, learning rates and clips per step in a fraction of the memory; batch normalisation
     normalises (and updates its moving statistics) per micro-batch, and mixup blends within one.
+    It prints how long it should take after its first few steps, then the time left after each epoch.
 
     Parameters
     ----------
@@ -5205,6 +5212,8 @@ def cross_validate(
     repeats: int = 1,
 ) -> CrossValidation:
     """Run every method on every fold of `cross_validation_folds(labels, folds, seed + r, validation)`, r < repeats.
+
+    After each method's first fold it prints how long all its folds should take.
 
     Parameters
     ----------

@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # `make course` runs the report's settings on FMA-small unless GENRE_PROFILE or GENRE_DATA say otherwise
+# (the data folder made absolute: the notebooks run in notebooks/)
 COURSE_PROFILE := $(or $(GENRE_PROFILE),seed)
-COURSE_DATA := $(or $(GENRE_DATA),data/fma)
+COURSE_DATA := $(abspath $(or $(GENRE_DATA),data/fma))
 export GENRE_PROFILE ?= demo
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 # the lessons of the report's experiment: dataset, features, model, training, results, what the network hears
@@ -82,7 +83,7 @@ FMA_FIXTURE := data/fma-fixture
 $(FMA_FIXTURE)/fma_metadata/tracks.csv: tests/fma_fixture.py | $(VENV)/.installed
 	$(BIN)/python tests/fma_fixture.py $(FMA_FIXTURE)
 seed-notebooks: $(FMA_FIXTURE)/fma_metadata/tracks.csv
-	GENRE_PROFILE=seed GENRE_QUICK=1 GENRE_DATA=$(FMA_FIXTURE) GENRE_SETTINGS="epochs=1 figures_dir=runs/quick/seed-figures" \
+	GENRE_PROFILE=seed GENRE_QUICK=1 GENRE_DATA=$(abspath $(FMA_FIXTURE)) GENRE_SETTINGS="epochs=1 figures_dir=runs/quick/seed-figures" \
 		$(BIN)/python -m pytest --nbval-lax -q $(filter-out %/09_interpretation.ipynb,$(COURSE_NOTEBOOKS))
 
 report: setup  ## the executed notebooks as one browsable HTML report in report/

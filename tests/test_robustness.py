@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -317,6 +318,26 @@ def test_bad_genre_settings_name_the_key_and_value(monkeypatch, settings, messag
     monkeypatch.setenv("GENRE_SETTINGS", settings)
     with pytest.raises(gu.ConfigError, match=r"GENRE_SETTINGS: " + message):
         gu.get_config("demo")
+
+
+def test_genre_settings_reach_every_process_of_a_run_and_make_course_runs_the_experiments_lessons():
+    env = {k: v for k, v in os.environ.items() if k not in ("GENRE_PROFILE", "GENRE_DATA", "GENRE_QUICK")}
+    env["GENRE_SETTINGS"] = "n_mels=96 cqt_kernel=5,5"
+    code = "import genre_utils as gu; cfg = gu.get_config(); print(cfg.n_mels, cfg.cqt_kernel, cfg.changed_settings())"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.stdout.split("\n")[0] == "96 (5, 5) n_mels=96 cqt_kernel=5,5", result.stderr  # as a notebook's kernel
+    prerequisites = [
+        "-o",
+        ".venv/.installed",
+        "-o",
+        "cache/musicnn/msd_musicnn.npz",
+        "-o",
+        "cache/musicnn/mtt_musicnn.npz",
+    ]
+    dry = subprocess.run(["make", "-n", *prerequisites, "course"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert f"GENRE_PROFILE=seed GENRE_DATA={ROOT / 'data' / 'fma'} " in dry.stdout, dry.stdout + dry.stderr
+    notebooks = re.findall(r"notebooks/(\d\d)_\w+\.ipynb", dry.stdout.split(";")[0])
+    assert notebooks == ["01", "02", "03", "04", "05", "09"]
 
 
 def test_quick_mode_is_no_changed_setting(monkeypatch):

@@ -640,9 +640,10 @@ class _ExpectedDuration:
 
     def say(self, seconds: float, basis: str) -> None:
         end = time.strftime("%H:%M", time.localtime(time.time() + seconds - (time.perf_counter() - self.start)))
+        units = f"{self.total} {self.unit}{'s' * (self.total != 1)}"
         self.write(
-            f"{self.what}: {self.total} {self.unit}s expected to take about {_duration_text(seconds)} on this "
-            f"machine ({basis}; done around {end})"
+            f"{self.what}: {units} expected to take about {_duration_text(seconds)} on this machine "
+            f"({basis}; done around {end})"
         )
 
 
@@ -4288,8 +4289,9 @@ def _expected_duration_class():
             self.epochs_done += 1
             elapsed = time.perf_counter() - self.expected.start
             left = self.params["epochs"] - epoch - 1
-            if not self.said:
-                self.expected.say(elapsed * self.expected.total, "its first epoch, tracing included")
+            if not self.said:  # nothing to say when the first epoch was the last
+                if left:
+                    self.expected.say(elapsed * self.expected.total, "its first epoch, tracing included")
                 self.said = True
             elif left:
                 print(

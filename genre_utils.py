@@ -37,7 +37,8 @@ Devices and batches: where Keras runs, and normalised batches of whole clips or 
     gpu_devices, configure_devices, describe_devices, device_memory, TRAIN_MODES, EXCERPT_HOP, chunk_frames,
     excerpt_starts, micro_batch_size, feature_batches
 Training: Keras fit with checkpoints, logs and resume, one folder per run, read back by load_run
-    RUN_FILES, RUN_FORMAT, adapt_normalization, train, LR_SCHEDULES, MONITORS, CHECKPOINTS, load_run
+    RUN_FILES, RUN_FORMAT, adapt_normalization, train, LR_SCHEDULES, MONITORS, CHECKPOINTS, load_run,
+    training_cost
 Prediction: genre probabilities of cached clips and of audio files of any length, with their caveats
     predict_proba, predict_file, SILENCE_DB, SHORT_SHARE, audio_warnings
 Evaluation: accuracy, per-genre scores, confusion matrix, the comparison with the report, cross-validation
@@ -230,6 +231,7 @@ __all__ = [
     "MONITORS",
     "CHECKPOINTS",
     "load_run",
+    "training_cost",
     # Prediction
     "predict_proba",
     "predict_file",
@@ -4774,6 +4776,22 @@ def load_run(run_dir: str | os.PathLike):
     cfg = _config_from_dict(json.loads((run_dir / "config.json").read_text()), run_dir / "config.json")
     model = load_model(run_dir / f"{cfg.checkpoint}.keras")
     return model, cfg, _read_history(run_dir / "history.csv")
+
+
+def training_cost(cfg: Config) -> str:
+    """What one training of cfg.epochs epochs should cost on this machine, from the epoch times logged by
+    notebook 04's run of this preset (cfg.runs_dir/<profile>-full/history.csv): what the extra notebooks
+    say before they start. Each training also says its own expected duration when it starts (`train`).
+    """
+    history = cfg.runs_dir / f"{cfg.profile}-full" / "history.csv"
+    try:
+        seconds = float(_read_history(history)["epoch_seconds"].median())
+    except (OSError, KeyError, ValueError):
+        return f"not measured yet (no {history}: notebook 04 trains it); each training says its cost as it starts"
+    return (
+        f"about {_duration_text(seconds * cfg.epochs)} a training of {cfg.epochs} epochs ({seconds:.0f} s an "
+        f"epoch in notebook 04's run on this machine; smaller networks take less)"
+    )
 
 
 def _run_format(run_dir: Path) -> int | None:

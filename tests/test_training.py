@@ -253,3 +253,11 @@ def test_resuming_on_other_data_is_refused(tmp_path, killed_run, data):
 def test_load_run_of_an_empty_folder_names_the_missing_file(tmp_path):
     with pytest.raises(gu.DataError, match="config.json: not found"):
         gu.load_run(tmp_path)
+
+
+def test_training_cost_reads_the_epoch_times_of_the_presets_run(tmp_path):
+    cfg = TINY.replace(runs_dir=tmp_path, epochs=46)
+    assert gu.training_cost(cfg).startswith(f"not measured yet (no {tmp_path / 'demo-full' / 'history.csv'}")
+    (tmp_path / "demo-full").mkdir()
+    (tmp_path / "demo-full" / "history.csv").write_text("epoch,epoch_seconds\n0,30\n1,20\n2,19\n")
+    assert gu.training_cost(cfg).startswith("about 15 min a training of 46 epochs (20 s an epoch in notebook 04's")

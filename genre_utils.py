@@ -6,7 +6,7 @@ names (`__all__` lists the same names in the same order; everything else starts 
 Config and errors: every knob in one dataclass, its presets, and every error class
     ROOT, GENRES, BRANCHES, SPLITS, GenreError, ConfigError, DataError, AudioError, CacheError,
     DownloadError, DeviceMemoryError, Config, PRESETS, RECIPE_SETTINGS, QUICK_EPOCHS, QUICK_DIR, quick_mode,
-    get_config
+    get_config, parse_settings
 Shared helpers: quiet imports, atomic writes and output-folder errors, used by several sections
     import_keras
 Data: track tables for the FMA and folder-per-genre layouts, and audio loading
@@ -37,7 +37,8 @@ Devices and batches: where Keras runs, and normalised batches of whole clips or 
     gpu_devices, configure_devices, describe_devices, device_memory, TRAIN_MODES, EXCERPT_HOP, chunk_frames,
     excerpt_starts, micro_batch_size, feature_batches
 Training: Keras fit with checkpoints, logs and resume, one folder per run, read back by load_run
-    RUN_FILES, RUN_FORMAT, adapt_normalization, train, LR_SCHEDULES, MONITORS, CHECKPOINTS, load_run
+    RUN_FILES, RUN_FORMAT, adapt_normalization, train, LR_SCHEDULES, MONITORS, CHECKPOINTS, load_run,
+    training_cost
 Prediction: genre probabilities of cached clips and of audio files of any length, with their caveats
     predict_proba, predict_file, SILENCE_DB, SHORT_SHARE, audio_warnings
 Evaluation: accuracy, per-genre scores, confusion matrix, the comparison with the report, cross-validation
@@ -118,6 +119,7 @@ __all__ = [
     "QUICK_DIR",
     "quick_mode",
     "get_config",
+    "parse_settings",
     # Shared helpers
     "import_keras",
     # Data
@@ -230,6 +232,7 @@ __all__ = [
     "MONITORS",
     "CHECKPOINTS",
     "load_run",
+    "training_cost",
     # Prediction
     "predict_proba",
     "predict_file",
@@ -362,7 +365,12 @@ class Config:
     cqt_fmin: float = 32.70  # Hz, C1
     # model
     branches: tuple[str, ...] = BRANCHES
-    filters: int = 32  # channels of the first block; later blocks double up to 8x
+    first_block_channels: int = 32  # channels of each branch's first conv block; later blocks double up to 8x
+    vertical_kernel_share: float = 0.4  # mel_vertical kernels span this share of the bands a block sees ...
+    vertical_kernel_frames: int = 3  # ... and this many frames: spectral envelopes (timbre)
+    # mel_horizontal kernels: 1 band x this many frames in blocks 1, 2, ... (the last for the rest): rhythm
+    horizontal_kernel_frames: tuple[int, ...] = (32, 16, 8)
+    cqt_kernel: tuple[int, int] = (3, 3)  # cqt kernels: (bins, frames)
     dense_units: int = 256
     dropout: float = 0.5
     bn_momentum: float = 0.99  # batch norm's moving statistics keep this share per step (Keras' default)
@@ -414,6 +422,17 @@ class Config:
         """JSON-ready dict of every field (paths as strings)."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
+    def changed_settings(self) -> str:
+        """The fields that differ from the preset's, as GENRE_SETTINGS writes them ("none" if none);
+        where data, caches, runs and figures go, and quick mode's epochs, are left out."""
+        base = _preset(self.profile) if self.profile in PRESETS else Config()
+        changed = [
+            f"{f.name}={_setting_text(getattr(self, f.name))}"
+            for f in dataclasses.fields(self)
+            if f.name not in _PLACE_SETTINGS and getattr(self, f.name) != getattr(base, f.name)
+        ]
+        return " ".join(changed) or "none"
+
 
 PRESETS = {
     # The report's settings: 30 s FMA clips at 22,050 Hz, batch 32, 46 epochs.
@@ -424,7 +443,7 @@ PRESETS = {
         data_root=ROOT / "data" / "demo",
         clip_seconds=10.0,
         n_mels=64,
-        filters=8,
+        first_block_channels=8,
         dense_units=64,
         bn_momentum=0.9,  # 12 steps an epoch: the moving statistics must follow the weights within one
         epochs=20,
@@ -474,6 +493,9 @@ PRESETS["recipe"] = PRESETS["demo"].replace(profile="recipe", **RECIPE_SETTINGS)
 # and notebook 07 embeds one 3 s musicnn patch per clip
 QUICK_EPOCHS = 2
 QUICK_DIR = ROOT / "runs" / "quick"
+# fields that say where things go, not how they are computed: Config.changed_settings leaves them out
+_PLACE_SETTINGS = ("profile", "data_root", "cache_dir", "runs_dir", "figures_dir")
+_RENAMED_SETTINGS = {"filters": "first_block_channels"}  # old name: new name (saved configs are read with either)
 
 
 def quick_mode() -> bool:
@@ -486,22 +508,80 @@ def get_config(profile: str | None = None, data_root: str | os.PathLike | None =
 
     `profile` defaults to the environment variable GENRE_PROFILE (else "demo"), `data_root` to
     GENRE_DATA (else the preset's). With GENRE_QUICK set (not empty or "0"), epochs defaults to
-    QUICK_EPOCHS and runs_dir, figures_dir to QUICK_DIR and QUICK_DIR/figures. Raises ConfigError
-    for an unknown preset or field.
+    QUICK_EPOCHS and runs_dir, figures_dir to QUICK_DIR and QUICK_DIR/figures. GENRE_SETTINGS
+    changes any field for every notebook and script of a run: space-separated `field=value` pairs
+    ("n_mels=128 epochs=10"; tuples comma-separated, "horizontal_kernel_frames=16,8"; paths relative
+    to the project folder); `changes` win over it. Raises ConfigError for an unknown preset or field,
+    or a value that does not parse as the field's type, naming it.
     """
     profile = profile or os.environ.get("GENRE_PROFILE") or "demo"
     if profile not in PRESETS:
         raise ConfigError(f"unknown preset {profile!r}; choose one of {', '.join(PRESETS)} (GENRE_PROFILE)")
-    cfg = PRESETS[profile]
-    if quick_mode():
-        changes = {"epochs": QUICK_EPOCHS, "runs_dir": QUICK_DIR, "figures_dir": QUICK_DIR / "figures", **changes}
+    changes = {**parse_settings(os.environ.get("GENRE_SETTINGS", "")), **changes}
     data_root = data_root or os.environ.get("GENRE_DATA")
     if data_root:
         changes["data_root"] = Path(data_root).expanduser().resolve()
     unknown = set(changes) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))}")
-    return cfg.replace(**changes)
+        renamed = [f"{old} is now {new}" for old, new in _RENAMED_SETTINGS.items() if old in unknown]
+        raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))}" + "".join(f" ({r})" for r in renamed))
+    return _preset(profile).replace(**changes)
+
+
+def parse_settings(text: str) -> dict:
+    """`field=value` pairs separated by spaces (GENRE_SETTINGS) as typed Config changes.
+
+    >>> parse_settings("n_mels=128 epochs=10 use_ema=true horizontal_kernel_frames=16,8")
+    {'n_mels': 128, 'epochs': 10, 'use_ema': True, 'horizontal_kernel_frames': (16, 8)}
+
+    Raises ConfigError naming a pair without "=", an unknown field or a value of the wrong type.
+    """
+    defaults = {f.name: getattr(Config(), f.name) for f in dataclasses.fields(Config)}
+    changes = {}
+    for pair in text.split():
+        name, equals, value = pair.partition("=")
+        if not equals or not value:
+            raise ConfigError(f"GENRE_SETTINGS: {pair!r} is not field=value (e.g. n_mels=128)")
+        if name == "profile":
+            raise ConfigError("GENRE_SETTINGS: choose the preset with GENRE_PROFILE, not profile=")
+        if name not in defaults:
+            renamed = f" ({name} is now {_RENAMED_SETTINGS[name]})" if name in _RENAMED_SETTINGS else ""
+            raise ConfigError(f"GENRE_SETTINGS: unknown setting {name!r}{renamed}; the fields of Config are settings")
+        default = defaults[name]
+        try:
+            if isinstance(default, tuple):
+                kind = type(default[0]) if default else str
+                changes[name] = tuple(_typed(kind, item) for item in value.split(","))
+            else:
+                changes[name] = _typed(type(default), value)
+        except ValueError:
+            raise ConfigError(
+                f"GENRE_SETTINGS: {name}={value!r} is not a valid {type(default).__name__} (default {default!r})"
+            ) from None
+    return changes
+
+
+def _typed(kind: type, text: str):
+    """`text` as a value of `kind` (bool, int, float, Path relative to ROOT, str); ValueError if it is not."""
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(text)
+        return text.lower() in ("true", "1", "yes")
+    if issubclass(kind, Path):
+        return (ROOT / Path(text).expanduser()).resolve()
+    return kind(text)
+
+
+def _setting_text(value) -> str:
+    """A field's value as GENRE_SETTINGS writes it."""
+    return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+
+
+def _preset(profile: str) -> Config:
+    """The preset, with quick mode's epochs and folders when GENRE_QUICK is set."""
+    if quick_mode():
+        return PRESETS[profile].replace(epochs=QUICK_EPOCHS, runs_dir=QUICK_DIR, figures_dir=QUICK_DIR / "figures")
+    return PRESETS[profile]
 
 
 # ── Shared helpers: quiet imports, atomic writes and output-folder errors, used by several sections ──
@@ -534,6 +614,44 @@ def _first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type when it has none."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _duration_text(seconds: float) -> str:
+    """A duration for people: "40 s", "12 min", "3.5 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+class _ExpectedDuration:
+    """Says once, after the first `after` of `total` items, how long all of them should take at that pace.
+
+    The long steps (feature extraction, training, fine-tuning, cross-validation) print this before most of
+    their work, so a run on real data tells its cost early; their progress bars then count down (tqdm's
+    ETA, or Keras' epoch lines). `write` prints the line (a tqdm bar's write keeps the bar intact).
+    """
+
+    def __init__(self, what: str, total: int, unit: str, after: int = 3, write=print, warm: int = 1):
+        self.what, self.total, self.unit, self.after, self.write = what, total, unit, max(1, after), write
+        self.start, self.done, self.first, self.warm = time.perf_counter(), 0, None, warm
+
+    def update(self, n: int = 1) -> None:
+        now = time.perf_counter()
+        self.done += n
+        if self.first is None and self.done >= self.warm:  # the first `warm` items pay the start-up (worker
+            self.first = (now, self.done)  # processes, a first graph) once; the pace is measured after them
+        if self.done - n < self.after <= self.done < self.total:
+            (first, first_done), elapsed = self.first or (now, self.done), now - self.start
+            pace = (now - first) / (self.done - first_done) if self.done > first_done else elapsed / self.done
+            self.say(first - self.start + pace * (self.total - first_done), f"at the pace of the first {self.done}")
+
+    def say(self, seconds: float, basis: str) -> None:
+        end = time.strftime("%H:%M", time.localtime(time.time() + seconds - (time.perf_counter() - self.start)))
+        units = f"{self.total} {self.unit}{'s' * (self.total != 1)}"
+        self.write(
+            f"{self.what}: {units} expected to take about {_duration_text(seconds)} on this machine "
+            f"({basis}; done around {end})"
+        )
 
 
 @contextlib.contextmanager
@@ -1795,7 +1913,7 @@ def extract_features(
     the rows already flushed there. Files that cannot be decoded, or give NaN/inf features, are
     skipped, listed in Features.skipped and summed up in a warning when the extraction ends; their
     rows are removed in place (no second copy of the cache on disk), and a run killed meanwhile
-    finishes that without decoding again.
+    finishes that without decoding again. After the first few clips it prints how long all should take.
 
     Parameters
     ----------
@@ -1878,8 +1996,11 @@ def _build_features(table: pd.DataFrame, key: str, cache_dir: Path, cfg: Config,
 
     jobs = [(int(row), str(table["path"].iloc[row])) for row in todo]
     progress = tqdm(total=len(table), initial=len(table) - len(todo), desc=f"features {key}", unit="clip")
+    workers = workers or _available_cores()
+    # each worker's first clip waits for its process to start and librosa to compile: the pace is timed after
+    expected = _ExpectedDuration("feature extraction", len(jobs), "clip", 5 * workers - 2, progress.write, workers)
     try:
-        for row, (mel_row, cqt_row, reason) in _feature_results(jobs, cfg, workers or _available_cores()):
+        for row, (mel_row, cqt_row, reason) in _feature_results(jobs, cfg, workers):
             if reason is None:
                 mel[row], cqt_rows[row] = mel_row, cqt_row
                 unflushed.append(row)
@@ -1889,6 +2010,7 @@ def _build_features(table: pd.DataFrame, key: str, cache_dir: Path, cfg: Config,
             else:
                 skipped.append((row, str(table["path"].iloc[row]), reason))
             progress.update()
+            expected.update()
     finally:
         with _writing_to(cache_dir, CacheError, "cfg.cache_dir"):
             flush()
@@ -2381,13 +2503,14 @@ def _clip_statistics_of_file(path: str, cfg: Config) -> tuple[pd.Series | None, 
 # Filter shapes follow Pons et al. 2017 ("Timbre analysis of music audio signals with CNNs"),
 # whose figure the report's lost one cited; every size is in (frequency bins, time frames):
 # - mel_vertical: kernels span 40 % of the bands a block sees (Pons' m = 0.4 F) and 3 frames
-#   (Pons: 1-7), so each filter learns a spectral envelope, i.e. timbre. The first pool is (4, 2):
+#   (Pons: 1-7; cfg.vertical_kernel_share, cfg.vertical_kernel_frames), so each filter learns a
+#   spectral envelope, i.e. timbre. The first pool is (4, 2):
 #   max-pooling over frequency makes the timbre detectors pitch-invariant, as in Pons.
 # - mel_horizontal: kernels one band high and 32, then 16, then 8 frames long (0.74 s, then
 #   ever longer spans as pooling halves time), so filters learn rhythm and onsets per band
-#   (Schlüter & Böck 2014; Pons & Serra 2017).
-# - cqt: 3x3 kernels, the ordinary image-CNN choice the report made for the CQT.
-# Block b has cfg.filters * min(2**b, 8) channels. Pools are 2x2 with "same" padding, so six of
+#   (Schlüter & Böck 2014; Pons & Serra 2017; cfg.horizontal_kernel_frames).
+# - cqt: 3x3 kernels, the ordinary image-CNN choice the report made for the CQT (cfg.cqt_kernel).
+# Block b has cfg.first_block_channels * min(2**b, 8) channels. Pools are 2x2 with "same" padding, so six of
 # them turn the seed input (128 x 1292 mel, 84 x 1292 CQT) into 2 x 21 maps and the demo input
 # (64 x 431 mel, 84 x 431 CQT) into 1 x 7 and 2 x 7; global average pooling then lets a clip of
 # any length vote.
@@ -2410,12 +2533,13 @@ def _branch_blocks(branch: str, height: int, cfg: Config) -> list[_Block]:
     for b in range(n_convs):
         pool = None if b >= n_pools else ((4, 2) if branch == "mel_vertical" and b == 0 else (2, 2))
         if branch == "mel_vertical":
-            kernel = (max(1, round(0.4 * height)), 3)
+            kernel = (max(1, round(cfg.vertical_kernel_share * height)), cfg.vertical_kernel_frames)
         elif branch == "mel_horizontal":
-            kernel = (1, (32, 16)[b] if b < 2 else 8)
+            frames = cfg.horizontal_kernel_frames
+            kernel = (1, frames[min(b, len(frames) - 1)])
         else:
-            kernel = (3, 3)
-        blocks.append(_Block(kernel, pool, cfg.filters * min(2**b, 8)))
+            kernel = tuple(cfg.cqt_kernel)
+        blocks.append(_Block(kernel, pool, cfg.first_block_channels * min(2**b, 8)))
         if pool:
             height = -(-height // pool[0])  # "same" pooling rounds up
     return blocks
@@ -2448,7 +2572,8 @@ def build_model(cfg: Config, branches=None):
     Parameters
     ----------
     cfg : Config
-        Input heights (n_mels, cqt_bins), filters, dense_units, dropout and the genres.
+        Input heights (n_mels, cqt_bins), first_block_channels, the kernel shapes, dense_units,
+        dropout and the genres.
     branches : sequence of str, optional
         A non-empty subset of BRANCHES ("mel_vertical", "mel_horizontal", "cqt"), default
         cfg.branches; only the inputs they need are created.
@@ -3721,6 +3846,7 @@ def finetune_musicnn(
     Stage 1 trains the new head alone (Adam, head_lr, head_epochs), stage 2 the head and the parts
     from `unfreeze` on (AdamW, body_lr decaying to 0 along a cosine, body_epochs), each patch labelled
     with its clip's genre (label smoothing). Settings: FINETUNE_SETTINGS, overridden by `settings`.
+    Each stage prints how long it should take after its first steps.
 
     Parameters
     ----------
@@ -3784,7 +3910,10 @@ def finetune_musicnn(
             schedule = keras.optimizers.schedules.CosineDecay(settings["body_lr"], steps)
             optimizer = keras.optimizers.AdamW(schedule, weight_decay=settings["weight_decay"])
         trainer.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
-        fitted = trainer.fit(x, y, batch_size=settings["batch_size"], epochs=epochs, shuffle=True, verbose=0)
+        timer = _expected_duration_class()(f"fine-tuning musicnn, stage {stage} ({unfreeze})")
+        fitted = trainer.fit(
+            x, y, batch_size=settings["batch_size"], epochs=epochs, shuffle=True, verbose=0, callbacks=[timer]
+        )
         history += [
             {"stage": stage, "unfreeze": unfreeze, "epoch": epoch + 1, "loss": float(loss_), "accuracy": float(acc)}
             for epoch, (loss_, acc) in enumerate(zip(fitted.history["loss"], fitted.history["accuracy"]))
@@ -4386,6 +4515,55 @@ def _epoch_timer_class():
 
 
 @functools.cache
+def _expected_duration_class():
+    """keras Callback printing how long fit should take, measured on its first steps after the first
+    (which traces the graph; with fewer than 3 steps an epoch, on the first epoch), then the time
+    left after each epoch (created on first use, see above)."""
+    keras = import_keras()
+
+    class ExpectedDuration(keras.callbacks.Callback):
+        def __init__(self, what: str):
+            super().__init__()
+            self.what = what
+
+        def on_train_begin(self, logs=None):
+            self.expected, self.epochs_done, self.said = None, 0, False
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if self.expected is None:
+                epochs_left = self.params["epochs"] - epoch
+                self.expected = _ExpectedDuration(self.what, epochs_left, "epoch", write=print)
+
+        def on_train_batch_end(self, batch, logs=None):
+            steps = self.params.get("steps") or 0
+            if self.said or steps < 3:
+                return
+            if batch == 0:
+                self.traced = time.perf_counter()
+            elif batch == min(5, steps - 1):
+                per_step = (time.perf_counter() - self.traced) / batch
+                basis = f"steps 2-{batch + 1} of {steps} an epoch, validation not counted"
+                self.expected.say(per_step * steps * self.expected.total, basis)
+                self.said = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epochs_done += 1
+            elapsed = time.perf_counter() - self.expected.start
+            left = self.params["epochs"] - epoch - 1
+            if not self.said:  # nothing to say when the first epoch was the last
+                if left:
+                    self.expected.say(elapsed * self.expected.total, "its first epoch, tracing included")
+                self.said = True
+            elif left:
+                print(
+                    f"{self.what}: epoch {epoch + 1} of {self.params['epochs']}, about "
+                    f"{_duration_text(elapsed / self.epochs_done * left)} left"
+                )
+
+    return ExpectedDuration
+
+
+@functools.cache
 def _clip_validation_class():
     """keras Callback that validates clip by clip with `predict_proba` (chunked training)."""
     keras = import_keras()
@@ -4427,6 +4605,7 @@ def train(
     the gradients of that many micro-batches of cfg.batch_size // accumulation_steps clips: the same
     steps, learning rates and clips per step in a fraction of the memory; batch normalisation
     normalises (and updates its moving statistics) per micro-batch, and mixup blends within one.
+    It prints how long it should take after its first few steps, then the time left after each epoch.
 
     Parameters
     ----------
@@ -4545,6 +4724,7 @@ def train(
     logging = [
         *([_clip_validation_class()(data, splits["validation"], cfg)] if chunked else []),
         _epoch_timer_class()(),  # after the clip validation, so the time includes it
+        _expected_duration_class()(f"training {run_dir.name}"),
         *stopping,
         _epoch_checkpoint_class()(run_dir, train_batches, state, cfg.monitor, *stopping),
         # Keras writes TensorBoard logs through TensorFlow, whatever the backend
@@ -4906,6 +5086,7 @@ def _augmented_batches_class():
 def _config_from_dict(settings: dict, source: Path) -> Config:
     """Config from `cfg.to_dict()` output read back from JSON (paths and tuples restored)."""
     defaults = Config()
+    settings = {_RENAMED_SETTINGS.get(name, name): value for name, value in settings.items()}
     unknown = set(settings) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
         raise ConfigError(f"{source}: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -4938,6 +5119,22 @@ def load_run(run_dir: str | os.PathLike):
     cfg = _config_from_dict(_read_json(run_dir / "config.json"), run_dir / "config.json")
     model = load_model(run_dir / f"{cfg.checkpoint}.keras")
     return model, cfg, _read_history(run_dir / "history.csv")
+
+
+def training_cost(cfg: Config) -> str:
+    """What one training of cfg.epochs epochs should cost on this machine, from the epoch times logged by
+    notebook 04's run of this preset (cfg.runs_dir/<profile>-full/history.csv): what the extra notebooks
+    say before they start. Each training also says its own expected duration when it starts (`train`).
+    """
+    history = cfg.runs_dir / f"{cfg.profile}-full" / "history.csv"
+    try:
+        seconds = float(_read_history(history)["epoch_seconds"].median())
+    except (OSError, KeyError, ValueError):
+        return f"not measured yet (no {history}: notebook 04 trains it); each training says its cost as it starts"
+    return (
+        f"about {_duration_text(seconds * cfg.epochs)} a training of {cfg.epochs} epochs ({seconds:.0f} s an "
+        f"epoch in notebook 04's run on this machine; smaller networks take less)"
+    )
 
 
 def _run_format(run_dir: Path) -> int | None:
@@ -5411,6 +5608,8 @@ def cross_validate(
 ) -> CrossValidation:
     """Run every method on every fold of `cross_validation_folds(labels, folds, seed + r, validation)`, r < repeats.
 
+    After each method's first fold it prints how long all its folds should take.
+
     Parameters
     ----------
     methods : dict[str, callable]
@@ -5504,7 +5703,7 @@ def cross_validate(
     codes = {genre: k for k, genre in enumerate(cfg.genres)}
     n_run = folds if max_folds is None else max(1, min(folds, int(max_folds)))
     tasks = list(itertools.product(methods, range(repeats), range(n_run)))
-    results = {}
+    results, expected = {}, {}  # expected: each method's duration, said after its first fold
     bar = tqdm(total=len(tasks), desc="cross-validation", unit="fold", disable=not progress)
     with bar:
         # first every fold no other process is running (each fold holds a lock while it runs, so two
@@ -5517,9 +5716,14 @@ def cross_validate(
                     fold_dir.parent.mkdir(parents=True, exist_ok=True)
                 with _exclusive(fold_dir.with_suffix(".lock"), wait=wait) as mine:
                     if mine:
+                        what = f"cross-validation of {name}"
+                        estimate = expected.setdefault(
+                            name, _ExpectedDuration(what, repeats * n_run, "fold", 1, bar.write)
+                        )
                         split = assignment[(repeat, fold)].rename("split")
                         results[name, repeat, fold] = _fold_result(name, methods[name], split, labels, fold_dir, cfg)
                         bar.update()
+                        estimate.update()
     rows = []
     for name, repeat, fold in tasks:
         result = results[name, repeat, fold]
@@ -6233,7 +6437,7 @@ def _finished_run(run_dir: Path, cfg: Config, data: Features) -> bool:
         return False
     if _run_format(run_dir) != RUN_FORMAT:
         return False
-    if json.loads((run_dir / "config.json").read_text()) != json.loads(json.dumps(cfg.to_dict())):
+    if _config_from_dict(json.loads((run_dir / "config.json").read_text()), run_dir / "config.json") != cfg:
         return False
     if json.loads((run_dir / "data.json").read_text()).get("fingerprint") != data.fingerprint():
         return False

@@ -187,7 +187,10 @@ ABLATIONS = {
         dict(checkpoint="best", monitor="val_accuracy"),
     ),
     "recipe-gain": ("recipe plus random gain (+-6 dB)", dict(gain_db=6.0)),
-    "recipe-wide": ("recipe with twice the width (filters 16, dense 128)", dict(filters=16, dense_units=128)),
+    "recipe-wide": (
+        "recipe with twice the width (first-block channels 16, dense 128)",
+        dict(first_block_channels=16, dense_units=128),
+    ),
     "report-chunked": ("the report's recipe on random excerpts only (demo preset, chunked)", None),
 }
 

@@ -14,7 +14,15 @@ SR = 22_050  # Hz, the presets' rate: files written at it need no resampling unl
 
 # A three-branch CNN small enough to build and train for two epochs in seconds
 TINY = gu.get_config(
-    "demo", n_mels=16, cqt_bins=12, clip_seconds=1.5, filters=2, dense_units=8, batch_size=8, epochs=2, seed=7
+    "demo",
+    n_mels=16,
+    cqt_bins=12,
+    clip_seconds=1.5,
+    first_block_channels=2,
+    dense_units=8,
+    batch_size=8,
+    epochs=2,
+    seed=7,
 )
 
 

@@ -92,13 +92,16 @@ class Counting:
         return gu.MethodResult(proba, parameters=3, train_seconds=0.5)
 
 
-def test_cross_validate_scores_every_method_on_the_same_folds_and_resumes(tmp_path):
+def test_cross_validate_scores_every_method_on_the_same_folds_and_resumes(tmp_path, capsys):
     cfg = TINY.replace(genres=("jazz", "pop", "rock"))
     oracle = Counting(cfg.genres, known=LABELS.index)
     majority = Counting(cfg.genres)
     result = gu.cross_validate(
         {"oracle": oracle, "majority": majority}, LABELS, cfg, folds=3, seed=1, out_dir=tmp_path, progress=False
     )
+    said = capsys.readouterr().out  # each method's cost, measured on its first fold, before the others run
+    for name in ("oracle", "majority"):
+        assert said.count(f"cross-validation of {name}: 3 folds expected to take about ") == 1, said
     assert list(result.summary.columns) == list(gu.CV_COLUMNS)
     assert result.summary["method"].tolist() == ["oracle", "majority"]
     summary = result.summary.set_index("method")

@@ -109,8 +109,10 @@ def test_silence_gives_finite_features(cfg):
 # ── the cache ──
 
 
-def test_the_cache_holds_the_documented_files_and_arrays(tracks, cfg):
+def test_the_cache_holds_the_documented_files_and_arrays(tracks, cfg, capsys):
     features = gu.extract_features(tracks, cfg, workers=1)
+    said = capsys.readouterr().out  # after 5 x workers - 2 clips, before the others
+    assert said.count("feature extraction: 6 clips expected to take about ") == 1 and "pace of the first 3" in said
     key = gu.features_key(tracks, cfg)
     assert features.path == cfg.cache_dir / f"features-{key}"
     assert sorted(p.name for p in features.path.iterdir()) == sorted(gu._CACHE_FILES)

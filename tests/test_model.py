@@ -52,6 +52,23 @@ def test_filter_shapes_are_vertical_horizontal_and_square():
     assert widths[0] == 32 and widths == sorted(widths) and max(widths) == 8 * 32
 
 
+def test_kernel_shapes_default_to_the_reports_and_follow_the_config():
+    cfg = gu.get_config("seed")
+    assert (cfg.vertical_kernel_share, cfg.vertical_kernel_frames) == (0.4, 3)
+    assert cfg.horizontal_kernel_frames == (32, 16, 8) and cfg.cqt_kernel == (3, 3)
+    shapes = {b: [block.kernel for block in gu._branch_blocks(b, 128, cfg)] for b in gu.BRANCHES}
+    assert shapes["mel_vertical"][:2] == [(51, 3), (13, 3)]  # 40 % of 128 bands, then of 32 after the (4, 2) pool
+    assert shapes["mel_horizontal"] == [(1, 32), (1, 16)] + [(1, 8)] * 5 and shapes["cqt"] == [(3, 3)] * 7
+    ablation = TINY.replace(
+        vertical_kernel_share=0.5, vertical_kernel_frames=5, horizontal_kernel_frames=(4,), cqt_kernel=(5, 1)
+    )
+    model = gu.build_model(ablation)
+    assert model.get_layer("mel_vertical_block1_conv").kernel_size == (8, 5)  # half of TINY's 16 bands
+    assert {layer.kernel_size for layer in _layers(model, "mel_horizontal", "_conv")} == {(1, 4)}
+    assert {layer.kernel_size for layer in _layers(model, "cqt", "_conv")} == {(5, 1)}
+    assert model.get_layer("cqt_block1_conv").filters == ablation.first_block_channels == 2
+
+
 def test_hidden_layers_use_he_initialisation_and_the_configs_dropout(model):
     hidden = [layer for layer in model.layers if layer.name.endswith("_conv")] + [model.get_layer("dense")]
     assert all(isinstance(layer.kernel_initializer, keras.initializers.HeNormal) for layer in hidden)

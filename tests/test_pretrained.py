@@ -448,6 +448,11 @@ def test_a_finetuned_run_round_trips_through_save_load_run_and_predict_file(embe
     cfg = cfg.replace(genres=("Folk", "Rock"), data_root=tmp_path)
     run_dir = tmp_path / "run"
     model = gu.finetune_musicnn(x, clips, tracks, cfg, run_dir, head_epochs=2, body_epochs=1, batch_size=4)
+    # 8 patches in batches of 4: each stage's cost is said after its first epoch, unless that was its last
+    said = capsys.readouterr().out.splitlines()
+    assert len(said) == 1 and said[0].startswith("fine-tuning musicnn, stage 1 (head): 2 epochs expected to take "), (
+        said
+    )
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(gu.FINETUNE_RUN_FILES)
     info = json.loads((run_dir / "finetune.json").read_text())
     assert info["genres"] == ["Folk", "Rock"] and (info["clips"], info["patches"]) == (8, 8)

@@ -3,8 +3,10 @@ reason (never a library traceback, never silently wrong output), and interrupted
 
 import errno
 import hashlib
+import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -285,6 +287,72 @@ def test_unknown_preset_names_the_choices_and_the_variable(monkeypatch):
         gu.ConfigError, match=r"unknown preset 'huge'; choose one of seed, demo, recipe \(GENRE_PROFILE\)"
     ):
         gu.get_config()
+
+
+def test_genre_settings_change_any_field_typed_and_explicit_changes_win(monkeypatch):
+    monkeypatch.setenv("GENRE_SETTINGS", "n_mels=128 epochs=10  dropout=0.3 use_ema=yes horizontal_kernel_frames=16,8")
+    cfg = gu.get_config("demo")
+    assert (cfg.n_mels, cfg.epochs, cfg.dropout, cfg.use_ema) == (128, 10, 0.3, True)
+    assert cfg.horizontal_kernel_frames == (16, 8) and cfg.clip_seconds == gu.PRESETS["demo"].clip_seconds
+    assert cfg.changed_settings() == "n_mels=128 horizontal_kernel_frames=16,8 dropout=0.3 epochs=10 use_ema=True"
+    assert gu.get_config("demo", epochs=3).epochs == 3
+    monkeypatch.setenv("GENRE_SETTINGS", "figures_dir=runs/x")
+    assert gu.get_config("demo").figures_dir == gu.ROOT / "runs" / "x"  # relative to the project folder
+    monkeypatch.delenv("GENRE_SETTINGS")
+    assert gu.get_config("demo").changed_settings() == "none"
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ("n_mels=12.5", r"n_mels='12.5' is not a valid int \(default 128\)"),
+        ("use_ema=maybe", r"use_ema='maybe' is not a valid bool"),
+        ("cqt_kernel=3,x", r"cqt_kernel='3,x' is not a valid tuple"),
+        ("n_melz=64", r"unknown setting 'n_melz'"),
+        ("filters=16", r"unknown setting 'filters' \(filters is now first_block_channels\)"),
+        ("epochs", r"'epochs' is not field=value"),
+        ("profile=seed", r"choose the preset with GENRE_PROFILE"),
+    ],
+)
+def test_bad_genre_settings_name_the_key_and_value(monkeypatch, settings, message):
+    monkeypatch.setenv("GENRE_SETTINGS", settings)
+    with pytest.raises(gu.ConfigError, match=r"GENRE_SETTINGS: " + message):
+        gu.get_config("demo")
+
+
+def test_genre_settings_reach_every_process_of_a_run_and_make_course_runs_the_experiments_lessons():
+    env = {k: v for k, v in os.environ.items() if k not in ("GENRE_PROFILE", "GENRE_DATA", "GENRE_QUICK")}
+    env["GENRE_SETTINGS"] = "n_mels=96 cqt_kernel=5,5"
+    code = "import genre_utils as gu; cfg = gu.get_config(); print(cfg.n_mels, cfg.cqt_kernel, cfg.changed_settings())"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.stdout.split("\n")[0] == "96 (5, 5) n_mels=96 cqt_kernel=5,5", result.stderr  # as a notebook's kernel
+    prerequisites = [
+        "-o",
+        ".venv/.installed",
+        "-o",
+        "cache/musicnn/msd_musicnn.npz",
+        "-o",
+        "cache/musicnn/mtt_musicnn.npz",
+    ]
+    dry = subprocess.run(["make", "-n", *prerequisites, "course"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert f"GENRE_PROFILE=seed GENRE_DATA={ROOT / 'data' / 'fma'} " in dry.stdout, dry.stdout + dry.stderr
+    notebooks = re.findall(r"notebooks/(\d\d)_\w+\.ipynb", dry.stdout.split(";")[0])
+    assert notebooks == ["01", "02", "03", "04", "05", "09"]
+
+
+def test_quick_mode_is_no_changed_setting(monkeypatch):
+    monkeypatch.setenv("GENRE_QUICK", "1")
+    monkeypatch.setenv("GENRE_SETTINGS", "n_mels=32")
+    assert gu.get_config("seed", data_root="/elsewhere").changed_settings() == "n_mels=32"
+
+
+def test_old_saved_configs_with_filters_and_without_kernel_shapes_still_read(tmp_path):
+    saved = json.loads(json.dumps(TINY.to_dict()))
+    saved["filters"] = saved.pop("first_block_channels")
+    for name in ("vertical_kernel_share", "vertical_kernel_frames", "horizontal_kernel_frames", "cqt_kernel"):
+        del saved[name]
+    cfg = gu._config_from_dict(saved, tmp_path / "config.json")
+    assert cfg == TINY and cfg.first_block_channels == 2 and cfg.horizontal_kernel_frames == (32, 16, 8)
 
 
 def test_genre_quick_trains_fewer_epochs_into_its_own_folders(monkeypatch):

@@ -115,6 +115,16 @@ def test_one_training_step_lowers_the_loss_on_a_fixed_batch(data):
     assert after < before
 
 
+def test_training_says_its_expected_duration_after_its_first_steps_then_the_time_left(tmp_path, data, capsys):
+    gu.train(gu.build_model(TINY), data, TINY, tmp_path / "eta", verbose=0)
+    said = capsys.readouterr().out.splitlines()
+    # 24 clips in batches of 8: 3 steps an epoch; the first traces the graph, so steps 2-3 are timed
+    assert said[0].startswith("training eta: 2 epochs expected to take about ")
+    assert "(steps 2-3 of 3 an epoch, validation not counted; done around " in said[0]
+    assert said[1].startswith("training eta: epoch 1 of 2, about ") and said[1].endswith(" left")
+    assert len(said) == 2
+
+
 class KillAfterFirstEpoch(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.optimizer_built = self.model.optimizer.built
@@ -243,3 +253,11 @@ def test_resuming_on_other_data_is_refused(tmp_path, killed_run, data):
 def test_load_run_of_an_empty_folder_names_the_missing_file(tmp_path):
     with pytest.raises(gu.DataError, match="config.json: not found"):
         gu.load_run(tmp_path)
+
+
+def test_training_cost_reads_the_epoch_times_of_the_presets_run(tmp_path):
+    cfg = TINY.replace(runs_dir=tmp_path, epochs=46)
+    assert gu.training_cost(cfg).startswith(f"not measured yet (no {tmp_path / 'demo-full' / 'history.csv'}")
+    (tmp_path / "demo-full").mkdir()
+    (tmp_path / "demo-full" / "history.csv").write_text("epoch,epoch_seconds\n0,30\n1,20\n2,19\n")
+    assert gu.training_cost(cfg).startswith("about 15 min a training of 46 epochs (20 s an epoch in notebook 04's")

@@ -619,6 +619,7 @@ def test_a_fused_run_round_trips_and_predicts_files_through_musicnn(embedded, tm
     window = gu._window_embeddings(gu._AudioStream(path, gu.MUSICNN_SAMPLE_RATE), pd.Index([0.0]), run_cfg)
     np.testing.assert_allclose(window.iloc[0].to_numpy(), embeddings.loc[103].to_numpy(), atol=1e-5)
     # the predict command: load_run, then predict_file with each window's embedding
+    capsys.readouterr()  # what extraction and training printed
     status, out = _predict_here(
         capsys, write_tone(tmp_path / "song.wav", 6.0, 150, amplitude=0.2), "--run", tmp_path / "run"
     )

@@ -760,9 +760,10 @@ def _writing_to(folder: Path, error: type[GenreError], setting: str):
 
 
 def _warn(message: str) -> None:
-    """A UserWarning named after genre_utils.py and the line that warns, not after its caller's file,
-    which in a notebook is the kernel's temporary file (/tmp/ipykernel_.../...py)."""
-    warnings.warn_explicit(message, UserWarning, "genre_utils.py", sys._getframe(1).f_lineno, module="genre_utils")
+    """A UserWarning named after this module and the line that warns (`genre_utils:1971: UserWarning: ...`),
+    not after its caller's file, which in a notebook is the kernel's temporary file
+    (/tmp/ipykernel_.../...py); a name that is no file's keeps Python from printing the warning's source line."""
+    warnings.warn_explicit(message, UserWarning, "genre_utils", sys._getframe(1).f_lineno, module="genre_utils")
 
 
 def _shown(path: str | os.PathLike) -> str:

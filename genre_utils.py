@@ -4515,11 +4515,14 @@ def _epoch_timer_class():
     return EpochTimer
 
 
+_TIME_LEFT_EVERY = 60.0  # seconds between the "time left" lines a training prints, so short epochs do not flood
+
+
 @functools.cache
 def _expected_duration_class():
     """keras Callback printing how long fit should take, measured on its first steps after the first
     (which traces the graph; with fewer than 3 steps an epoch, on the first epoch), then the time
-    left after each epoch (created on first use, see above)."""
+    left after an epoch, at most every _TIME_LEFT_EVERY seconds (created on first use, see above)."""
     keras = import_keras()
 
     class ExpectedDuration(keras.callbacks.Callback):
@@ -4528,7 +4531,7 @@ def _expected_duration_class():
             self.what = what
 
         def on_train_begin(self, logs=None):
-            self.expected, self.epochs_done, self.said = None, 0, False
+            self.expected, self.epochs_done, self.said, self.last_said = None, 0, False, time.perf_counter()
 
         def on_epoch_begin(self, epoch, logs=None):
             if self.expected is None:
@@ -4545,7 +4548,7 @@ def _expected_duration_class():
                 per_step = (time.perf_counter() - self.traced) / batch
                 basis = f"steps 2-{batch + 1} of {steps} an epoch, validation not counted"
                 self.expected.say(per_step * steps * self.expected.total, basis)
-                self.said = True
+                self.said, self.last_said = True, time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
             self.epochs_done += 1
@@ -4554,8 +4557,9 @@ def _expected_duration_class():
             if not self.said:  # nothing to say when the first epoch was the last
                 if left:
                     self.expected.say(elapsed * self.expected.total, "its first epoch, tracing included")
-                self.said = True
-            elif left:
+                self.said, self.last_said = True, time.perf_counter()
+            elif left and time.perf_counter() - self.last_said >= _TIME_LEFT_EVERY:
+                self.last_said = time.perf_counter()
                 print(
                     f"{self.what}: epoch {epoch + 1} of {self.params['epochs']}, about "
                     f"{_duration_text(elapsed / self.epochs_done * left)} left"

@@ -1,4 +1,4 @@
-"""Memory of one training step of the report's CNN, per preset, input and batch, measured (issue 22).
+"""Memory of one training step of the report's CNN, per preset, input and batch, measured.
 
 Each row (--configs) is one training step: the seed preset on whole 30 s clips at batch 32 (the
 report's), 16 and 8, the same 32 clips as 4 accumulated micro-batches of 8, 3 s excerpts at batch 32

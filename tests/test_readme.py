@@ -26,7 +26,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND_DOCS = ("README.md", "benchmarks/README.md")  # whose commands are checked
 LINK_DOCS = ("README.md", "benchmarks/README.md", "TROUBLESHOOTING.md")  # whose relative links are checked
-README_MAX_BYTES = 15_000  # issue 21: a front page a newcomer reads in five minutes
+README_MAX_BYTES = 15_000  # a front page a newcomer reads in five minutes
 SHELL_LANGUAGES = {"bash", "sh", "shell", "zsh"}  # blocks whose every line is a command
 FENCE = re.compile(r"^\s*(```+|~~~+)\s*([\w+-]*)")
 ENV_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=.*")

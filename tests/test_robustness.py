@@ -359,7 +359,9 @@ def test_genre_quick_trains_fewer_epochs_into_its_own_folders(monkeypatch):
     monkeypatch.setenv("GENRE_QUICK", "1")
     assert gu.quick_mode()
     quick = gu.get_config("demo")
-    assert quick.epochs == gu.QUICK_EPOCHS < gu.PRESETS["demo"].epochs
+    assert quick.epochs == gu.QUICK_SETTINGS["epochs"] < gu.PRESETS["demo"].epochs
+    assert quick.studied_per_genre == 1 and quick.ablation_branches == () and quick.chance_margin_sds < 0
+    assert json.loads(json.dumps(quick.to_dict()))["chance_margin_sds"] == float("-inf")  # as config.json keeps it
     assert quick.runs_dir == gu.QUICK_DIR and quick.figures_dir == gu.QUICK_DIR / "figures"
     assert quick.figures_dir != gu.PRESETS["demo"].figures_dir  # make test never rewrites figures/
     assert gu.get_config("seed", epochs=5).epochs == 5  # an explicit setting wins

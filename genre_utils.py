@@ -21,8 +21,8 @@ Features: mel-spectrogram and CQT in a resumable on-disk cache, and the baseline
     extract_features, open_features, band_means, BASELINE_MFCCS, CLIP_STATISTICS_FORMAT,
     clip_statistics, extract_clip_statistics
 Model: the report's three-branch CNN in backend-neutral Keras 3, and the classical baseline's classifier
-    MODEL_BLOCKS, BRANCH_INPUTS, build_model, load_model, model_table, branch_parameters,
-    BASELINE_KINDS, baseline_classifier
+    MODEL_BLOCKS, BRANCH_INPUTS, branch_blocks, conv_block, branch, classifier_head, build_model, load_model,
+    model_table, branch_parameters, BASELINE_KINDS, baseline_classifier
 Pretrained network: musicnn (Pons et al. 2018) ported to Keras 3, frozen or fine-tuned
     MUSICNN_SAMPLE_RATE, MUSICNN_N_FFT, MUSICNN_HOP, MUSICNN_MELS, MUSICNN_PATCH_FRAMES, MUSICNN_TAGS,
     MUSICNN_PACKAGE, MUSICNN_WHEEL_SHA256, MUSICNN_WEIGHTS, MUSICNN_NETWORKS, MUSICNN_LAYERS,
@@ -37,7 +37,7 @@ Devices and batches: where Keras runs, and normalised batches of whole clips or 
     gpu_devices, configure_devices, describe_devices, device_memory, TRAIN_MODES, EXCERPT_HOP, chunk_frames,
     excerpt_starts, micro_batch_size, feature_batches
 Training: Keras fit with checkpoints, logs and resume, one folder per run, read back by load_run
-    RUN_FILES, RUN_FORMAT, adapt_normalization, train, LR_SCHEDULES, MONITORS, CHECKPOINTS, load_run,
+    RUN_FILES, RUN_FORMAT, adapt_normalization, train, LR_SCHEDULES, MONITORS, CHECKPOINTS, step_decay, load_run,
     training_cost
 Prediction: genre probabilities of cached clips and of audio files of any length, with their caveats
     predict_proba, predict_file, SILENCE_DB, SHORT_SHARE, audio_warnings
@@ -164,6 +164,10 @@ __all__ = [
     # Model
     "MODEL_BLOCKS",
     "BRANCH_INPUTS",
+    "branch_blocks",
+    "conv_block",
+    "branch",
+    "classifier_head",
     "build_model",
     "load_model",
     "model_table",
@@ -231,6 +235,7 @@ __all__ = [
     "LR_SCHEDULES",
     "MONITORS",
     "CHECKPOINTS",
+    "step_decay",
     "load_run",
     "training_cost",
     # Prediction
@@ -460,17 +465,11 @@ PRESETS = {
 # The training recipe that learns real recordings from few clips: the report's architecture and
 # features, trained on random excerpts with mixup, SpecAugment masks, label smoothing, weight decay,
 # a warmed-up cosine schedule to 0 over a fixed budget, predicting with the moving average of the
-# final weights. Its ingredients and values are the literature's usual ones; measured by 5-fold
-# cross-validation on real recordings of 4 genres against the report's recipe and the classical
-# baselines, each ingredient screened on 2 of the folds (benchmarks/real_music.py; the results are in
-# benchmarks/results/ and notebook 08). Its end of training was then measured on whole 30 s clips of
-# those recordings (fold seed 7, one training run instrumented to score every way of ending it; issue
-# 19): with batch norm's moving statistics at 0.99 and 5 steps an epoch they lag the weights by ~20
-# epochs, so for the first 7 epochs every validation clip got one genre and the validation loss of ~20
-# clips fell and rose with the lag, not with learning (early stopping on it kept an epoch-2 model in one
-# fold of other recordings: accuracy 0.30). At 0.9 the training is the same (batch norm trains on batch
-# statistics) but validation is sensible from epoch 2, and its loss flattens after ~30 epochs, so 60 are
-# enough: no early stopping, no checkpoint chosen on 20 clips.
+# final weights. Its ingredients and values are the literature's usual ones, measured by 5-fold
+# cross-validation on real recordings of 4 genres (benchmarks/real_music.py, benchmarks/results/,
+# notebook 08). With batch norm's moving statistics at 0.99 and 5 steps an epoch they lag the weights
+# by ~20 epochs and validation on ~20 clips follows the lag, not learning; at 0.9 it is sensible from
+# epoch 2 and flattens after ~30 epochs: 60 epochs, no early stopping, no checkpoint chosen on 20 clips.
 RECIPE_SETTINGS = dict(
     train_mode="chunked",
     chunk_seconds=3.0,
@@ -2518,49 +2517,69 @@ def _clip_statistics_of_file(path: str, cfg: Config) -> tuple[pd.Series | None, 
 
 # ── Model: the report's three-branch CNN in backend-neutral Keras 3, and the classical baseline's classifier ──
 
-# Filter shapes follow Pons et al. 2017 ("Timbre analysis of music audio signals with CNNs"),
-# whose figure the report's lost one cited; every size is in (frequency bins, time frames):
-# - mel_vertical: kernels span 40 % of the bands a block sees (Pons' m = 0.4 F) and 3 frames
-#   (Pons: 1-7; cfg.vertical_kernel_share, cfg.vertical_kernel_frames), so each filter learns a
-#   spectral envelope, i.e. timbre. The first pool is (4, 2):
-#   max-pooling over frequency makes the timbre detectors pitch-invariant, as in Pons.
-# - mel_horizontal: kernels one band high and 32, then 16, then 8 frames long (0.74 s, then
-#   ever longer spans as pooling halves time), so filters learn rhythm and onsets per band
-#   (Schlüter & Böck 2014; Pons & Serra 2017; cfg.horizontal_kernel_frames).
-# - cqt: 3x3 kernels, the ordinary image-CNN choice the report made for the CQT (cfg.cqt_kernel).
-# Block b has cfg.first_block_channels * min(2**b, 8) channels. Pools are 2x2 with "same" padding, so six of
-# them turn the seed input (128 x 1292 mel, 84 x 1292 CQT) into 2 x 21 maps and the demo input
-# (64 x 431 mel, 84 x 431 CQT) into 1 x 7 and 2 x 7; global average pooling then lets a clip of
-# any length vote.
+# The model is written out in notebook 03: its #@save cells hold `MODEL_BLOCKS`, `branch_blocks`,
+# `conv_block`, `branch` and `classifier_head` as they are here (tests/test_lessons.py compares them).
+# Filter shapes follow Pons et al. 2017 ("Timbre analysis of music audio signals with CNNs"), whose
+# figure the report's lost one cited; mel_horizontal's, Schlüter & Böck 2014 and Pons & Serra 2017.
+# Six "same" 2x2 pools turn the seed input (128 x 1292 mel, 84 x 1292 CQT) into 2 x 21 maps and the
+# demo input (64 x 431 mel, 84 x 431 CQT) into 1 x 7 and 2 x 7; global average pooling then lets a
+# clip of any length vote.
 
 MODEL_BLOCKS = {"mel_vertical": (4, 3), "mel_horizontal": (7, 6), "cqt": (7, 6)}  # branch: (convs, pools)
 BRANCH_INPUTS = {"mel_vertical": "mel", "mel_horizontal": "mel", "cqt": "cqt"}
 
 
-@dataclass(frozen=True)
-class _Block:
-    kernel: tuple[int, int]  # (frequency bins, time frames)
-    pool: tuple[int, int] | None  # None: the branch's last block has no pooling
-    filters: int
+def branch_blocks(branch, height, cfg):
+    """(channels, kernel, pool) of each conv block of `branch` on an input `height` bins high.
 
-
-def _branch_blocks(branch: str, height: int, cfg: Config) -> list[_Block]:
-    """The conv blocks of one branch for an input `height` bins high (see the comment above)."""
+    Sizes are (frequency bins, time frames); the last blocks have no pool (None).
+    """
     n_convs, n_pools = MODEL_BLOCKS[branch]
     blocks = []
     for b in range(n_convs):
-        pool = None if b >= n_pools else ((4, 2) if branch == "mel_vertical" and b == 0 else (2, 2))
-        if branch == "mel_vertical":
+        channels = cfg.first_block_channels * min(2**b, 8)  # doubled every block, at most 8x
+        if branch == "mel_vertical":  # tall: a share of the bands the block sees, a few frames (timbre)
             kernel = (max(1, round(cfg.vertical_kernel_share * height)), cfg.vertical_kernel_frames)
-        elif branch == "mel_horizontal":
-            frames = cfg.horizontal_kernel_frames
-            kernel = (1, frames[min(b, len(frames) - 1)])
-        else:
+        elif branch == "mel_horizontal":  # one band high, long in time (rhythm, onsets)
+            kernel = (1, cfg.horizontal_kernel_frames[min(b, len(cfg.horizontal_kernel_frames) - 1)])
+        else:  # cqt: small squares, as image CNNs use (pitch patterns)
             kernel = tuple(cfg.cqt_kernel)
-        blocks.append(_Block(kernel, pool, cfg.first_block_channels * min(2**b, 8)))
+        pool = None if b >= n_pools else (4, 2) if branch == "mel_vertical" and b == 0 else (2, 2)
+        blocks.append((channels, kernel, pool))
         if pool:
             height = -(-height // pool[0])  # "same" pooling rounds up
     return blocks
+
+
+def conv_block(x, channels, kernel, pool, name, cfg):
+    """The report's block: convolution -> ReLU -> batch normalisation -> max-pooling (none if `pool` is None)."""
+    from keras import layers
+
+    x = layers.Conv2D(channels, kernel, padding="same", kernel_initializer="he_normal", name=f"{name}_conv")(x)
+    x = layers.ReLU(name=f"{name}_relu")(x)
+    x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"{name}_bn")(x)
+    if pool:
+        x = layers.MaxPooling2D(pool, padding="same", name=f"{name}_pool")(x)
+    return x
+
+
+def branch(x, name, cfg):
+    """One branch on `x` (batch, bins, frames, channels): its conv blocks, then the mean of every channel."""
+    from keras import layers
+
+    for b, (channels, kernel, pool) in enumerate(branch_blocks(name, x.shape[1], cfg), start=1):
+        x = conv_block(x, channels, kernel, pool, f"{name}_block{b}", cfg)
+    return layers.GlobalAveragePooling2D(name=f"{name}_global_pool")(x)
+
+
+def classifier_head(pooled, cfg):
+    """The branches' vectors joined, a dense layer with dropout, and a softmax over the genres."""
+    from keras import layers
+
+    x = layers.Concatenate(name="concat")(pooled) if len(pooled) > 1 else pooled[0]
+    x = layers.Dense(cfg.dense_units, activation="relu", kernel_initializer="he_normal", name="dense")(x)
+    x = layers.Dropout(cfg.dropout, name="dropout")(x)
+    return layers.Dense(len(cfg.genres), activation="softmax", dtype="float32", name="genre")(x)
 
 
 def _check_branches(branches) -> tuple[str, ...]:
@@ -2576,48 +2595,35 @@ def _check_branches(branches) -> tuple[str, ...]:
 def build_model(cfg: Config, branches=None):
     """The report's three-branch CNN as a functional keras.Model, compiled by `train`.
 
-    Each block is conv -> ReLU -> batch norm (momentum cfg.bn_momentum) -> max-pool, every layer named
-    `<branch>_block<b>_<role>`;
-    MODEL_BLOCKS gives each branch's (convolutions, pools), the comment above it in the source the
-    filter shapes. Each branch ends in global average pooling, so a clip of any length votes; the
-    branches (concatenated when there are several) feed a dense layer, dropout and a softmax. With
-    cfg.time_masks or cfg.freq_masks, a SpecAugment layer first masks each input while training. With
-    cfg.musicnn_input, musicnn's clip embedding joins the branches before the dense layer (late fusion of
-    the pretrained ear and the report's network; `Features.with_embeddings` supplies it). On
-    GPUs the layers compute in mixed precision and the model is mirrored over all of them (see
-    `configure_devices`).
+    Each input is standardised per band, each branch (`branch`) is a stack of `conv_block`s ending in
+    global average pooling, and `classifier_head` joins them; every layer is named
+    `<branch>_block<b>_<role>`. Options wrap around that network: with cfg.time_masks or
+    cfg.freq_masks a SpecAugment layer masks each input while training; with cfg.musicnn_input
+    musicnn's clip embedding joins the branches before the head (late fusion; `Features.with_embeddings`
+    supplies it); on GPUs the layers compute in mixed precision, mirrored over all of them
+    (`configure_devices`).
 
     Parameters
     ----------
     cfg : Config
         Input heights (n_mels, cqt_bins), first_block_channels, the kernel shapes, dense_units,
-        dropout and the genres.
+        dropout, bn_momentum and the genres.
     branches : sequence of str, optional
-        A non-empty subset of BRANCHES ("mel_vertical", "mel_horizontal", "cqt"), default
-        cfg.branches; only the inputs they need are created.
+        A non-empty subset of BRANCHES, default cfg.branches; only the inputs they need are created.
 
     Returns
     -------
     keras.Model
         Inputs "mel" (batch, cfg.n_mels, frames, 1) and/or "cqt" (batch, cfg.cqt_bins, frames, 1):
         the cached float16 dB features as they are, any number of frames >= 1; with cfg.musicnn_input
-        also "embedding" (batch, 400) float32. Each input is normalised per band (per value for the
-        embedding) by a Normalization layer (`<input>_normalization`) that `train` adapts
-        to the training split (`adapt_normalization`) and that is saved with the model. Output
-        "genre" (batch, len(cfg.genres)) float32 probabilities.
+        also "embedding" (batch, 400) float32. Each input's Normalization layer
+        (`<input>_normalization`) is adapted to the training split by `adapt_normalization` and saved
+        with the model. Output "genre" (batch, len(cfg.genres)) float32 probabilities.
 
     Raises
     ------
     ConfigError
         For unknown branches.
-
-    References
-    ----------
-    J. Pons, O. Slizovskaia, R. Gong, E. Gómez and X. Serra, "Timbre analysis of music audio signals
-    with convolutional neural networks", EUSIPCO 2017 (mel_vertical's filter shapes).
-    J. Pons and X. Serra, "Designing efficient architectures for modeling temporal features with
-    convolutional neural networks", ICASSP 2017, and J. Schlüter and S. Böck, "Improved musical onset
-    detection with convolutional neural networks", ICASSP 2014 (mel_horizontal's).
     """
     keras = import_keras()
     layers = keras.layers
@@ -2630,35 +2636,18 @@ def build_model(cfg: Config, branches=None):
             name: keras.Input((heights[name], None, 1), name=name, dtype="float16")
             for name in dict.fromkeys(BRANCH_INPUTS[b] for b in branches)
         }
-        # per-band (axis 1) standardisation in float32, adapted by `adapt_normalization`
-        normalised = {
-            name: layers.Normalization(axis=1, dtype="float32", name=f"{name}_normalization")(x)
+        normalised = {  # per band (axis 1), in float32; then SpecAugment's masks when cfg asks for them
+            name: _spec_augment(
+                layers.Normalization(axis=1, dtype="float32", name=f"{name}_normalization")(x), name, cfg
+            )
             for name, x in inputs.items()
         }
-        augmented = {name: _spec_augment(tensor, name, cfg) for name, tensor in normalised.items()}
-        pooled = []
-        for branch in branches:
-            x = augmented[BRANCH_INPUTS[branch]]
-            for b, block in enumerate(_branch_blocks(branch, heights[BRANCH_INPUTS[branch]], cfg), start=1):
-                name = f"{branch}_block{b}"
-                x = layers.Conv2D(
-                    block.filters, block.kernel, padding="same", kernel_initializer="he_normal", name=f"{name}_conv"
-                )(x)
-                x = layers.ReLU(name=f"{name}_relu")(x)
-                x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"{name}_bn")(x)
-                if block.pool:
-                    x = layers.MaxPooling2D(block.pool, padding="same", name=f"{name}_pool")(x)
-            pooled.append(layers.GlobalAveragePooling2D(name=f"{branch}_global_pool")(x))
+        pooled = [branch(normalised[BRANCH_INPUTS[b]], b, cfg) for b in branches]
         if cfg.musicnn_input:
             inputs["embedding"] = keras.Input((len(_fusion_columns()),), name="embedding", dtype="float32")
-            normalization = layers.Normalization(dtype="float32", name="embedding_normalization")
-            pooled.append(normalization(inputs["embedding"]))
-        x = layers.Concatenate(name="concat")(pooled) if len(pooled) > 1 else pooled[0]
-        x = layers.Dense(cfg.dense_units, activation="relu", kernel_initializer="he_normal", name="dense")(x)
-        x = layers.Dropout(cfg.dropout, name="dropout")(x)
-        outputs = layers.Dense(len(cfg.genres), activation="softmax", dtype="float32", name="genre")(x)
+            pooled.append(layers.Normalization(dtype="float32", name="embedding_normalization")(inputs["embedding"]))
         name = "genre_cnn_" + "_".join(branches) + ("_musicnn" if cfg.musicnn_input else "")
-        return keras.Model(inputs, outputs, name=name)
+        return keras.Model(inputs, classifier_head(pooled, cfg), name=name)
 
 
 def _spec_augment(tensor, name: str, cfg: Config):
@@ -4610,32 +4599,29 @@ def _clip_validation_class():
 def train(
     model, data: Features, cfg: Config, run_dir: str | os.PathLike, *, callbacks=(), verbose="auto"
 ) -> pd.DataFrame:
-    """Fit `model` on the training split of `data`, validating on the validation split.
+    """Fit `model` on the training split of `data`, validating on the validation split: notebook 04's
+    recipe (`step_decay`, Adam, cross-entropy, `compile`, `fit`) with checkpoints, logs and resume.
 
-    Adam at cfg.learning_rate, multiplied by cfg.lr_decay_rate every cfg.lr_decay_epochs epochs
-    (smoothly per step), cfg.epochs epochs of cfg.batch_size clips, seeded by cfg.seed; the recipe
-    fields of `Config` (mixup, gain, label smoothing, weight decay, cosine schedule with warm-up,
-    early stopping on val_loss, the checkpoint's cfg.monitor, weight averaging) change this when set
-    (`RECIPE_SETTINGS`). cfg.train_mode "full" trains on whole clips; "chunked" on one random excerpt
-    of cfg.chunk_seconds per clip and epoch (see `chunk_frames`), validated clip by clip with the
-    averaged prediction of excerpts covering each clip (as `predict_proba` predicts). If `run_dir`
-    holds backup/ (a killed run), the run resumes after its last finished epoch, exactly: every epoch
-    draws its batches, excerpts and augmentations from (cfg.seed, epoch), and the checkpoint holds
-    the rest (weights, optimiser and moving average, seed generators, history), so on the same
-    machine it ends with the weights and history of a run never killed. Otherwise it starts afresh,
-    replacing earlier results. With cfg.accumulation_steps > 1 every optimiser step averages
-    the gradients of that many micro-batches of cfg.batch_size // accumulation_steps clips: the same
-    steps, learning rates and clips per step in a fraction of the memory; batch normalisation
-    normalises (and updates its moving statistics) per micro-batch, and mixup blends within one.
-    It prints how long it should take after its first few steps, then the time left after each epoch.
+    cfg.epochs epochs of cfg.batch_size clips, seeded by cfg.seed. The recipe fields of `Config`
+    (mixup, gain, label smoothing, weight decay, cosine schedule with warm-up, early stopping, the
+    checkpoint's cfg.monitor, weight averaging) change the recipe when set (`RECIPE_SETTINGS`).
+    cfg.train_mode "full" trains on whole clips; "chunked" on one random cfg.chunk_seconds excerpt per
+    clip and epoch (`chunk_frames`), validated clip by clip as `predict_proba` predicts. With
+    cfg.accumulation_steps > 1 every optimiser step averages the gradients of that many micro-batches
+    (the same steps in a fraction of the memory; batch norm and mixup work per micro-batch). If
+    `run_dir` holds backup/ (a killed run), training resumes after its last finished epoch, exactly:
+    every epoch draws its batches, excerpts and augmentations from (cfg.seed, epoch) and the checkpoint
+    holds the rest, so on the same machine it ends as a run never killed. Otherwise it starts afresh,
+    replacing earlier results. It prints how long it should take after its first steps, then the time
+    left as epochs finish.
 
     Parameters
     ----------
     model : keras.Model
         From `build_model` with the same `cfg`; compiled here.
     data : Features
-        From `extract_features` or `open_features` with the same `cfg` (for a model with
-        cfg.musicnn_input, `Features.with_embeddings` of them).
+        From `extract_features` or `open_features` with the same `cfg` (with cfg.musicnn_input,
+        `Features.with_embeddings` of them).
     cfg : Config
         The training settings.
     run_dir : str or os.PathLike
@@ -4648,32 +4634,29 @@ def train(
     Returns
     -------
     pd.DataFrame
-        The history, one row per epoch: epoch, accuracy, loss, val_accuracy, val_loss, epoch_seconds
-        (wall time of the epoch and its validation).
+        The history, one row per epoch (from 0): epoch, accuracy, loss, val_accuracy, val_loss,
+        epoch_seconds (wall time of the epoch and its validation).
 
     Writes
     ------
     `run_dir/`
-        config.json, data.json (the features and splits trained on, `Features.fingerprint`),
-        versions.json (with RUN_FORMAT), history.csv, best.keras (best cfg.monitor; its epoch's
-        weights, never averaged), last.keras (the weights when training ends, or with cfg.use_ema
-        their moving average), tensorboard/ (where TensorFlow is installed) and, while running,
-        backup/ (the last finished epoch's checkpoint, `_commit_checkpoint`; history.csv and best.keras
-        follow it). cfg.checkpoint names the one that predicts (`cnn_method`, `cnn_experiment`). The
-        models hold their input normalisation (`adapt_normalization` on the training split), so they
-        predict from cached features alone. `load_run` reads the run back.
+        config.json, data.json (`Features.fingerprint` of the features and splits), versions.json (with
+        RUN_FORMAT), history.csv, best.keras (best cfg.monitor; never averaged), last.keras (the final
+        weights, or with cfg.use_ema their moving average), tensorboard/ (with TensorFlow) and, while
+        running, backup/ (`_commit_checkpoint`). The models hold their input normalisation, so they predict
+        from cached features alone; cfg.checkpoint names the one that predicts; `load_run` reads them back.
 
     Raises
     ------
     ConfigError
-        When resuming a run started with other settings or other data, for a model built with another config,
-        for a batch that does not split into cfg.accumulation_steps micro-batches, or when `run_dir` cannot
+        When resuming a run started with other settings or data, for a model built with another config,
+        a batch that does not split into cfg.accumulation_steps micro-batches, or a `run_dir` that cannot
         be written (naming it and why).
     DataError
         For an empty split, or features that do not fit `cfg` or hold NaN/inf values.
     DeviceMemoryError
-        When a training step does not fit the device's memory (the backend's out-of-memory error),
-        naming the device, the batch, the precision and the settings that need less; backup/ is kept.
+        When a training step does not fit the device's memory, naming the device, the batch, the
+        precision and the settings that need less; backup/ is kept.
     """
     keras = import_keras()
 
@@ -4697,37 +4680,7 @@ def train(
     train_batches, val_batches, loss = _recipe_batches(train_batches, val_batches, cfg)
 
     run_dir = Path(run_dir)
-    backup_dir, history_path, config_path = run_dir / "backup", run_dir / "history.csv", run_dir / "config.json"
-    settings = json.loads(json.dumps(cfg.to_dict()))  # as it reads back from JSON
-    checkpoint = _last_checkpoint(backup_dir)
-    resuming = checkpoint is not None
-    if resuming and config_path.is_file() and json.loads(config_path.read_text()) != settings:
-        raise ConfigError(
-            f"{config_path}: the interrupted run in {run_dir} used other settings; resume it with the "
-            "same config or train into a new run folder"
-        )
-    trained_on = _training_data(data, cfg)
-    if resuming and (run_dir / "data.json").is_file():
-        earlier = json.loads((run_dir / "data.json").read_text())
-        if earlier.get("fingerprint") != trained_on["fingerprint"]:
-            raise ConfigError(
-                f"{run_dir / 'data.json'}: the interrupted run in {run_dir} was trained on other data "
-                f"({earlier.get('features')}, {earlier.get('clips')}; now {trained_on['features']}, "
-                f"{trained_on['clips']}); resume it with the same features and splits or train into a new run folder"
-            )
-    with _writing_to(run_dir, ConfigError, "the run folder (cfg.runs_dir)"):
-        run_dir.mkdir(parents=True, exist_ok=True)
-        state = {"history": [], "best": float("inf" if cfg.monitor == "val_loss" else "-inf"), "stopped": False}
-        if resuming:  # history.csv loses any row logged after the checkpoint
-            state = _publish_checkpoint(checkpoint, run_dir)
-        else:
-            for name in ("history.csv", "best.keras", "last.keras"):
-                (run_dir / name).unlink(missing_ok=True)
-            for name in ("tensorboard", "backup"):
-                shutil.rmtree(run_dir / name, ignore_errors=True)
-        _write_json(config_path, settings)
-        _write_json(run_dir / "data.json", trained_on)
-        _write_json(run_dir / "versions.json", {"run_format": RUN_FORMAT, **_versions()})
+    checkpoint, state = _open_run(run_dir, data, cfg)
     adapt_normalization(model, data, splits["training"])  # a resumed run restores the same values
 
     with _strategy_scope():
@@ -4739,7 +4692,7 @@ def train(
         one_hot = not isinstance(loss, str)
         labels = keras.KerasTensor((None, len(cfg.genres)) if one_hot else (None,), "float32" if one_hot else "int32")
         model._symbolic_build(data_batch=({tensor.name: tensor for tensor in model.inputs}, labels, None))
-    if resuming:
+    if checkpoint is not None:
         _restore_checkpoint(model, checkpoint, state)
     stopping = [keras.callbacks.EarlyStopping("val_loss", patience=cfg.early_stopping)] if cfg.early_stopping else []
     # the first callbacks complete the epoch's logs, which the checkpoint then commits with its row
@@ -4771,10 +4724,48 @@ def train(
         out_of_memory = _first_line(exc)
     if out_of_memory is not None:
         raise _out_of_memory_error(cfg, run_dir, out_of_memory)
-    model.save(backup_dir / "last.keras")  # complete before it takes its name, and before backup/ goes
-    os.replace(backup_dir / "last.keras", run_dir / "last.keras")
-    shutil.rmtree(backup_dir)
-    return _read_history(history_path)
+    model.save(run_dir / "backup" / "last.keras")  # complete before it takes its name, and before backup/ goes
+    os.replace(run_dir / "backup" / "last.keras", run_dir / "last.keras")
+    shutil.rmtree(run_dir / "backup")
+    return _read_history(run_dir / "history.csv")
+
+
+def _open_run(run_dir: Path, data: Features, cfg: Config) -> tuple[Path | None, dict]:
+    """(last checkpoint or None, training state) of `run_dir`, ready to train into: a killed run with the
+    same settings and data resumes from its checkpoint, anything else starts afresh; config.json,
+    data.json and versions.json written. ConfigError when a killed run used other settings or data."""
+    config_path = run_dir / "config.json"
+    settings = json.loads(json.dumps(cfg.to_dict()))  # as it reads back from JSON
+    checkpoint = _last_checkpoint(run_dir / "backup")
+    resuming = checkpoint is not None
+    if resuming and config_path.is_file() and json.loads(config_path.read_text()) != settings:
+        raise ConfigError(
+            f"{config_path}: the interrupted run in {run_dir} used other settings; resume it with the "
+            "same config or train into a new run folder"
+        )
+    trained_on = _training_data(data, cfg)
+    if resuming and (run_dir / "data.json").is_file():
+        earlier = json.loads((run_dir / "data.json").read_text())
+        if earlier.get("fingerprint") != trained_on["fingerprint"]:
+            raise ConfigError(
+                f"{run_dir / 'data.json'}: the interrupted run in {run_dir} was trained on other data "
+                f"({earlier.get('features')}, {earlier.get('clips')}; now {trained_on['features']}, "
+                f"{trained_on['clips']}); resume it with the same features and splits or train into a new run folder"
+            )
+    with _writing_to(run_dir, ConfigError, "the run folder (cfg.runs_dir)"):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state = {"history": [], "best": float("inf" if cfg.monitor == "val_loss" else "-inf"), "stopped": False}
+        if resuming:  # history.csv loses any row logged after the checkpoint
+            state = _publish_checkpoint(checkpoint, run_dir)
+        else:
+            for name in ("history.csv", "best.keras", "last.keras"):
+                (run_dir / name).unlink(missing_ok=True)
+            for name in ("tensorboard", "backup"):
+                shutil.rmtree(run_dir / name, ignore_errors=True)
+        _write_json(config_path, settings)
+        _write_json(run_dir / "data.json", trained_on)
+        _write_json(run_dir / "versions.json", {"run_format": RUN_FORMAT, **_versions()})
+    return checkpoint, state
 
 
 _CHECKPOINT_WEIGHTS = "state.weights.h5"  # in each checkpoint: the model's and the optimiser's variables
@@ -4954,6 +4945,16 @@ MONITORS = ("val_accuracy", "val_loss")
 CHECKPOINTS = ("best", "last")  # cfg.checkpoint: the saved model (best.keras or last.keras) that predicts
 
 
+def step_decay(cfg, steps_per_epoch):
+    """The report's learning rate: cfg.learning_rate times cfg.lr_decay_rate every cfg.lr_decay_epochs
+    epochs, smoothly step by step (notebook 04 writes it out: a #@save cell)."""
+    from keras import optimizers
+
+    return optimizers.schedules.ExponentialDecay(
+        cfg.learning_rate, decay_steps=cfg.lr_decay_epochs * steps_per_epoch, decay_rate=cfg.lr_decay_rate
+    )
+
+
 def _optimizer(cfg: Config, steps_per_epoch: int):
     """Adam (AdamW with cfg.weight_decay) with cfg's learning-rate schedule; ConfigError for unknown settings.
 
@@ -4979,9 +4980,7 @@ def _optimizer(cfg: Config, steps_per_epoch: int):
     if cfg.lr_schedule == "step":
         if cfg.warmup_epochs:
             raise ConfigError("warmup_epochs needs lr_schedule='cosine'")
-        schedule = schedules.ExponentialDecay(
-            cfg.learning_rate, decay_steps=cfg.lr_decay_epochs * steps_per_epoch, decay_rate=cfg.lr_decay_rate
-        )
+        schedule = step_decay(cfg, steps_per_epoch)
     else:
         warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
         decay = max(1, cfg.epochs * steps_per_epoch - warmup)

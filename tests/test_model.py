@@ -56,7 +56,7 @@ def test_kernel_shapes_default_to_the_reports_and_follow_the_config():
     cfg = gu.get_config("seed")
     assert (cfg.vertical_kernel_share, cfg.vertical_kernel_frames) == (0.4, 3)
     assert cfg.horizontal_kernel_frames == (32, 16, 8) and cfg.cqt_kernel == (3, 3)
-    shapes = {b: [block.kernel for block in gu._branch_blocks(b, 128, cfg)] for b in gu.BRANCHES}
+    shapes = {b: [kernel for _, kernel, _ in gu.branch_blocks(b, 128, cfg)] for b in gu.BRANCHES}
     assert shapes["mel_vertical"][:2] == [(51, 3), (13, 3)]  # 40 % of 128 bands, then of 32 after the (4, 2) pool
     assert shapes["mel_horizontal"] == [(1, 32), (1, 16)] + [(1, 8)] * 5 and shapes["cqt"] == [(3, 3)] * 7
     ablation = TINY.replace(

@@ -5144,18 +5144,18 @@ def load_run(run_dir: str | os.PathLike):
 
 
 def training_cost(cfg: Config) -> str:
-    """What one training of cfg.epochs epochs should cost on this machine, from the epoch times logged by
-    notebook 04's run of this preset (cfg.runs_dir/<profile>-full/history.csv): what the extra notebooks
-    say before they start. Each training also says its own expected duration when it starts (`train`).
-    """
+    """What one training of cfg.epochs epochs should cost here, from the epoch times of notebook 04's run of
+    this preset (cfg.runs_dir/<profile>-full/history.csv; the first epoch, which also traces, left out of the
+    mean): what the extra notebooks say before they start. Each training also says its own cost (`train`)."""
     history = cfg.runs_dir / f"{cfg.profile}-full" / "history.csv"
     try:
-        seconds = float(_read_history(history)["epoch_seconds"].median())
+        times = _read_history(history)["epoch_seconds"]
     except (OSError, KeyError, ValueError):
         return f"not measured yet (no {history}: notebook 04 trains it); each training says its cost as it starts"
+    seconds = float(times.iloc[1:].mean() if len(times) > 1 else times.mean())
     return (
-        f"about {_duration_text(seconds * cfg.epochs)} a training of {cfg.epochs} epochs ({seconds:.0f} s an "
-        f"epoch in notebook 04's run on this machine; smaller networks take less)"
+        f"about {_duration_text(seconds * cfg.epochs)} a training of {cfg.epochs} epochs ({seconds:.0f} s an epoch on "
+        f"average, {times.min():.0f}-{times.max():.0f} s, in notebook 04's run here; smaller networks take less)"
     )
 
 

@@ -73,6 +73,7 @@ nbval-%: data
 	GENRE_QUICK=1 $(BIN)/python -m pytest --nbval -q notebooks/$*.ipynb
 nbval-03_model nbval-04_training: nbval-02_features  # the feature cache
 nbval-05_results nbval-06_experiments nbval-07_pretrained: nbval-04_training  # the run runs/quick/demo-full
+nbval-08_finetuning: nbval-04_training nbval-07_pretrained  # that run, and the musicnn embeddings 07 caches
 nbval-09_interpretation: nbval-04_training nbval-07_pretrained  # that run, and the musicnn embeddings 07 caches
 
 # notebooks 01-05 with the report's settings (seed preset: 30 s clips, full-width network) in quick mode

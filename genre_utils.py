@@ -463,9 +463,9 @@ PRESETS = {
 # final weights. Its ingredients and values are the literature's usual ones; measured by 5-fold
 # cross-validation on real recordings of 4 genres against the report's recipe and the classical
 # baselines, each ingredient screened on 2 of the folds (benchmarks/real_music.py; the results are in
-# benchmarks/results/ and notebook 08). Its end of training was then measured on whole 30 s clips of
-# those recordings (fold seed 7, one training run instrumented to score every way of ending it; issue
-# 19): with batch norm's moving statistics at 0.99 and 5 steps an epoch they lag the weights by ~20
+# benchmarks/results/ and notebook 09). Its end of training was then measured on whole 30 s clips of
+# those recordings (fold seed 7, one training run instrumented to score every way of ending it):
+# with batch norm's moving statistics at 0.99 and 5 steps an epoch they lag the weights by ~20
 # epochs, so for the first 7 epochs every validation clip got one genre and the validation loss of ~20
 # clips fell and rose with the lag, not with learning (early stopping on it kept an epoch-2 model in one
 # fold of other recordings: accuracy 0.30). At 0.9 the training is the same (batch norm trains on batch
@@ -3976,7 +3976,7 @@ def _load_finetuned_run(run_dir: Path):
     """`load_run` of a run folder written by `finetune_musicnn`: (model, Config, history from finetune.json)."""
     for name in FINETUNE_RUN_FILES:
         if not (run_dir / name).is_file():
-            raise DataError(f"{run_dir / name}: not found; fine-tune musicnn into {run_dir} first (notebook 07)")
+            raise DataError(f"{run_dir / name}: not found; fine-tune musicnn into {run_dir} first (notebook 08)")
     _check_run_format(run_dir)
     cfg = _config_from_dict(_read_json(run_dir / "config.json"), run_dir / "config.json")
     model = load_model(run_dir / "model.keras")

@@ -12,7 +12,7 @@ export GENRE_PROFILE ?= demo
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 # the lessons of the report's experiment: dataset, features, model, training, results, what the network hears
 COURSE_NOTEBOOKS := $(addprefix notebooks/,01_dataset.ipynb 02_features.ipynb 03_model.ipynb 04_training.ipynb \
-	05_results.ipynb 09_interpretation.ipynb)
+	05_results.ipynb 10_interpretation.ipynb)
 EXECUTE := $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=-1 \
 	--ExecutePreprocessor.record_timing=False
 
@@ -44,10 +44,10 @@ data: setup  ## generate the demo dataset (data/demo) unless it is there; the te
 demo: data  ## execute every notebook in order, in place; writes figures/
 	for nb in $(NOTEBOOKS); do $(EXECUTE) "$$nb" || exit 1; done
 
-# every long step prints its expected duration when it starts; 06, 07 and 08 are the extras, run on
+# every long step prints its expected duration when it starts; 06 to 09 are the extras, run on
 # demand (open them in `make lab` with the same GENRE_PROFILE and GENRE_DATA): each of their trainings
 # says its cost before it runs
-course: setup  ## the report's experiment on FMA-small (`make fma` first): notebooks 01-05 and 09, seed preset, in place
+course: setup  ## the report's experiment on FMA-small (`make fma` first): notebooks 01-05 and 10, seed preset, in place
 	for nb in $(COURSE_NOTEBOOKS); do GENRE_PROFILE=$(COURSE_PROFILE) GENRE_DATA=$(COURSE_DATA) $(EXECUTE) "$$nb" || exit 1; done
 
 # two jobs share two cores: one TensorFlow thread each keeps their pools from competing (from a
@@ -63,17 +63,18 @@ unit-tests: setup  ## the unit tests and the module's doctests
 
 # nbval re-executes each notebook in quick mode (GENRE_QUICK=1) and compares its outputs with the
 # committed ones. A notebook waits only for the notebooks whose caches and runs it reads; with -j2
-# the longest such chain (02 -> 04 -> 07 -> 09) starts beside the unit tests and the other notebooks,
+# the longest such chain (02 -> 04 -> 07 -> 10) starts beside the unit tests and the other notebooks,
 # the longest first, fill the cores as they free up (fresh clones: 11 min 5 s before, 8 min 17 s
 # to 9 min 17 s after)
-FIRST_NOTEBOOKS := $(addprefix nbval-,02_features 04_training 07_pretrained 09_interpretation 06_experiments)
+FIRST_NOTEBOOKS := $(addprefix nbval-,02_features 04_training 07_pretrained 10_interpretation 06_experiments)
 NOTEBOOK_TESTS := $(FIRST_NOTEBOOKS) seed-notebooks $(filter-out $(FIRST_NOTEBOOKS),$(NOTEBOOKS:notebooks/%.ipynb=nbval-%))
 notebook-tests: $(NOTEBOOK_TESTS)  ## every notebook re-executed and compared by nbval
 nbval-%: data
 	GENRE_QUICK=1 $(BIN)/python -m pytest --nbval -q notebooks/$*.ipynb
 nbval-03_model nbval-04_training: nbval-02_features  # the feature cache
 nbval-05_results nbval-06_experiments nbval-07_pretrained: nbval-04_training  # the run runs/quick/demo-full
-nbval-09_interpretation: nbval-04_training nbval-07_pretrained  # that run, and the musicnn embeddings 07 caches
+nbval-08_finetuning: nbval-04_training nbval-07_pretrained  # that run, and the musicnn embeddings 07 caches
+nbval-10_interpretation: nbval-04_training nbval-07_pretrained  # that run, and the musicnn embeddings 07 caches
 
 # notebooks 01-05 with the report's settings (seed preset: 30 s clips, full-width network) in quick mode
 # on 4 clips a genre in FMA's layout with a real download's faults (an empty, an undecodable and a short
@@ -84,7 +85,7 @@ $(FMA_FIXTURE)/fma_metadata/tracks.csv: tests/fma_fixture.py | $(VENV)/.installe
 	$(BIN)/python tests/fma_fixture.py $(FMA_FIXTURE)
 seed-notebooks: $(FMA_FIXTURE)/fma_metadata/tracks.csv
 	GENRE_PROFILE=seed GENRE_QUICK=1 GENRE_DATA=$(abspath $(FMA_FIXTURE)) GENRE_SETTINGS="epochs=1 figures_dir=runs/quick/seed-figures" \
-		$(BIN)/python -m pytest --nbval-lax -q $(filter-out %/09_interpretation.ipynb,$(COURSE_NOTEBOOKS))
+		$(BIN)/python -m pytest --nbval-lax -q $(filter-out %/10_interpretation.ipynb,$(COURSE_NOTEBOOKS))
 
 report: setup  ## the executed notebooks as one browsable HTML report in report/, the figures and captions in report/figures/
 	$(BIN)/python genre_utils.py report

@@ -47,7 +47,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import genre_utils as gu  # noqa: E402
 
-DEFAULT_DATA = gu.ROOT.parent / "shared" / "realmusic"  # ../shared/realmusic from the project root
+DEFAULT_DATA = gu.ROOT / "data" / "realmusic"  # one folder of recordings per genre (README: Results)
 DEFAULT_OUT = gu.ROOT / "benchmarks" / "results" / "real_music"  # the tables (small, committed)
 DEFAULT_WORK = gu.ROOT / "runs" / "real_music"  # per-fold runs, one folder per dataset and clip length
 DEFAULT_METHODS = ("svm", "logistic", "cnn-report", "cnn-recipe")
@@ -241,7 +241,14 @@ def recordings_fingerprint(tracks: pd.DataFrame) -> str:
 
 
 # what --add checks: the same recordings, cut alike, on the same folds
-SAME_RUN = ("data", "recordings", "clips", "genres", "clip_seconds", "folds", "repeats", "max_folds", "seed")
+SAME_RUN = ("recordings", "clips", "genres", "clip_seconds", "folds", "repeats", "max_folds", "seed")
+
+
+def data_folder(data: Path) -> str:
+    """The data folder as saved in run.json: relative to the project when inside it, else its name alone
+    (the recordings themselves are identified by `recordings`)."""
+    path = Path(data).resolve()
+    return str(path.relative_to(gu.ROOT)) if path.is_relative_to(gu.ROOT) else path.name
 
 
 def added_to_tables(out: Path, summary: pd.DataFrame, per_fold: pd.DataFrame, run: dict):
@@ -376,7 +383,7 @@ def main(argv=None) -> int:
         DEFAULT_LABEL if data == DEFAULT_DATA else f"folder-per-genre set '{Path(data).name}' of {len(genres)} genres"
     )
     run = {
-        "data": str(cfg.data_root),
+        "data": data_folder(data),
         "label": label,
         "clips": len(labels),
         "genres": list(genres),

@@ -6,7 +6,7 @@ pass are counted from the built model's layers (conv: 2*kh*kw*cin*cout*Hout*Wout
 2*in*out; pooling, ReLU and batch norm are left out); a training step is taken as 3x the forward
 pass (forward, gradients of activations, gradients of weights). Each variant trains on random
 batches for `--steps` steps after a warm-up step (tracing/compilation); variants and numpy's
-2048x2048 matrix multiply are measured in interleaved rounds, so a machine shared with other work
+2048x2048 matrix multiply are measured in interleaved rounds, so a machine shared with other jobs
 slows all of them alike, and the medians are compared. Every table prints ratios: achieved GFLOP/s
 over the matrix-multiply rate, and each variant's speed over the first variant of its model.
 

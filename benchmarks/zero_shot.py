@@ -26,7 +26,7 @@ from real_music import recordings_seconds  # noqa: E402
 
 import genre_utils as gu  # noqa: E402
 
-DEFAULT_DATA = gu.ROOT.parent / "shared" / "realmusic"
+DEFAULT_DATA = gu.ROOT / "data" / "realmusic"
 DEFAULT_OUT = gu.ROOT / "benchmarks" / "results" / "zero_shot"
 ALIASES = {"classical": "Instrumental"}  # folder genres FMA-small files under another name
 

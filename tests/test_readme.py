@@ -9,12 +9,19 @@ need the network or a GPU (`make fma`, `pip install`, `benchmarks/gpu_check.sh`,
 only checked for the target, script or folder they name. Environment prefixes (`GENRE_PROFILE=seed`),
 `#` comments and `\\` continuations are handled as a shell would. A command this file does not
 recognise fails, so that a new kind of command gets a check rather than a pass.
+
+The README's Glossary is checked against the notebooks. The convention: a glossary row is
+`| term | meaning | [NN](notebooks/NN_name.ipynb) |`, and the notebook it names defines the term where
+it first uses it in **bold** in a markdown cell: some bold span there (`**...**`) contains the term,
+compared in lower case with quotes, backticks and hyphens read as spaces. The README's length limit
+counts the page a newcomer reads, without its Glossary and References (looked up, not read through).
 """
 
 import contextlib
 import fnmatch
 import functools
 import io
+import json
 import re
 import runpy
 import shlex
@@ -271,8 +278,67 @@ def test_link_resolves(doc, target):
 
 
 def test_readme_is_short():
-    size = (ROOT / "README.md").stat().st_size
-    assert size < README_MAX_BYTES, f"README.md is {size} bytes: move detail to benchmarks/README.md"
+    text = (ROOT / "README.md").read_text()
+    size = len(text.split("\n## Glossary", 1)[0].encode())
+    assert size < README_MAX_BYTES, (
+        f"README.md is {size} bytes before its Glossary: move detail to benchmarks/README.md"
+    )
+
+
+# ── The glossary: each term defined in bold in the notebook that teaches it ──
+
+GLOSSARY_ROW = re.compile(r"^\|\s*([^|]+?)\s*\|[^|]*\|\s*\[[^\]]*\]\((notebooks/[^)]+\.ipynb)\)\s*\|\s*$")
+BOLD = re.compile(r"\*\*(.+?)\*\*", re.DOTALL)
+
+
+def normalise(text: str) -> str:
+    """Lower case, quotes, backticks and hyphens as spaces, runs of white space as one."""
+    return " ".join(re.sub(r"[\"'`\u201c\u201d\u2018\u2019-]", " ", text.lower()).split())
+
+
+def glossary(markdown: str) -> list[tuple[str, str]]:
+    """(term, notebook path) of each row of the Glossary section's table."""
+    section = markdown.split("\n## Glossary", 1)[1].split("\n## ", 1)[0] if "\n## Glossary" in markdown else ""
+    return [match.groups() for line in section.splitlines() if (match := GLOSSARY_ROW.match(line))]
+
+
+def bold_spans(notebook: Path) -> list[str]:
+    """The normalised bold spans of a notebook's markdown cells."""
+    cells = json.loads(notebook.read_text())["cells"]
+    markdown = "\n".join("".join(cell["source"]) for cell in cells if cell["cell_type"] == "markdown")
+    return [normalise(span) for span in BOLD.findall(markdown)]
+
+
+def defines(notebook: Path, term: str) -> bool:
+    return any(normalise(term) in span for span in bold_spans(notebook))
+
+
+GLOSSARY = glossary((ROOT / "README.md").read_text())
+
+
+def test_glossary_is_long_enough():
+    assert len(GLOSSARY) >= 20, f"README.md: the Glossary has {len(GLOSSARY)} terms, 20 or more expected"
+    assert len({term.lower() for term, _ in GLOSSARY}) == len(GLOSSARY), "a term is listed twice"
+
+
+@pytest.mark.parametrize(("term", "notebook"), GLOSSARY, ids=[term for term, _ in GLOSSARY])
+def test_glossary_term_is_defined_in_its_notebook(term, notebook):
+    assert (ROOT / notebook).is_file(), f"README.md Glossary: {term}: {notebook} does not exist"
+    assert defines(ROOT / notebook, term), f"{notebook}: the glossary term {term!r} is in bold in no markdown cell"
+
+
+def test_an_undefined_term_fails(tmp_path):
+    notebook = tmp_path / "nb.ipynb"
+    cells = [
+        {"cell_type": "markdown", "source": ['A **"same" padding** keeps sizes; *dropout* is italic.\n']},
+        {"cell_type": "code", "source": ["# **softmax** in code\n"]},
+    ]
+    notebook.write_text(json.dumps({"cells": cells}))
+    assert defines(notebook, "same padding") and not defines(notebook, "dropout") and not defines(notebook, "softmax")
+    row = "| ReLU | max(0, x). | [03](notebooks/03_model.ipynb) |"
+    assert glossary(f"# x\n\n## Glossary\n\n{row}\n\n## References\n\n{row}\n") == [
+        ("ReLU", "notebooks/03_model.ipynb")
+    ]
 
 
 def test_every_doc_has_commands():

@@ -263,4 +263,4 @@ def test_training_cost_reads_the_epoch_times_of_the_presets_run(tmp_path):
     assert gu.training_cost(cfg).startswith(f"not measured yet (no {tmp_path / 'demo-full' / 'history.csv'}")
     (tmp_path / "demo-full").mkdir()
     (tmp_path / "demo-full" / "history.csv").write_text("epoch,epoch_seconds\n0,30\n1,20\n2,19\n")
-    assert gu.training_cost(cfg).startswith("about 15 min a training of 46 epochs (20 s an epoch in notebook 04's")
+    assert gu.training_cost(cfg).startswith("about 15 min a training of 46 epochs (20 s an epoch on average, 19-30 s,")

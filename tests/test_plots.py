@@ -490,6 +490,11 @@ def test_every_committed_figure_has_a_caption_and_every_caption_a_figure():
     assert all((gu.ROOT / notebook).is_file() for notebook in captions["notebook"]), captions["notebook"]
     assert captions["notebook"].is_monotonic_increasing, "CAPTIONS.md lists the figures in notebook order"
     assert captions["width"].isin(list(gu.FIGURE_WIDTHS)).all(), "figures without a printed width (make demo)"
+    for name, width in captions["width"].items():  # the files at their printed size: PDF in points, PNG in pixels
+        box = re.search(rb"/MediaBox \[ ?0 0 ([\d.]+) ([\d.]+) ?\]", (figures / f"{name}.pdf").read_bytes())
+        inches = [float(side) / 72 for side in box.groups()]
+        assert abs(inches[0] - gu.FIGURE_WIDTHS[width]) < 0.01 and inches[1] <= gu.FIGURE_MAX_HEIGHT, (name, inches)
+        assert PIL.Image.open(figures / f"{name}.png").size[0] >= 290 * inches[0], name
 
 
 def test_every_committed_figure_is_in_the_latex_and_markdown_pack_with_its_caption(tmp_path):

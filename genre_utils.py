@@ -7011,12 +7011,12 @@ def plot_cross_validation(
     low, high = np.nanmin(np.concatenate(shown)), np.nanmax(np.concatenate(shown))
     start, end = max(0.0, np.floor(low * 10 - 0.5) / 10), min(1.0, np.ceil(high * 10 + 0.5) / 10)
     with _plot_style():
-        fig, ax = plt.subplots(figsize=(FIGURE_WIDTHS["text"], 1.4 + 0.45 * len(methods)))
+        fig, ax = plt.subplots(figsize=(FIGURE_WIDTHS["text"], 1.4 + 0.55 * len(methods)))
         ax.barh(positions, means - start, left=start, color="C0", alpha=0.45, label="mean over the folds")
         if per_fold is not None:
             for position, method in zip(positions, methods):
                 accuracy = np.sort(per_fold.loc[per_fold["method"] == method, "accuracy"].to_numpy(dtype=float))
-                heights = position + np.linspace(-0.3, 0.3, len(accuracy))  # one fold a height: none hides another
+                heights = position + np.linspace(-0.4, 0.4, len(accuracy))  # one fold a height: none hides another
                 ax.plot(accuracy, heights, "o", color="0.25", markersize=2, label="one fold" if position == 0 else None)
         bars = dict(fmt="|", color="black", elinewidth=1.5, capsize=4, capthick=1.5, markersize=10)
         ax.errorbar(means, positions, xerr=errors, **bars, label="± standard error")

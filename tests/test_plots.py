@@ -132,6 +132,18 @@ def test_comparison_draws_each_score_with_its_wilson_interval_over_its_clips(sco
         gu.plot_comparison(table.drop(columns="clips"))
 
 
+def test_cross_validation_draws_folds_of_equal_accuracy_apart():
+    methods = ["svm", "cnn"]  # 15 folds each, ties as folds of a few dozen clips give
+    per_fold = pd.DataFrame({"method": np.repeat(methods, 15), "accuracy": np.tile([0.6] * 8 + [0.7] * 7, 2)})
+    summary = pd.DataFrame({"method": methods, "accuracy_mean": [0.65, 0.65], "accuracy_se": [0.01, 0.01]})
+    fig = gu.plot_cross_validation(summary, per_fold)
+    fig.canvas.draw()
+    folds = [line for line in fig.axes[0].lines if line.get_marker() == "o"]
+    dots = np.concatenate([line.get_transform().transform(line.get_xydata()) for line in folds])
+    gaps = np.linalg.norm(dots[:, None] - dots[None], axis=-1)[np.triu_indices(len(dots), 1)]
+    assert len(dots) == 30 and gaps.min() >= folds[0].get_markersize() * fig.dpi / 72  # a dot's diameter
+
+
 def test_plots_leave_global_style_alone(history):
     before = dict(matplotlib.rcParams)
     gu.plot_learning_curves(history)

@@ -6962,7 +6962,7 @@ def plot_comparison(table, value: str = "accuracy", chance: float | None = 1 / l
         fig, ax = plt.subplots(figsize=(FIGURE_WIDTHS["column"], 1.2 + 0.35 * len(table)))
         ax.barh(positions, values, xerr=[values - low, high - values])
         for position, v, top in zip(positions, values, high):  # value labels right of the error bars
-            ax.text(top + 0.02, position, f"{v:.2f}", va="center")
+            ax.text(top + 0.02, position, f"{v:.3f}", va="center")
         ax.set_yticks(positions, [textwrap.fill(str(label), 22) for label in table.index])
         ax.invert_yaxis()  # first row on top, as in the table
         if chance is not None:

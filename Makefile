@@ -87,7 +87,7 @@ seed-notebooks: $(FMA_FIXTURE)/fma_metadata/tracks.csv
 	GENRE_PROFILE=seed GENRE_QUICK=1 GENRE_DATA=$(abspath $(FMA_FIXTURE)) GENRE_SETTINGS="epochs=1 figures_dir=runs/quick/seed-figures" \
 		$(BIN)/python -m pytest --nbval-lax -q $(filter-out %/10_interpretation.ipynb,$(COURSE_NOTEBOOKS))
 
-report: setup  ## the executed notebooks as one browsable HTML report in report/, the figures and captions in report/figures/
+report: setup  ## the executed notebooks as one HTML page in report/; the figures in report/figures/, with report/figures.tex and figures.md
 	$(BIN)/python genre_utils.py report
 
 lab: setup  ## open the walkthrough in JupyterLab

@@ -51,11 +51,12 @@ Interpretation: what the trained CNN attends to (Grad-CAM, occlusion) and how it
     plot_embedding_maps, plot_neighbour_purity
 Experiments: one results row per CNN variant or classical baseline, and cross-validation methods of both
     EXPERIMENT_COLUMNS, cnn_experiment, baseline_experiment, cnn_method, baseline_method
-Plots: one style and one export helper for every figure
-    FIGURE_DPI, set_plot_style, CAPTIONS_FILE, save_figure, figure_captions, plot_mel_vs_cqt,
-    plot_band_statistics, plot_learning_curves, plot_confusion_matrix,
+Plots: one style and one export helper for every figure, each drawn at its printed size
+    FIGURE_DPI, FIGURE_WIDTHS, FIGURE_MAX_HEIGHT, SMALLEST_TEXT, set_plot_style, CAPTIONS_FILE,
+    save_figure, figure_captions, plot_mel_vs_cqt, plot_band_frequencies, plot_mean_spectra,
+    plot_band_statistics, plot_filter_shapes, plot_learning_curves, plot_confusion_matrix,
     plot_genre_scores, plot_comparison, plot_cross_validation, plot_prediction_timeline
-Report: the executed notebooks as one browsable HTML page
+Report: the executed notebooks as one browsable HTML page, the figures as a LaTeX and Markdown pack
     export_report
 Demo data: a miniature FMA of procedurally synthesized music, self-contained
     DEMO_VERSION, DEMO_MARKER, make_demo_dataset, synthesize_clip
@@ -81,6 +82,7 @@ import platform
 import re
 import shutil
 import sys
+import textwrap
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -283,12 +285,18 @@ __all__ = [
     "baseline_method",
     # Plots
     "FIGURE_DPI",
+    "FIGURE_WIDTHS",
+    "FIGURE_MAX_HEIGHT",
+    "SMALLEST_TEXT",
     "set_plot_style",
     "CAPTIONS_FILE",
     "save_figure",
     "figure_captions",
     "plot_mel_vs_cqt",
+    "plot_band_frequencies",
+    "plot_mean_spectra",
     "plot_band_statistics",
+    "plot_filter_shapes",
     "plot_learning_curves",
     "plot_confusion_matrix",
     "plot_genre_scores",
@@ -6281,105 +6289,80 @@ def neighbour_purity(table: pd.DataFrame, genres, k: int = 10) -> pd.DataFrame:
     return result
 
 
-def _saliency_colormap():
-    """Transparent where the saliency is 0, opaque orange-red where it peaks: drawn over a spectrogram."""
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-
-    colours = plt.get_cmap("autumn_r")(np.linspace(0, 1, 256))
-    colours[:, 3] = np.linspace(0, 0.85, 256)
-    return ListedColormap(colours, name="saliency")
-
-
 def _frequency_ticks(cfg: Config, source: str) -> tuple[np.ndarray, list[str]]:
-    """(positions in bins, labels) for the frequency axis of a mel ("mel": Hz at powers of 2 from 512)
-    or CQT ("cqt": the C of every octave) image drawn one bin per unit."""
+    """(positions in bins, labels) for the frequency axis of a mel ("mel": 500 Hz, 1k, 2k, 4k ... below
+    the top band) or CQT ("cqt": the C of every octave) image drawn one bin per unit."""
     import librosa
 
     if source == "mel":
         centres = librosa.mel_frequencies(n_mels=cfg.n_mels + 2, fmax=cfg.sample_rate / 2)[1:-1]
-        hz = np.array([0.0, *(512.0 * 2**k for k in range(10) if 512 * 2**k < centres[-1])])
-        return np.interp(hz, centres, np.arange(cfg.n_mels)) + 0.5, [f"{h:.0f}" for h in hz]
+        hz = np.array([500.0 * 2**k for k in range(10) if 500 * 2**k < centres[-1]])
+        return np.interp(hz, centres, np.arange(cfg.n_mels)) + 0.5, [
+            f"{h / 1000:g}k" if h >= 1000 else "500" for h in hz
+        ]
     starts = np.arange(0, cfg.cqt_bins, cfg.cqt_bins_per_octave)
     notes = librosa.hz_to_note(cfg.cqt_fmin * 2.0 ** (starts / cfg.cqt_bins_per_octave), unicode=False)
     return starts + 0.5, list(notes)
 
 
+_IMAGE = dict(origin="lower", aspect="auto", interpolation="none")  # a spectrogram as an image: low bins at the bottom
+
+
 def plot_saliency(data: Features, rows, maps: dict[str, np.ndarray], cfg: Config, titles=None):
-    """Each clip's Grad-CAM maps (`grad_cam`), one column per branch, drawn over the input the branch
-    reads (mel-spectrogram or CQT, grey, at its scale: Hz or notes against seconds); each map is scaled
-    to its own maximum. `titles`: one label per row (default the clips' genres). Returns the Figure."""
+    """Each clip's Grad-CAM maps (`grad_cam`), one column per branch of `maps`, as contours over the
+    input the branch reads (mel-spectrogram or CQT, grey, at its scale: Hz or notes against seconds):
+    dashed orange encloses the top half of each map, solid red its top fifth (each map scaled to its own
+    maximum). `titles`: one label per row (default the clips' genres). Text width, 1.1 in per clip:
+    at most 7 clips. Returns the Figure."""
     import matplotlib.pyplot as plt
 
     rows = np.asarray(rows, dtype=np.int64)
     titles = list(data.index["genre"].to_numpy()[rows] if titles is None else titles)
     branches = [b for b in MODEL_BLOCKS if b in maps]
-    overlay = _saliency_colormap()
     ticks = {source: _frequency_ticks(cfg, source) for source in ("mel", "cqt")}
     with _plot_style():
-        fig, axes = plt.subplots(
-            len(rows),
-            len(branches),
-            figsize=(3.7 * len(branches), 1.6 * len(rows) + 0.9),
-            squeeze=False,
-            layout="constrained",
-            sharex=True,
-        )
-        for i, (row, title) in enumerate(zip(rows, titles)):
-            for j, branch in enumerate(branches):
-                ax, source = axes[i, j], BRANCH_INPUTS[branch]
+        fig = plt.figure(figsize=(FIGURE_WIDTHS["text"], 0.75 + 1.1 * len(rows)))
+        heights = [1.0] * (len(rows) - 1) + [1.3]  # the last row also holds the time axis
+        strips = fig.subfigures(len(rows), 1, squeeze=False, height_ratios=heights)[:, 0]  # one per clip
+        for i, (row, title, panels) in enumerate(zip(rows, titles, strips)):
+            panels.suptitle(title, x=0.01, ha="left", fontsize=plt.rcParams["axes.titlesize"])  # the clip, over its row
+            for branch, ax in zip(branches, panels.subplots(1, len(branches), squeeze=False)[0]):
+                source = BRANCH_INPUTS[branch]
                 spectrogram = np.asarray(getattr(data, source)[row], dtype=np.float32)
-                # images, not meshes: smaller PDFs, quicker to draw
-                options = dict(origin="lower", aspect="auto", interpolation="nearest")
-                options["extent"] = (0, spectrogram.shape[1] * cfg.hop_length / cfg.sample_rate, 0, len(spectrogram))
-                ax.imshow(spectrogram, cmap="gray_r", **options)
+                extent = (0, spectrogram.shape[1] * cfg.hop_length / cfg.sample_rate, 0, len(spectrogram))
+                ax.imshow(spectrogram, cmap="gray_r", extent=extent, **_IMAGE)
                 saliency = maps[branch][i] / max(float(maps[branch][i].max()), 1e-12)
-                image = ax.imshow(saliency, cmap=overlay, vmin=0, vmax=1, **options)
+                ax.contour(saliency, levels=[0.5, 0.8], colors=["C1", "C3"], linestyles=["--", "-"], extent=extent)
                 ax.set_yticks(*ticks[source])
                 ax.set(xlabel="time (s)" if i == len(rows) - 1 else "", ylabel="Hz" if source == "mel" else "note")
-                ax.set_title(f"{title if j == 0 else ''}\n{branch} ({source})", loc="left")  # clip, then branch
+                ax.set_title(branch if i == 0 else "")
+                ax.tick_params(axis="x", labelbottom=i == len(rows) - 1)
                 ax.grid(False)
-        fig.colorbar(image, ax=axes, shrink=min(0.5, 3 / len(rows)), label="saliency (share of its maximum)")
     return fig
 
 
 def plot_occlusion(tables: dict[str, pd.DataFrame]):
     """Heat maps, one panel per table, of how much masking a region (columns) lowers the probability of
     the true genre (rows), in percentage points: `occlusion`'s drops averaged per genre, e.g.
-    {"mel bands": ..., "CQT octaves": ..., "seconds": ...}. One colour scale, red for a drop, blue
-    for a gain. Returns the Figure; raises GenreError for no tables."""
+    {"mel bands": ..., "CQT octaves": ...}; draw what is compared in one figure, e.g. frequencies, and
+    seconds in another. One colour scale, red for a drop, blue for a gain. Text width. Returns the
+    Figure; raises GenreError for no tables."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     if not tables:
         raise GenreError("plot_occlusion needs at least one table of drops (genre x region)")
     limit = max(float(np.nanmax(np.abs(t.to_numpy()))) for t in tables.values()) * 100 or 1.0
-    widths = [t.shape[1] for t in tables.values()]
+    size = (FIGURE_WIDTHS["text"], 1.6 + 0.22 * max(len(t) for t in tables.values()))
+    ratios = [t.shape[1] for t in tables.values()]
+    style = dict(cmap="RdBu_r", vmin=-limit, vmax=limit, center=0, annot=True, fmt=".0f", linewidths=0.5)
+    colour_bar = {"label": "drop of the true\ngenre's probability\n(points)"}
     with _plot_style():
-        fig, axes = plt.subplots(
-            1,
-            len(tables),
-            figsize=(2.2 + 0.55 * sum(widths), max(3.0, 1.4 + 0.45 * max(len(t) for t in tables.values()))),
-            width_ratios=widths,
-            layout="constrained",
-            squeeze=False,
-        )
+        fig, axes = plt.subplots(1, len(tables), figsize=size, width_ratios=ratios, squeeze=False)
         for k, (ax, (name, table)) in enumerate(zip(axes[0], tables.items())):
-            sns.heatmap(
-                table * 100,
-                ax=ax,
-                cmap="RdBu_r",
-                vmin=-limit,
-                vmax=limit,
-                center=0,
-                annot=True,
-                fmt=".0f",
-                annot_kws={"fontsize": 8},
-                cbar=k == len(tables) - 1,
-                yticklabels=k == 0,
-                linewidths=0.5,
-                cbar_kws={"label": "drop of the true genre's\nprobability (points)"},
-            )
+            last = k == len(tables) - 1
+            sns.heatmap(table * 100, ax=ax, annot_kws={"fontsize": 7}, cbar=last, cbar_kws=colour_bar, **style)
+            ax.tick_params(axis="y", labelleft=k == 0)
             ax.set(title=name, xlabel="masked region", ylabel="true genre" if k == 0 else "")
             ax.tick_params(axis="x", labelrotation=60)
             plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
@@ -6387,45 +6370,38 @@ def plot_occlusion(tables: dict[str, pd.DataFrame]):
 
 
 def plot_embedding_maps(maps: dict[str, pd.DataFrame], genres: pd.Series, wrong: pd.Series | None = None, notes=None):
-    """Side-by-side 2-D maps of the same clips (`embedding_map` tables, columns x, y), coloured by genre
-    (`genres`, indexed by track_id), the clips in `wrong` (a boolean Series, e.g. the CNN's mistakes)
-    ringed in black. `notes`: a text per map added to its title (e.g. its neighbour purity). Returns the
-    Figure."""
+    """Side-by-side 2-D maps of the same clips (`embedding_map` tables, columns x, y), one marker and
+    colour per genre (`genres`, indexed by track_id), the clips in `wrong` (a boolean Series, e.g. the
+    CNN's mistakes) ringed in black. `notes`: a text per map added to its title (e.g. its neighbour
+    purity). Text width. Returns the Figure."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     names = [g for g in GENRES if g in set(genres)] + sorted(set(genres) - set(GENRES))
-    colours = dict(zip(names, sns.color_palette("tab10", len(names))))
+    colours = dict(zip(names, sns.color_palette("colorblind", len(names))))
     with _plot_style():
-        fig, axes = plt.subplots(1, len(maps), figsize=(5.2 * len(maps), 5.4), layout="constrained", squeeze=False)
+        fig, axes = plt.subplots(1, len(maps), figsize=(FIGURE_WIDTHS["text"], 4.2), squeeze=False)
         for ax, (name, table) in zip(axes[0], maps.items()):
-            clips = genres.reindex(table.index)
-            for genre in names:
+            clips, points = genres.reindex(table.index), table[["x", "y"]].to_numpy().T
+            for genre, marker in zip(names, itertools.cycle("os^DvPX*<>")):
                 inside = (clips == genre).to_numpy()
-                ax.scatter(table["x"][inside], table["y"][inside], s=28, color=colours[genre], label=genre)
+                ax.scatter(*points[:, inside], s=14, marker=marker, color=colours[genre], label=genre)
             if wrong is not None:
                 mistakes = wrong.reindex(table.index, fill_value=False).to_numpy(bool)
-                ax.scatter(
-                    table["x"][mistakes],
-                    table["y"][mistakes],
-                    s=90,
-                    facecolors="none",
-                    edgecolors="black",
-                    linewidths=1.1,
-                    label="misclassified by the CNN",
-                )
+                ring = dict(s=50, facecolors="none", edgecolors="black", linewidths=0.8)
+                ax.scatter(*points[:, mistakes], **ring, label="misclassified by the CNN")
             note = (notes or {}).get(name)
-            ax.set(title=f"{name}\n{note}" if note else name, xticks=[], yticks=[])
+            ax.set(title=textwrap.fill(f"{name}: {note}" if note else name, 45), xticks=[], yticks=[])
             ax.grid(False)
         handles, labels = axes[0, 0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(5, len(labels)), frameon=False)
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), frameon=False)
     return fig
 
 
 def plot_neighbour_purity(purity: dict[str, pd.DataFrame]):
-    """Grouped bars of the mean neighbour purity per genre and over all clips, one bar per representation
-    (`neighbour_purity` tables), with the purity of random neighbours (chance) as a black tick. Returns
-    the Figure."""
+    """Grouped bars of the mean neighbour purity per genre and over all clips, one bar (and hatch) per
+    representation (`neighbour_purity` tables), with the purity of random neighbours (chance) as a black
+    tick. Text width. Returns the Figure."""
     import matplotlib.pyplot as plt
 
     first = next(iter(purity.values()))
@@ -6433,14 +6409,14 @@ def plot_neighbour_purity(purity: dict[str, pd.DataFrame]):
     groups = [*genres, "all clips"]
     width = 0.8 / len(purity)
     with _plot_style():
-        fig, ax = plt.subplots(figsize=(1.2 + 1.05 * len(groups), 4.2), layout="constrained")
-        for m, (name, table) in enumerate(purity.items()):
+        fig, ax = plt.subplots(figsize=(FIGURE_WIDTHS["text"], 3.0))
+        for m, ((name, table), hatch) in enumerate(zip(purity.items(), itertools.cycle(["", "//", ".."]))):
             means = [*table.groupby("genre")["purity"].mean().reindex(genres), table["purity"].mean()]
-            ax.bar(np.arange(len(groups)) + (m - (len(purity) - 1) / 2) * width, means, width, label=name)
+            ax.bar(np.arange(len(groups)) + (m - (len(purity) - 1) / 2) * width, means, width, hatch=hatch, label=name)
         chance = [*first.groupby("genre")["chance"].mean().reindex(genres), first["chance"].mean()]
-        ax.scatter(np.arange(len(groups)), chance, marker="_", s=600, color="black", zorder=3, label="chance")
+        ax.scatter(np.arange(len(groups)), chance, marker="_", s=300, color="black", zorder=3, label="chance")
         k = first.attrs.get("k", "k")
-        ax.set(ylim=(0, 1), ylabel=f"share of the {k} nearest clips\nof the same genre", title="Neighbour purity")
+        ax.set(ylim=(0, 1), ylabel=f"share of the {k} nearest\nclips of the same genre", title="Neighbour purity")
         ax.set_xticks(np.arange(len(groups)), groups, rotation=30, ha="right", rotation_mode="anchor")
         fig.legend(loc="outside lower center", ncols=len(purity) + 1, frameon=False)
     return fig
@@ -6634,44 +6610,72 @@ def _stored_numbers(pipeline, kind: str) -> int:
     return int(sum(np.size(array) for array in stored))
 
 
-# ── Plots: one style and one export helper for every figure ──
+# ── Plots: one style and one export helper for every figure, each drawn at its printed size ──
 
-FIGURE_DPI = 150  # PNG resolution; PDFs are vector
+FIGURE_DPI = 300  # PNG pixels per inch at the printed size; PDFs are vector
+FIGURE_WIDTHS = {"column": 3.5, "text": 7.0}  # inches: a report's single column (8.9 cm), its text width (17.8 cm)
+FIGURE_MAX_HEIGHT = 9.5  # inches: what a page holds with its caption
+SMALLEST_TEXT = 7.0  # points: the smallest text a printed figure may have
 
 
 def set_plot_style() -> None:
-    """One look for every figure: seaborn's paper-friendly theme with readable font sizes."""
+    """One look for every figure: seaborn's paper theme (text of 7-9 pt at the printed size), its
+    colour-blind palette with a line style per colour."""
+    import matplotlib as mpl
+
+    mpl.rcParams.update(_style_rc())
+
+
+def _style_rc() -> dict:
     import seaborn as sns
+    from cycler import cycler
 
-    sns.set_theme(context="notebook", style="whitegrid", palette="deep", font_scale=1.0)
+    rc = {**sns.axes_style("whitegrid"), **sns.plotting_context("paper", font_scale=0.9), "pdf.fonttype": 42}
+    rc.update({"figure.constrained_layout.use": True, "errorbar.capsize": 2})  # labels fit inside the figure
+    styles = cycler(linestyle=["-", "--", ":", "-."] * 2 + ["-", "--"])  # a line style per colour
+    rc["axes.prop_cycle"] = cycler(color=sns.color_palette("colorblind")) + styles
+    return rc
 
 
-CAPTIONS_FILE = "CAPTIONS.md"  # beside the figures: each figure's caption and notebook, in notebook order
+CAPTIONS_FILE = "CAPTIONS.md"  # beside the figures: each figure's caption, width and notebook, in notebook order
 
 
-def save_figure(fig, name: str, figures_dir: str | os.PathLike = ROOT / "figures", *, caption: str) -> list[Path]:
-    """Write `fig` as `<figures_dir>/<name>.png` (for slides, web) and `.pdf` (for LaTeX), with its caption.
+def save_figure(fig, name: str, figures_dir: str | os.PathLike = ROOT / "figures", *, width: str, caption: str):
+    """Write `fig` as `<figures_dir>/<name>.png` (300 pixels per inch, for slides, web) and `.pdf` (fonts
+    embedded, for LaTeX), at its own size: the printed one.
 
-    `caption`: one or two sentences, what the figure shows, on which data and run, and what to read
-    from it. It becomes the PDF's Subject and the PNG's Description, and the figure's entry in
-    `<figures_dir>/CAPTIONS.md` (`figure_captions`), with the notebook that drew it (the one whose
-    file name starts with the figure's "NN_"); entries are replaced by name and kept in notebook
-    order. Uses a tight bounding box so labels are never clipped. Returns the two paths; raises
-    GenreError for an empty caption.
+    `width`: "column" (3.5 in) or "text" (7 in), the figure's width, which it must have (at most 9.5 in
+    tall, every text at least 7 pt). `caption`: one or two sentences, what the figure shows, on which
+    data and run, and what to read from it. It becomes the PDF's Subject and the PNG's Description, and
+    the figure's entry in `<figures_dir>/CAPTIONS.md` (`figure_captions`), with its width and the
+    notebook that drew it (the one whose file name starts with the figure's "NN_"); entries are replaced
+    by name and kept in notebook order. Returns the two paths; raises GenreError for an empty caption or
+    a figure not drawn for print.
     """
+    from matplotlib.text import Text
+
     caption = " ".join(str(caption).split())
     if not caption:
         raise GenreError(f"figure {name}: give it a caption (what it shows, on which data, what to read from it)")
+    if width not in FIGURE_WIDTHS:
+        raise GenreError(f"figure {name}: width {width!r}; choose {' or '.join(FIGURE_WIDTHS)}")
+    inches, small = FIGURE_WIDTHS[width], [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    small = [f"{t.get_text()!r} ({t.get_fontsize():.1f} pt)" for t in small if t.get_fontsize() < SMALLEST_TEXT]
+    if abs(fig.get_figwidth() - inches) > 0.01 or fig.get_figheight() > FIGURE_MAX_HEIGHT or small:
+        raise GenreError(
+            f"figure {name}: drawn {fig.get_figwidth():.2f} x {fig.get_figheight():.2f} in, smallest texts "
+            f"{small[:3] or 'fine'}; draw it {inches:g} in wide ({width}), at most {FIGURE_MAX_HEIGHT} in tall, "
+            f"with text of at least {SMALLEST_TEXT:g} pt"
+        )
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
     paths = [figures_dir / f"{name}.png", figures_dir / f"{name}.pdf"]
+    fig.canvas.draw()  # lay the figure out once, for the PNG, the PDF and any later save alike
+    fig.set_layout_engine("none")
     for path in paths:
-        fig.savefig(
-            path,
-            dpi=FIGURE_DPI,
-            bbox_inches="tight",
-            metadata={"CreationDate": None, "Subject": caption} if path.suffix == ".pdf" else {"Description": caption},
-        )
+        metadata = {"CreationDate": None, "Subject": caption} if path.suffix == ".pdf" else {"Description": caption}
+        with _plot_style():  # fonts embedded as TrueType
+            fig.savefig(path, dpi=FIGURE_DPI, metadata=metadata)
     notebooks = sorted((ROOT / "notebooks").glob(f"{name[:3]}*.ipynb")) if re.match(r"\d\d_", name) else []
     notebook = f"notebooks/{notebooks[0].name}" if notebooks else ""
     with _exclusive(figures_dir / f".{CAPTIONS_FILE}.lock"):  # notebooks run two at a time in `make test`
@@ -6681,10 +6685,11 @@ def save_figure(fig, name: str, figures_dir: str | os.PathLike = ROOT / "figures
                 captions["notebook"].where(captions["notebook"] != "", captions.index) <= (notebook or name)
             ).sum()
             captions = pd.concat([captions.iloc[:before], pd.DataFrame(index=[name]), captions.iloc[before:]])
-        captions.loc[name, ["notebook", "caption"]] = [notebook, caption]
+        captions.loc[name, ["notebook", "width", "caption"]] = [notebook, width, caption]
         entries = [
-            f"## {figure}\n\n{f'`{source}`: ' if source else ''}[PNG]({figure}.png), [PDF]({figure}.pdf)\n\n{text}\n"
-            for figure, source, text in captions[["notebook", "caption"]].itertuples()
+            f"## {figure}\n\n{f'`{source}`: ' if source else ''}[PNG]({figure}.png), [PDF]({figure}.pdf); "
+            f"{size} width ({FIGURE_WIDTHS.get(size, 0):g} in)\n\n{text}\n"
+            for figure, source, size, text in captions[["notebook", "width", "caption"]].itertuples()
         ]
         with _atomic_path(figures_dir / CAPTIONS_FILE) as tmp:
             tmp.write_text(_CAPTIONS_HEADER + "\n" + "\n".join(entries), encoding="utf-8")
@@ -6693,23 +6698,28 @@ def save_figure(fig, name: str, figures_dir: str | os.PathLike = ROOT / "figures
 
 _CAPTIONS_HEADER = """# Figure captions
 
-Every figure of this folder, PNG and PDF, with its caption and the notebook that drew it, in notebook
-order. Written by `genre_utils.save_figure`; the PDFs carry the same caption as their subject.
+Every figure of this folder, PNG and PDF, with its caption, its printed width and the notebook that
+drew it, in notebook order. Written by `genre_utils.save_figure`; the PDFs carry the same caption as
+their subject.
 """
 
 
 def figure_captions(figures_dir: str | os.PathLike = ROOT / "figures") -> pd.DataFrame:
     """The captions `save_figure` wrote to `<figures_dir>/CAPTIONS.md`: one row per figure name, in the
-    file's order, with columns notebook (e.g. "notebooks/02_features.ipynb", "" when none) and caption.
-    Empty when the file does not exist."""
+    file's order, with columns notebook (e.g. "notebooks/02_features.ipynb", "" when none), width
+    ("column", "text", "" when not given) and caption. Empty when the file does not exist."""
     path = Path(figures_dir) / CAPTIONS_FILE
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
     rows = {}
     for entry in re.split(r"^## ", text, flags=re.MULTILINE)[1:]:
         name, links, caption = (entry.split("\n\n", 2) + ["", ""])[:3]
-        source = re.match(r"`([^`]*)`: ", links)
-        rows[name.strip()] = {"notebook": source.group(1) if source else "", "caption": " ".join(caption.split())}
-    return pd.DataFrame.from_dict(rows, orient="index", columns=["notebook", "caption"], dtype=object)
+        source, width = re.match(r"`([^`]*)`: ", links), re.search(r"; (\w+) width", links)
+        rows[name.strip()] = {
+            "notebook": source.group(1) if source else "",
+            "width": width.group(1) if width else "",
+            "caption": " ".join(caption.split()),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["notebook", "width", "caption"], dtype=object)
 
 
 @contextlib.contextmanager
@@ -6720,12 +6730,8 @@ def _plot_style():
     figure of a session starts the inline backend, and undoing that would hide every later figure.
     """
     import matplotlib as mpl
-    import seaborn as sns
-    from cycler import cycler
 
-    rc = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook")}
-    rc["axes.prop_cycle"] = cycler(color=sns.color_palette("deep"))
-    with mpl.rc_context(rc):
+    with mpl.rc_context(_style_rc()):
         yield
         interactive = mpl.is_interactive()
     mpl.interactive(interactive)
@@ -6740,60 +6746,111 @@ def _require_columns(table: pd.DataFrame, columns, what: str) -> None:
         )
 
 
+def _wilson(successes, trials, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval (95 % for z = 1.96) of a share `successes / trials`: (low, high)."""
+    trials = np.maximum(np.asarray(trials, dtype=float), 1e-12)
+    share = np.asarray(successes, dtype=float) / trials
+    centre, spread = share + z**2 / (2 * trials), z * np.sqrt(share * (1 - share) / trials + z**2 / (4 * trials**2))
+    return (centre - spread) / (1 + z**2 / trials), (centre + spread) / (1 + z**2 / trials)
+
+
 def plot_mel_vs_cqt(spectrograms: dict[str, tuple[np.ndarray, np.ndarray]], cfg: Config):
     """One row per clip, its mel-spectrogram (left, Hz) and CQT (right, the C of every octave) side by
     side, on one dB colour scale. spectrograms: {title: (mel (n_mels, frames), cqt (cqt_bins, frames))}
-    in dB, as `mel_spectrogram` and `cqt` give them with `cfg`. Returns the Figure."""
+    in dB, as `mel_spectrogram` and `cqt` give them with `cfg`; a report figure holds a few (3-4).
+    Text width. Returns the Figure."""
     import matplotlib.pyplot as plt
 
     ticks = {source: _frequency_ticks(cfg, source) for source in ("mel", "cqt")}
     with _plot_style():
-        fig, axes = plt.subplots(
-            len(spectrograms),
-            2,
-            figsize=(12, 2.2 * len(spectrograms)),
-            sharex=True,
-            squeeze=False,
-            layout="constrained",
-        )
+        size = (FIGURE_WIDTHS["text"], min(FIGURE_MAX_HEIGHT, 0.6 + 1.6 * len(spectrograms)))
+        fig, axes = plt.subplots(len(spectrograms), 2, figsize=size, sharex=True, squeeze=False)
         for row, (title, pair) in enumerate(spectrograms.items()):
             for ax, source, spectrogram in zip(axes[row], ("mel", "cqt"), pair):
                 seconds = spectrogram.shape[1] * cfg.hop_length / cfg.sample_rate
-                image = ax.imshow(
-                    np.asarray(spectrogram, dtype=np.float32),
-                    origin="lower",
-                    aspect="auto",
-                    interpolation="nearest",
-                    cmap="magma",
-                    vmin=-TOP_DB,
-                    vmax=0,
-                    extent=(0, seconds, 0, len(spectrogram)),
-                )
+                extent = (0, seconds, 0, len(spectrogram))
+                image = ax.imshow(np.float32(spectrogram), cmap="magma", vmin=-TOP_DB, vmax=0, extent=extent, **_IMAGE)
                 ax.set_yticks(*ticks[source])
                 ax.set(ylabel="Hz" if source == "mel" else "note", xlabel="time (s)" if row == len(axes) - 1 else "")
                 ax.set_title(f"{title}: {'mel-spectrogram' if source == 'mel' else 'CQT'}", loc="left")
                 ax.grid(False)
-        fig.colorbar(
-            image, ax=axes, format="%+.0f dB", shrink=min(0.4, 2.5 / len(axes)), label="dB below the clip's maximum"
-        )
+        fig.colorbar(image, ax=axes, shrink=min(0.8, 2.5 / len(axes)), label="dB below the clip's maximum")
+    return fig
+
+
+def plot_band_frequencies(cfg: Config):
+    """The centre frequency of every mel band and CQT bin of `cfg` against its index, on a log axis:
+    where each input spends its rows. Column width. Returns the Figure."""
+    import librosa
+    import matplotlib.pyplot as plt
+
+    mel = librosa.mel_frequencies(n_mels=cfg.n_mels + 2, fmax=cfg.sample_rate / 2)[1:-1]
+    cqt = librosa.cqt_frequencies(n_bins=cfg.cqt_bins, fmin=cfg.cqt_fmin, bins_per_octave=cfg.cqt_bins_per_octave)
+    with _plot_style():
+        fig, ax = plt.subplots(figsize=(FIGURE_WIDTHS["column"], 2.8))
+        ax.semilogy(mel, marker=".", markersize=3, label=f"mel ({cfg.n_mels} bands)")
+        cqt_label = f"CQT ({cfg.cqt_bins} bins, {cfg.cqt_bins_per_octave} an octave)"
+        ax.semilogy(cqt, marker="x", markersize=3, markevery=4, label=cqt_label)
+        ax.set(xlabel="band index", ylabel="centre frequency (Hz)", title="Band centre frequencies")
+        fig.legend(loc="outside lower center", ncols=1, frameon=False)
+    return fig
+
+
+def plot_mean_spectra(means: dict[str, pd.DataFrame]):
+    """Each genre's mean spectrum, one panel per input and one line (colour, style, marker) per genre.
+    means: {"mel": table, "cqt": table}, each indexed by genre with one column per band named by its
+    centre frequency (Hz), in dB (e.g. `band_means` averaged per genre). Text width. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    with _plot_style():
+        fig, axes = plt.subplots(1, len(means), figsize=(FIGURE_WIDTHS["text"], 3.2), sharey=True, squeeze=False)
+        for ax, (name, table) in zip(axes[0], means.items()):
+            for (genre, mean), marker in zip(table.iterrows(), itertools.cycle("os^DvPX*<>")):
+                ax.semilogx(table.columns.astype(float), mean, marker=marker, markersize=3, markevery=0.1, label=genre)
+            ax.set(xlabel="frequency (Hz)", title=f"mean {'CQT' if name == 'cqt' else name} spectrum")
+        axes[0, 0].set_ylabel("dB below the clip's maximum")
+        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncols=4, frameon=False)
     return fig
 
 
 def plot_band_statistics(stats):
     """The mean of every band over the training clips, ± one standard deviation, one panel per input
-    (mel bands against Hz, CQT bins against notes at each octave's C). stats: `Features.stats`, with
-    mel_mean, mel_std, cqt_mean, cqt_std. The legend sits below the panels. Returns the Figure."""
+    (mel bands, CQT bins). stats: `Features.stats`, with mel_mean, mel_std, cqt_mean, cqt_std. The
+    legend sits below the panels. Text width. Returns the Figure."""
     import matplotlib.pyplot as plt
 
     with _plot_style():
-        fig, axes = plt.subplots(1, 2, figsize=(12, 3.5), layout="constrained")
+        fig, axes = plt.subplots(1, 2, figsize=(FIGURE_WIDTHS["text"], 2.8))
         for ax, name in zip(axes, ("mel", "cqt")):
             mean, std = np.asarray(stats[f"{name}_mean"]), np.asarray(stats[f"{name}_std"])
             ax.plot(mean, label="mean over the training clips")
             ax.fill_between(np.arange(len(mean)), mean - std, mean + std, alpha=0.3, label="± 1 standard deviation")
             bands = "mel band" if name == "mel" else "CQT bin (semitone)"
-            ax.set(xlabel=bands, ylabel="dB below the clip's maximum", title=f"{bands.split()[0]}: per-band statistics")
+            ax.set(xlabel=bands, ylabel="dB below the clip's max.", title=f"{bands.split()[0]}: per-band statistics")
         fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, frameon=False)
+    return fig
+
+
+def plot_filter_shapes(spectrograms: dict[str, np.ndarray], kernels: dict[str, tuple[int, int]], title: str = ""):
+    """The first filter of each branch drawn to scale on the input it reads: spectrograms {"mel": (bands,
+    frames), "cqt": (bins, frames)} of one clip; kernels {branch: (height in bins, width in frames)}.
+    Text width. Returns the Figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    with _plot_style():
+        fig, axes = plt.subplots(1, len(spectrograms), figsize=(FIGURE_WIDTHS["text"], 2.9), squeeze=False)
+        for ax, (source, spectrogram) in zip(axes[0], spectrograms.items()):
+            ax.imshow(np.float32(spectrogram), cmap="magma", **_IMAGE)
+            branches = [b for b in kernels if BRANCH_INPUTS[b] == source]
+            for branch, x in zip(branches, (0.2, 0.6)):
+                (height, width), colour = kernels[branch], ("cyan", "lime", "white")[list(kernels).index(branch) % 3]
+                box = Rectangle((x * spectrogram.shape[1], 4), width, height, fill=False, edgecolor=colour, lw=1.5)
+                ax.add_patch(box).set_label(f"{branch}: {height} × {width}")
+            ax.set(title=f"{title}{source}", xlabel="time frame", ylabel="frequency bin")
+            ax.grid(False)
+        boxes = [box for ax in axes[0] for box in ax.patches]
+        fig.legend(boxes, [box.get_label() for box in boxes], loc="outside lower center", ncols=3, frameon=False)
     return fig
 
 
@@ -6802,8 +6859,8 @@ def plot_learning_curves(history: pd.DataFrame):
 
     history: one row per epoch with columns loss and accuracy, optionally val_loss, val_accuracy and
     epoch (0-based, as Keras' CSVLogger writes it; epochs are shown 1-based as Keras prints them).
-    The epoch with the best validation accuracy is marked. Raises GenreError for an empty history or
-    missing columns.
+    The epoch with the best validation accuracy is marked. Text width. Raises GenreError for an empty
+    history or missing columns.
     """
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
@@ -6815,11 +6872,11 @@ def plot_learning_curves(history: pd.DataFrame):
     best = int(np.nanargmax(history["val_accuracy"].to_numpy())) if "val_accuracy" in history else None
 
     with _plot_style():
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+        fig, axes = plt.subplots(1, 2, figsize=(FIGURE_WIDTHS["text"], 2.8))
         for ax, metric, title in zip(axes, ["loss", "accuracy"], ["Loss (cross-entropy)", "Accuracy"]):
             ax.plot(epochs, history[metric], marker="o", markersize=3, label="training")
             if f"val_{metric}" in history:
-                ax.plot(epochs, history[f"val_{metric}"], marker="o", markersize=3, label="validation")
+                ax.plot(epochs, history[f"val_{metric}"], marker="s", markersize=3, label="validation")
             if best is not None:
                 ax.axvline(epochs[best], color="0.4", linestyle=":", label=f"best validation (epoch {epochs[best]})")
             ax.set(title=title, xlabel="Epoch", ylabel=metric.capitalize())
@@ -6829,16 +6886,17 @@ def plot_learning_curves(history: pd.DataFrame):
     return fig
 
 
-def plot_confusion_matrix(confusion, genres=None, normalize: bool = True):
-    """Heat map of a confusion matrix with genre names (rows true, columns predicted); returns the Figure.
+def plot_confusion_matrix(confusion, genres=None, title: str = "Confusion matrix"):
+    """Heat map of a confusion matrix with genre names (rows true, columns predicted), each cell its
+    count of clips over its share of the true genre's clips, coloured by the share; returns the Figure.
 
     confusion: (n_genres, n_genres) counts (array, or `Scores.confusion`, whose index supplies
-    `genres` when not given). normalize=True shows each row as shares of the true genre's clips
-    (percent), False the raw counts. Raises GenreError for a matrix that does not match `genres`.
+    `genres` when not given). `title`: say the split and run. Text width. Raises GenreError for a
+    matrix that does not match `genres`.
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
-    from matplotlib.ticker import MaxNLocator, PercentFormatter
+    from matplotlib.ticker import PercentFormatter
 
     if genres is None:
         if not isinstance(confusion, pd.DataFrame):
@@ -6851,40 +6909,17 @@ def plot_confusion_matrix(confusion, genres=None, normalize: bool = True):
             f"confusion matrix has shape {counts.shape}; expected ({len(genres)}, {len(genres)}) "
             f"for {len(genres)} genres"
         )
-    matrix = pd.DataFrame(counts, index=genres, columns=genres)
-    if normalize:
-        matrix = matrix.div(matrix.sum(axis=1).where(lambda total: total > 0), axis=0).fillna(0.0)
+    shares = pd.DataFrame(counts / np.maximum(counts.sum(axis=1, keepdims=True), 1), index=genres, columns=genres)
     # annotate every cell but the off-diagonal zeros, so the mistakes that happen stand out
-    annotations = matrix.map(lambda v: f"{v:.0%}" if normalize else f"{v:.0f}").to_numpy()
-    annotations[(matrix.to_numpy() == 0) & ~np.eye(len(genres), dtype=bool)] = ""
+    annotations = np.vectorize(lambda n, share: f"{n:.0f}\n{share:.0%}")(counts, shares.to_numpy())
+    annotations[(counts == 0) & ~np.eye(len(genres), dtype=bool)] = ""
 
     with _plot_style():
-        size = 1.6 + 0.75 * len(genres)
-        fig, ax = plt.subplots(figsize=(size + 1.2, size), layout="constrained")
-        sns.heatmap(
-            matrix,
-            ax=ax,
-            annot=annotations,
-            fmt="",
-            cmap="Blues",
-            vmin=0,
-            vmax=1 if normalize else None,
-            square=True,
-            linewidths=0.5,
-            linecolor="white",
-            cbar_kws={
-                "label": "share of the true genre's clips" if normalize else "clips",
-                "format": PercentFormatter(1.0, decimals=0) if normalize else None,
-                "shrink": 0.8,
-            },
-        )
-        if not normalize:  # whole clips on the colour bar
-            ax.collections[0].colorbar.locator = MaxNLocator(integer=True)
-        ax.set(
-            xlabel="Predicted genre",
-            ylabel="True genre",
-            title="Confusion matrix" + (" (row-normalised)" if normalize else ""),
-        )
+        fig, ax = plt.subplots(figsize=(FIGURE_WIDTHS["text"], 1.6 + 0.55 * len(genres)))
+        colour_bar = {"label": "share of the true genre's clips", "format": PercentFormatter(1.0, decimals=0)}
+        style = dict(cmap="Blues", vmin=0, vmax=1, square=True, linewidths=0.5, linecolor="white", cbar_kws=colour_bar)
+        sns.heatmap(shares, ax=ax, annot=annotations, fmt="", annot_kws={"fontsize": 7}, **style)
+        ax.set(xlabel="Predicted genre", ylabel="True genre", title=f"{title} (clips, share of the row)")
         ax.tick_params(axis="x", labelrotation=40)
         ax.tick_params(axis="y", labelrotation=0)
         plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
@@ -6892,101 +6927,66 @@ def plot_confusion_matrix(confusion, genres=None, normalize: bool = True):
 
 
 def plot_genre_scores(per_genre: pd.DataFrame):
-    """Grouped bars of precision, recall and F1 per genre (0-1); returns the Figure.
+    """Grouped bars (colour and hatch) of precision, recall and F1 per genre (0-1), each with its 95 %
+    Wilson interval over the clips it counts (recall: the genre's clips; precision: the clips predicted
+    as it; F1: their mean); returns the Figure.
 
-    per_genre: `Scores.per_genre` (index genre, columns precision, recall, f1 and optionally
-    support, shown under each genre name). Raises GenreError for missing columns.
+    per_genre: `Scores.per_genre` (index genre, columns precision, recall, f1, support: shown under
+    each genre name). Text width. Raises GenreError for missing columns.
     """
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
-    _require_columns(per_genre, ["precision", "recall", "f1"], "the per-genre scores")
-    labels = (
-        [f"{genre}\n(n={int(n)})" for genre, n in per_genre["support"].items()]
-        if "support" in per_genre
-        else list(map(str, per_genre.index))
-    )
-    long = (
-        per_genre[["precision", "recall", "f1"]]
-        .rename(columns={"precision": "Precision", "recall": "Recall", "f1": "F1"})
-        .set_axis(labels)
-        .rename_axis("genre")
-        .reset_index()
-        .melt(id_vars="genre", var_name="score", value_name="value")
-    )
-
+    _require_columns(per_genre, ["precision", "recall", "f1", "support"], "the per-genre scores")
+    support = per_genre["support"].to_numpy(dtype=float)
+    hits = per_genre["recall"].to_numpy(dtype=float) * support
+    predicted = np.where(per_genre["precision"] > 0, hits / per_genre["precision"].where(lambda p: p > 0), support)
+    trials = {"precision": predicted, "recall": support, "f1": (predicted + support) / 2}
+    positions = np.arange(len(per_genre))
     with _plot_style():
-        fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(per_genre)), 4.5), layout="constrained")
-        sns.barplot(long, x="genre", y="value", hue="score", ax=ax)
-        ax.set(xlabel="", ylabel="Score", ylim=(0, 1.05), title="Per-genre scores")
-        ax.get_legend().remove()
+        fig, ax = plt.subplots(figsize=(FIGURE_WIDTHS["text"], 3.0))
+        for k, (score, hatch) in enumerate(zip(trials, ["", "//", ".."])):
+            values = per_genre[score].to_numpy(dtype=float)
+            low, high = _wilson(values * trials[score], trials[score])
+            label = {"f1": "F1"}.get(score, score.capitalize())
+            ax.bar(
+                positions + (k - 1) * 0.27, values, 0.27, yerr=[values - low, high - values], hatch=hatch, label=label
+            )
+        ax.set_xticks(positions, [f"{genre}\n(n={n:.0f})" for genre, n in zip(per_genre.index, support)])
+        ax.set(ylabel="Score (95 % interval)", ylim=(0, 1.05), title="Per-genre scores")
         fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=3, frameon=False)
     return fig
 
 
-def plot_comparison(
-    table,
-    value: str = "accuracy",
-    error: str | None = None,
-    reference: float | None = REPORT_VAL_ACCURACY,
-    chance: float | None = 1 / len(GENRES),
-):
-    """Horizontal bars comparing runs or methods on one score, with the report's result as a line.
+def plot_comparison(table, value: str = "accuracy", chance: float | None = 1 / len(GENRES)):
+    """Horizontal bars comparing runs or methods on one score, each with its 95 % Wilson interval over
+    the clips it was measured on; returns the Figure.
 
-    table: DataFrame indexed by run/method label with a `value` column (0-1), e.g. the output of
-    `compare_with_report` or an ablation table (a Series works too); `error`: optional column of
-    error-bar half widths (e.g. standard deviation over seeds). `reference` (the report's 0.555
-    validation accuracy) and `chance` (1/8) are drawn as vertical lines; None leaves them out.
-    Returns the Figure. Raises GenreError for an empty table or missing columns.
+    table: DataFrame indexed by run/method label with a `value` column (0-1) and a `clips` column (the
+    clips each score counts), e.g. `compare_with_report`'s rows of one dataset or a table of methods on
+    one test split; compare only what was measured on the same clips. `chance` (1/8) is drawn as a
+    line; None leaves it out. Column width. Raises GenreError for an empty table or missing columns.
     """
     import matplotlib.pyplot as plt
 
-    if isinstance(table, pd.Series):
-        table = table.to_frame(value)
-    _require_columns(table, [value] + ([error] if error else []), "the comparison table")
+    _require_columns(table, [value, "clips"], "the comparison table")
     if len(table) == 0:
         raise GenreError("the comparison table is empty")
-    labels = [str(label) for label in table.index]
     values = table[value].to_numpy(dtype=float)
-    datasets = table["dataset"].astype(str) if "dataset" in table else pd.Series("", index=table.index)
-
+    low, high = _wilson(values * table["clips"].to_numpy(dtype=float), table["clips"])
+    positions = np.arange(len(table))
     with _plot_style():
-        fig, ax = plt.subplots(figsize=(8, 1.2 + 0.55 * len(table)), layout="constrained")
-        positions = np.arange(len(table))
-        palette = dict(zip(datasets.unique(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(table)))
-        ax.barh(
-            positions,
-            values,
-            xerr=table[error].to_numpy(dtype=float) if error else None,
-            color=[palette[d] for d in datasets],
-            capsize=3,
-        )
-        errors = table[error].to_numpy(dtype=float) if error else np.zeros(len(table))
-        for position, v, e in zip(positions, values, errors):  # value labels right of the error bars
-            ax.text(
-                np.nan_to_num(v + e) + 0.015,
-                position,
-                f"{v:.3f}" + (f" ± {e:.3f}" if error else ""),
-                va="center",
-                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
-            )
-        if len(palette) > 1:  # say which bar used which data: the demo is not FMA
-            for dataset, color in palette.items():
-                ax.barh([np.nan], [np.nan], color=color, label=dataset)
-        ax.set_yticks(positions, labels)
+        fig, ax = plt.subplots(figsize=(FIGURE_WIDTHS["column"], 1.2 + 0.35 * len(table)))
+        ax.barh(positions, values, xerr=[values - low, high - values])
+        for position, v, top in zip(positions, values, high):  # value labels right of the error bars
+            ax.text(top + 0.02, position, f"{v:.3f}", va="center")
+        ax.set_yticks(positions, [textwrap.fill(str(label), 22) for label in table.index])
         ax.invert_yaxis()  # first row on top, as in the table
-        if reference is not None:
-            ax.axvline(reference, color="C3", linestyle="--", label=f"report: {reference:.3f} (FMA-small validation)")
         if chance is not None:
-            ax.axvline(chance, color="0.5", linestyle=":", label=f"chance: {chance:.3f}")
-        ax.set(
-            xlim=(0, 1.15),
-            xlabel=value.replace("_", " ").capitalize(),
-            title=f"{value.replace('_', ' ').capitalize()} by run",
-        )
+            ax.axvline(chance, color="0.3", linestyle=":", label=f"chance: {chance:.3f}")
+            fig.legend(loc="outside lower center", frameon=False)
+        name = value.replace("_", " ").capitalize()
+        ax.set(xlim=(0, 1.15), xlabel=f"{name} (95 % interval)", title=f"{name} by run")
         ax.grid(axis="y", visible=False)
-        if ax.get_legend_handles_labels()[0]:
-            fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, frameon=False)
     return fig
 
 
@@ -7002,14 +7002,13 @@ def plot_cross_validation(
 
     summary: `CrossValidation.summary` (or its CSV): method, accuracy_mean, accuracy_se, and
     accuracy_min (the worst fold, printed beside the mean) where present. per_fold:
-    `CrossValidation.folds` (method, accuracy), drawn as dots when given. `baseline`: the method
-    whose mean is drawn as a dotted line (None or absent: no line). `labels`: readable names per
-    method for the axis (default the method names), wrapped to fit. `chance`: the accuracy of
-    guessing (1 / genres), a dashed line. The axis is zoomed to the folds and chance, and its label
-    says where it starts. Raises GenreError for missing columns or an empty summary.
+    `CrossValidation.folds` (method, accuracy), drawn as dots spread across the bar's height so none
+    hides another. `baseline`: the method whose mean is drawn as a dotted line (None or absent: no
+    line). `labels`: readable names per method for the axis (default the method names), wrapped to
+    fit. `chance`: the accuracy of guessing (1 / genres), a dashed line. The axis is zoomed to the folds
+    and chance, and its label says where it starts. Text width. Raises GenreError for missing columns
+    or an empty summary.
     """
-    import textwrap
-
     import matplotlib.pyplot as plt
 
     _require_columns(summary, ["method", "accuracy_mean", "accuracy_se"], "the cross-validation summary")
@@ -7028,50 +7027,25 @@ def plot_cross_validation(
     low, high = np.nanmin(np.concatenate(shown)), np.nanmax(np.concatenate(shown))
     start, end = max(0.0, np.floor(low * 10 - 0.5) / 10), min(1.0, np.ceil(high * 10 + 0.5) / 10)
     with _plot_style():
-        fig, ax = plt.subplots(figsize=(10, 1.6 + 0.5 * len(methods)), layout="constrained")
+        fig, ax = plt.subplots(figsize=(FIGURE_WIDTHS["text"], 1.4 + 0.55 * len(methods)))
         ax.barh(positions, means - start, left=start, color="C0", alpha=0.45, label="mean over the folds")
         if per_fold is not None:
             for position, method in zip(positions, methods):
-                accuracy = per_fold.loc[per_fold["method"] == method, "accuracy"].to_numpy(dtype=float)
-                ax.plot(
-                    accuracy,
-                    np.full(len(accuracy), position + 0.22),
-                    "o",
-                    color="0.35",
-                    markersize=3,
-                    alpha=0.7,
-                    label="one fold" if position == 0 else None,
-                )
-        ax.errorbar(
-            means,
-            positions,
-            xerr=errors,
-            fmt="|",
-            color="black",
-            elinewidth=2,
-            capsize=5,
-            capthick=2,
-            markersize=12,
-            label="± standard error",
-        )
+                accuracy = np.sort(per_fold.loc[per_fold["method"] == method, "accuracy"].to_numpy(dtype=float))
+                heights = position + np.linspace(-0.4, 0.4, len(accuracy))  # one fold a height: none hides another
+                ax.plot(accuracy, heights, "o", color="0.25", markersize=2, label="one fold" if position == 0 else None)
+        bars = dict(fmt="|", color="black", elinewidth=1.5, capsize=4, capthick=1.5, markersize=10)
+        ax.errorbar(means, positions, xerr=errors, **bars, label="± standard error")
         if chance is not None:
-            ax.axvline(chance, color="0.2", linestyle="--", linewidth=1.2, label=f"chance: {chance:.3f}")
+            ax.axvline(chance, color="0.2", linestyle="--", linewidth=1, label=f"chance: {chance:.3f}")
         if baseline in methods:
             level = float(summary.loc[summary["method"] == baseline, "accuracy_mean"].iloc[0])
-            ax.axvline(
-                level, color="C3", linestyle=":", linewidth=1.5, label=f"{labels.get(baseline, baseline)}: {level:.3f}"
-            )
+            ax.axvline(level, color="C3", linestyle=":", label=f"{labels.get(baseline, baseline)}: {level:.3f}")
         worst = summary["accuracy_min"] if "accuracy_min" in summary else pd.Series(np.nan, summary.index)
         for position, (mean, se, lowest) in enumerate(zip(means, errors, worst)):
-            ax.text(  # in the right margin, clear of the bars and the dots
-                1.02,
-                position,
-                f"{mean:.3f} ± {se:.3f}" + (f"\nworst fold {lowest:.3f}" if np.isfinite(lowest) else ""),
-                transform=ax.get_yaxis_transform(),
-                va="center",
-                fontsize="small",
-            )
-        ax.set_yticks(positions, [textwrap.fill(str(labels.get(m, m)), 34) for m in methods], fontsize="small")
+            text = f"{mean:.3f} ± {se:.3f}" + (f"\nworst fold {lowest:.3f}" if np.isfinite(lowest) else "")
+            ax.text(1.02, position, text, transform=ax.get_yaxis_transform(), va="center")  # in the right margin
+        ax.set_yticks(positions, [textwrap.fill(str(labels.get(m, m)), 30) for m in methods])
         ax.set_ylim(len(methods) - 0.5, -0.5)  # best on top
         ax.set(
             xlim=(start, end),
@@ -7083,29 +7057,37 @@ def plot_cross_validation(
     return fig
 
 
-def plot_prediction_timeline(windows: pd.DataFrame, title: str = ""):
-    """Heat map of genre probabilities along a file, one column per window; returns the Figure.
+def plot_prediction_timeline(windows: pd.DataFrame, title: str = "", changes=()):
+    """Genre probabilities along a file, one column per window drawn at the window's centre (s), the
+    window length in the axis label, and dashed lines at `changes` (s, e.g. where a medley's genre
+    changes); returns the Figure.
 
-    windows: `predict_file` output (index start_s: window start in s; one column per genre, 0-1).
-    The genres are sorted by their mean probability, the file's prediction, most likely on top.
-    Raises GenreError for an empty table.
+    windows: `predict_file` output (index start_s: window start in s; one column per genre, 0-1;
+    attrs window_s: the window's length). The genres are sorted by their mean probability, the file's
+    prediction, most likely on top. Text width. Raises GenreError for an empty table.
     """
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
     if len(windows) == 0:
         raise GenreError("no windows to plot")
     ranked = windows[windows.mean().sort_values(ascending=False).index]
-    matrix = ranked.T.set_axis([f"{start:g}" for start in windows.index], axis=1)
+    window = windows.attrs.get("window_s", float(np.diff(windows.index).min()) * 2 if len(windows) > 1 else 1.0)
+    centres = windows.index.to_numpy(dtype=float) + window / 2
+    steps = np.diff(centres) if len(centres) > 1 else np.array([window])
+    edges = np.concatenate([[centres[0] - steps[0] / 2], centres[:-1] + steps / 2, [centres[-1] + steps[-1] / 2]])
     with _plot_style():
-        fig, ax = plt.subplots(figsize=(min(3.0 + 0.45 * len(windows), 16.0), 4.2), layout="constrained")
-        sns.heatmap(matrix, ax=ax, cmap="magma", vmin=0, vmax=1, cbar_kws={"label": "probability"})
-        ax.set(xlabel="window start (s)", ylabel="", title=title or "Genre probabilities along the file")
-        ax.tick_params(axis="y", labelrotation=0)
+        fig, ax = plt.subplots(figsize=(FIGURE_WIDTHS["text"], 1.2 + 0.25 * windows.shape[1]))
+        mesh = ax.pcolormesh(edges, np.arange(ranked.shape[1] + 1), ranked.T.to_numpy(), cmap="magma", vmin=0, vmax=1)
+        for change in changes:
+            ax.axvline(change, color="C2", linestyle="--", linewidth=1.5)
+        ax.set_yticks(np.arange(ranked.shape[1]) + 0.5, ranked.columns)
+        ax.set_ylim(ranked.shape[1], 0)
+        ax.set(xlabel=f"time (s): the centre of each {window:g} s window", title=title or "Genre probabilities")
+        fig.colorbar(mesh, ax=ax, label="probability")
     return fig
 
 
-# ── Report: the executed notebooks as one browsable HTML page ──
+# ── Report: the executed notebooks as one browsable HTML page, the figures as a LaTeX and Markdown pack ──
 
 
 def _merged_notebook(notebooks: dict):
@@ -7169,8 +7151,10 @@ def export_report(
 
     The page starts with a table of contents linking to each notebook's part; figures are embedded
     (outputs carry them as data, local Markdown images are inlined), so the file can be mailed or
-    opened offline; the copied figures are the ones to attach to a report, with their captions. Both
-    are written atomically. Returns the page's path. Raises GenreError when there are no notebooks or
+    opened offline; the copied figures are the ones to attach to a report, with their captions, and
+    `out_dir/figures.tex` holds each in a LaTeX figure environment at its width, with its caption and
+    label fig:<name> (`\\input` it), `out_dir/figures.md` the same in Markdown. Every file is written
+    atomically. Returns the page's path. Raises GenreError when there are no notebooks or
     one of them has not been executed (run `make demo` first).
     """
     from nbconvert import HTMLExporter
@@ -7194,6 +7178,7 @@ def export_report(
     with _atomic_path(target) as tmp:
         tmp.write_text(html, encoding="utf-8")
     _copy_figures(Path(figures_dir), out_dir / "figures")
+    _write_figure_pack(out_dir)
     return target
 
 
@@ -7212,6 +7197,28 @@ def _copy_figures(figures_dir: Path, target: Path) -> None:
     finally:
         shutil.rmtree(partial, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+_LATEX_SYMBOLS = {"±": r"$\pm$", "→": r"$\rightarrow$", "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$"}
+
+
+def _write_figure_pack(out_dir: Path) -> None:
+    """Write `out_dir/figures.tex` (one figure environment per figure of `out_dir/figures/`, at its width,
+    with its caption and a label fig:<name>) and its Markdown twin `out_dir/figures.md`."""
+    captions = figure_captions(out_dir / "figures")
+    latex, markdown = [], ["# Figures\n"]
+    for name, width, caption in captions[["width", "caption"]].itertuples():
+        wide = width != "column"  # a text-width figure spans both columns of a two-column page
+        text = "".join(_LATEX_SYMBOLS.get(c, c) for c in re.sub(r"([&%$#_{}])", r"\\\1", caption))
+        latex.append(
+            f"\\begin{{figure{'*' * wide}}}[tbp]\n  \\centering\n  \\includegraphics[width=\\"
+            f"{'text' if wide else 'column'}width]{{figures/{name}.pdf}}\n  \\caption{{{text}}}\n"
+            f"  \\label{{fig:{name}}}\n\\end{{figure{'*' * wide}}}\n"
+        )
+        markdown.append(f"## {name}\n\n![{name}](figures/{name}.png)\n\n*{width or 'text'} width.* {caption}\n")
+    for path, entries in ((out_dir / "figures.tex", latex), (out_dir / "figures.md", markdown)):
+        with _atomic_path(path) as tmp:
+            tmp.write_text("\n".join(entries), encoding="utf-8")
 
 
 # ── Demo data: a miniature FMA of procedurally synthesized music, self-contained ──
@@ -7829,7 +7836,7 @@ def main(argv: list[str] | None = None) -> int:
 def _cli_report(cfg: Config, args) -> None:
     """`report`: the executed notebooks as one HTML page, beside the figures of `cfg.figures_dir`."""
     page = export_report(figures_dir=cfg.figures_dir)
-    print(f"report written to {page}, its figures with their captions to {page.parent / 'figures'}")
+    print(f"report written to {page}, its figures to {page.parent / 'figures'}, listed in figures.tex and figures.md")
 
 
 def _cli_demo_data(cfg: Config, args) -> None:

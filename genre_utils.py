@@ -6844,7 +6844,7 @@ def plot_filter_shapes(spectrograms: dict[str, np.ndarray], kernels: dict[str, t
             ax.imshow(np.float32(spectrogram), cmap="magma", **_IMAGE)
             branches = [b for b in kernels if BRANCH_INPUTS[b] == source]
             for branch, x in zip(branches, (0.2, 0.6)):
-                (height, width), colour = kernels[branch], ("cyan", "lime", "white")[list(kernels).index(branch) % 3]
+                (height, width), colour = kernels[branch], ("cyan", "lime", "gold")[list(kernels).index(branch) % 3]
                 box = Rectangle((x * spectrogram.shape[1], 4), width, height, fill=False, edgecolor=colour, lw=1.5)
                 ax.add_patch(box).set_label(f"{branch}: {height} × {width}")
             ax.set(title=f"{title}{source}", xlabel="time frame", ylabel="frequency bin")

@@ -500,10 +500,9 @@ RECIPE_SETTINGS = dict(
 )
 # The demo preset's sizes with that recipe: `recipe` runs where `demo` runs (GENRE_PROFILE=recipe)
 PRESETS["recipe"] = PRESETS["demo"].replace(profile="recipe", **RECIPE_SETTINGS)
-# GENRE_QUICK=1 (set by `make test`): every preset does this much less work and writes its runs and
-# figures under QUICK_DIR, so the notebooks run every code path in a fraction of the time without
-# touching the committed figures/ or the runs of `make demo`. A network of 2 epochs need not beat
-# chance, so the notebooks' checks expect nothing of its accuracy.
+# GENRE_QUICK=1 (`make test`): every preset does less work, under QUICK_DIR (never over figures/ or the runs
+# of `make demo`), so the notebooks run every code path in a fraction of the time. A network of 2 epochs
+# need not beat chance: the notebooks' checks expect nothing of its accuracy.
 QUICK_SETTINGS = dict(
     epochs=2,
     chance_margin_sds=float("-inf"),
@@ -2525,13 +2524,10 @@ def _clip_statistics_of_file(path: str, cfg: Config) -> tuple[pd.Series | None, 
 
 # ── Model: the report's three-branch CNN in backend-neutral Keras 3, and the classical baseline's classifier ──
 
-# The model is written out in notebook 03: its #@save cells hold `MODEL_BLOCKS`, `branch_blocks`,
-# `conv_block`, `branch` and `classifier_head` as they are here (tests/test_lessons.py compares them).
-# Filter shapes follow Pons et al. 2017 ("Timbre analysis of music audio signals with CNNs"), whose
-# figure the report's lost one cited; mel_horizontal's, Schlüter & Böck 2014 and Pons & Serra 2017.
-# Six "same" 2x2 pools turn the seed input (128 x 1292 mel, 84 x 1292 CQT) into 2 x 21 maps and the
-# demo input (64 x 431 mel, 84 x 431 CQT) into 1 x 7 and 2 x 7; global average pooling then lets a
-# clip of any length vote.
+# Notebook 03 writes the network out: its #@save cells hold MODEL_BLOCKS, branch_blocks, conv_block, branch
+# and classifier_head as they are here (tests/test_lessons.py compares them). Filter shapes follow Pons et
+# al. 2017, whose figure the report's lost one cited; mel_horizontal's, Schlüter & Böck 2014. Six "same" 2x2
+# pools leave 2 x 21 maps of the seed input (128 x 1292 mel), 1 x 7 of the demo's (64 x 431).
 
 MODEL_BLOCKS = {"mel_vertical": (4, 3), "mel_horizontal": (7, 6), "cqt": (7, 6)}  # branch: (convs, pools)
 BRANCH_INPUTS = {"mel_vertical": "mel", "mel_horizontal": "mel", "cqt": "cqt"}

@@ -910,7 +910,6 @@ class _AudioStream:
         return 20 * np.log10(rms) if rms > 0 else -np.inf
 
     def _append(self, y: np.ndarray) -> None:
-        _check_samples(self.path, y)
         self._squares += float(np.square(y, dtype=np.float64).sum())
         self._buffer = np.concatenate([self._buffer, y])
 
@@ -924,7 +923,7 @@ class _AudioStream:
         except Exception as exc:
             raise _decoding_error(self.path, exc) from None
         last = len(block) == 0
-        y = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+        y = _check_samples(self.path, block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0])
         self._native_frames += len(y)
         if self._resampler is not None:
             y = self._resampler.resample_chunk(y, last=last)

@@ -5231,7 +5231,7 @@ def predict_file(path: str | os.PathLike, model, cfg: Config, progress: bool = F
     Raises
     ------
     AudioError
-        Naming the file when it cannot be decoded.
+        Naming the file when it cannot be decoded or decodes to corrupt samples (as `load_audio`).
     """
     if model.name == "musicnn_genres":  # a fine-tuned musicnn hears its own 3 s patches at 16 kHz
         return _predict_file_finetuned(path, model, cfg, progress)

@@ -115,7 +115,9 @@ def test_each_damaged_file_decodes_to_bounded_finite_samples_or_is_refused_with_
     assert beyond, refused  # the corpus holds the corrupt frames the check is for
 
 
-def test_extraction_keeps_finite_features_and_lists_every_refused_file_with_its_reason(corpus, tmp_path):
+@pytest.fixture(scope="module")
+def extracted(corpus, tmp_path_factory) -> tuple[gu.Features, list[str]]:
+    """The features of every file of the corpus ("intact.mp3" first) as training clips, and the warnings."""
     folder, expected = corpus
     names = ["intact.mp3", *expected]
     tracks = pd.DataFrame(
@@ -126,20 +128,26 @@ def test_extraction_keeps_finite_features_and_lists_every_refused_file_with_its_
         },
         index=pd.Index(range(1, len(names) + 1), name="track_id"),
     )
-    cfg = CFG.replace(cache_dir=tmp_path)
     with pytest.warns(UserWarning, match=r"skipped \d+ of \d+ audio files"):
-        features = gu.extract_features(tracks, cfg, workers=1)
+        features = gu.extract_features(tracks, CFG.replace(cache_dir=tmp_path_factory.mktemp("cache")), workers=1)
+    return features, names
+
+
+def test_extraction_keeps_finite_features_and_lists_every_refused_file_with_its_reason(corpus, extracted):
+    features, names = extracted
     assert np.isfinite(features.mel).all() and np.isfinite(features.cqt).all()
     refused = {}
     for name in names:
-        refused[name] = outcome(folder / name, lambda path: gu.load_audio(path, cfg.sample_rate, cfg.clip_seconds))[1]
+        refused[name] = outcome(corpus[0] / name, lambda path: gu.load_audio(path, SR, CFG.clip_seconds))[1]
     skipped = dict(zip(features.skipped["path"], features.skipped["reason"]))
-    assert skipped == {str(folder / name): reason for name, reason in refused.items() if reason is not None}
+    assert skipped == {str(corpus[0] / name): reason for name, reason in refused.items() if reason is not None}
     assert len(features.mel) == len(names) - len(skipped) > 0
 
 
-def test_predict_gives_finite_probabilities_or_refuses_the_file_as_loading_does(corpus, decoded):
+def test_predict_gives_distinct_finite_probabilities_or_refuses_the_file_as_loading_does(corpus, decoded, extracted):
+    gu.import_keras().utils.set_random_seed(CFG.seed)
     model, answers = gu.build_model(CFG), {}
+    gu.adapt_normalization(model, extracted[0], np.arange(len(extracted[0].mel)))  # as training does first
     for name, (_, refused) in decoded.items():
         windows, reason = outcome(corpus[0] / name, lambda path: gu.predict_file(path, model, CFG))
         assert reason == refused, name

@@ -2957,9 +2957,11 @@ def _musicnn_log_mel(y: np.ndarray, center: bool) -> np.ndarray:
     power = librosa.feature.melspectrogram(
         y=y, sr=MUSICNN_SAMPLE_RATE, n_fft=MUSICNN_N_FFT, hop_length=MUSICNN_HOP, n_mels=MUSICNN_MELS, center=center
     ).T
-    fits = power < 65520 / 10000 / (1 + np.finfo(np.float16).eps / 2)  # float16(10000 * mel) is finite
-    log_mel = np.log10(10000 * np.where(fits, power, 0).astype(np.float16) + 1)
-    log_mel[~fits] = np.log10(10000 * power[~fits] + 1)
+    cast = power <= np.finfo(np.float16).max  # the original's float16 mel, where float16 holds it
+    product = 10000 * np.where(cast, np.where(cast, power, 0).astype(np.float16), power)  # float32
+    fits = product < 65520  # float16 holds 10000 * mel: the original's float16 arithmetic
+    log_mel = np.log10(np.where(fits, product, 0).astype(np.float16) + 1)
+    log_mel[~fits] = np.log10(product[~fits] + 1)
     return log_mel
 
 

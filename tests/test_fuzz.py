@@ -37,7 +37,7 @@ def make_corpus(folder: Path) -> dict[str, str | None]:
     outcome is right (a prediction of what decodes, or a refusal)}; "intact.mp3" must be predicted."""
     rng = np.random.default_rng(43)
     clips = [path for path in sorted(DEMO_CLIPS.glob("*/*.mp3")) if path.stat().st_size > 10_000]
-    sources = iter(clips[i].read_bytes() for i in rng.choice(len(clips), 13 + FLIPPED_COPIES, replace=False))
+    sources = iter(clips[i].read_bytes() for i in rng.choice(len(clips), 30, replace=False))  # more than needed
     half = len(clips[0].read_bytes()) // 2
     damage = {
         "intact.mp3": lambda data: data,

@@ -10,7 +10,7 @@ Config and errors: every knob in one dataclass, its presets, and every error cla
 Shared helpers: quiet imports, atomic writes and output-folder errors, used by several sections
     import_keras
 Data: track tables for the FMA and folder-per-genre layouts, and audio loading
-    AUDIO_EXTENSIONS, load_audio, FMA_SUBSETS, FMA_REQUIRED_COLUMNS, SPLIT_FRACTIONS, audio_path,
+    AUDIO_EXTENSIONS, load_audio, MAX_AMPLITUDE, FMA_SUBSETS, FMA_REQUIRED_COLUMNS, SPLIT_FRACTIONS, audio_path,
     read_fma_tracks, load_tracks, skipped_tracks, audio_info, folder_genres, DATA_SOURCES, data_source,
     stratified_split
 Download: FMA archives fetched, verified and unpacked
@@ -127,6 +127,7 @@ __all__ = [
     # Data
     "AUDIO_EXTENSIONS",
     "load_audio",
+    "MAX_AMPLITUDE",
     "FMA_SUBSETS",
     "FMA_REQUIRED_COLUMNS",
     "SPLIT_FRACTIONS",
@@ -812,25 +813,24 @@ def load_audio(path: str | os.PathLike, sr: int, duration: float | None) -> np.n
     sr : int
         Sample rate of the result, Hz; the audio is resampled (soxr_hq) from its own rate.
     duration : float or None
-        Seconds to return: longer audio is cropped to its first `duration` seconds, shorter audio is
-        zero-padded at the end. None decodes the whole file at its own length.
+        Seconds to return: longer audio is cropped to its first `duration` seconds, shorter audio is zero-padded
+        at the end. None decodes the whole file at its own length.
 
     Returns
     -------
     np.ndarray [shape=(round(sr * duration),), or (samples,) for duration=None; dtype=float32]
-        Mono samples (the channels' mean), all finite.
+        Mono samples (the channels' mean), finite and within ±MAX_AMPLITUDE.
 
     Raises
     ------
     AudioError
-        Naming the file when it is missing, empty, has no audio header (e.g. a text file named .au,
-        which libsndfile would otherwise read as raw samples), cannot be decoded, or decoding yields no
-        samples or NaN/infinite ones.
+        Naming the file when it is missing, empty, has no audio header (e.g. a text file named .au, which
+        libsndfile would otherwise read as raw samples), cannot be decoded, or decodes to no samples or to
+        corrupt ones (`_check_samples`: the whole file is refused).
     """
     import librosa
 
     path = Path(path)
-    n_samples = None if duration is None else int(round(sr * duration))
     _check_audio_file(path)
     try:
         # librosa warns when it falls back from soundfile to audioread, and libmpg123 prints its
@@ -838,17 +838,14 @@ def load_audio(path: str | os.PathLike, sr: int, duration: float | None) -> np.n
         with warnings.catch_warnings(), _silenced_stderr():
             warnings.simplefilter("ignore")
             y, native_sr = librosa.load(path, sr=None, mono=False, duration=duration)
-            if y.ndim > 1:  # mix down a contiguous copy: same samples as librosa.to_mono, ~5x faster
-                y = np.ascontiguousarray(y).mean(axis=0)
-            y = librosa.resample(y, orig_sr=native_sr, target_sr=sr, res_type="soxr_hq")
     except Exception as exc:  # every decoder failure becomes one clear message
         raise _decoding_error(path, exc) from None
     if y.size == 0:
         raise AudioError(f"{_shown(path)}: no audio samples decoded (truncated or not audio)")
-    if not np.all(np.isfinite(y)):
-        raise AudioError(f"{_shown(path)}: decoded audio contains NaN or infinite samples")
-    y = y.astype(np.float32, copy=False)
-    return y if n_samples is None else librosa.util.fix_length(y, size=n_samples)
+    if y.ndim > 1:  # mix down a contiguous copy: same samples as librosa.to_mono, ~5x faster
+        y = np.ascontiguousarray(y).mean(axis=0)
+    y = librosa.resample(_check_samples(path, y), orig_sr=native_sr, target_sr=sr, res_type="soxr_hq")
+    return y if duration is None else librosa.util.fix_length(y, size=int(round(sr * duration)))
 
 
 def _check_audio_file(path: Path) -> None:
@@ -857,7 +854,8 @@ def _check_audio_file(path: Path) -> None:
     import soundfile as sf
 
     if not path.is_file():
-        raise AudioError(f"{_shown(path)}: file not found")
+        what = "a link to a missing file" if path.is_symlink() and not path.exists() else "file not found"
+        raise AudioError(f"{_shown(path)}: {'a folder, not an audio file' if path.is_dir() else what}")
     if path.stat().st_size == 0:
         raise AudioError(f"{_shown(path)}: file is empty (0 bytes)")
     with contextlib.suppress(sf.LibsndfileError, RuntimeError), _silenced_stderr():
@@ -865,9 +863,24 @@ def _check_audio_file(path: Path) -> None:
             raise AudioError(f"{_shown(path)}: cannot decode audio (no audio header found: not an audio file)")
 
 
+# Full scale is 1: 200 real MP3s peak at 0.92 (median) to 1.45 (a decoder's overshoot of a clipped master), their
+# copies with 0.1-1 % of the bytes flipped (frames libmpg123 cannot dequantize) at up to 23,000. Beyond: corrupt
+MAX_AMPLITUDE = 2.0
+
+
+def _check_samples(path: Path, y: np.ndarray) -> np.ndarray:
+    """`y`, decoded from `path`; AudioError naming the file when a sample is NaN, infinite or beyond MAX_AMPLITUDE:
+    corrupt frames, and the whole file is refused (the frames around them decode to garbage within range)."""
+    peak = float(np.max(np.abs(y), initial=0.0))  # NaN when any sample is
+    if not peak <= MAX_AMPLITUDE:
+        what = f"reach {peak:.3g} times full scale" if np.isfinite(peak) else "are NaN or infinite"
+        raise AudioError(f"{_shown(path)}: decoded samples {what} (corrupt frames; music is within ±{MAX_AMPLITUDE:g})")
+    return y
+
+
 def _decoding_error(path: Path, exc: Exception) -> AudioError:
     """The AudioError for a decoder's failure on `path`."""
-    if type(exc).__name__ == "NoBackendError":  # soundfile failed and audioread found no decoder
+    if type(exc).__name__ in ("NoBackendError", "LibsndfileError"):  # no decoder read it, or not to its end
         return AudioError(
             f"{_shown(path)}: cannot decode audio (no decoder can read it: truncated, corrupt or not audio)"
         )
@@ -878,10 +891,10 @@ class _AudioStream:
     """An audio file decoded block by block, mono float32 at `sr` Hz, so that memory does not grow with
     its length: `window` hands out excerpts in order of their start and forgets the samples before.
 
-    The samples are `load_audio(path, sr, None)`'s: the same decoder (libsndfile, MP3 included), the
-    channels' mean, and soxr's resampler run as a stream, which gives the same samples as resampling the
-    whole file. A format libsndfile cannot read is decoded whole by `load_audio` (audioread). After the
-    file ends, `total` is its length in samples and `level_db` its RMS level in dBFS (-inf if silent).
+    The samples are `load_audio(path, sr, None)`'s, checked as there: the same decoder (libsndfile, MP3
+    included), the channels' mean, and soxr's resampler run as a stream, which gives the same samples as
+    resampling the whole file. A format libsndfile cannot read is decoded whole by `load_audio` (audioread).
+    After the file ends, `total` is its length in samples and `level_db` its RMS level in dBFS (-inf if silent).
     """
 
     BLOCK_SECONDS = 30.0  # decoded at a time
@@ -908,12 +921,11 @@ class _AudioStream:
             import soxr
 
             self._resampler = soxr.ResampleStream(native, sr, 1, dtype="float32", quality="soxr_hq")
-        seconds = self._file.frames / native if self._file.frames > 0 else 0.0
-        self._progress = None
-        if progress and seconds > 180:  # long files show how far decoding has come
-            from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-            self._progress = tqdm(total=round(seconds), desc=self.path.name, unit="s", leave=False)
+        seconds = self._file.frames / native if self._file.frames > 0 else 0.0
+        shown = progress and seconds > 180  # long files show how far decoding has come
+        self._progress = tqdm(total=round(seconds), desc=self.path.name, unit="s", leave=False, disable=not shown)
 
     @property
     def level_db(self) -> float:
@@ -921,8 +933,6 @@ class _AudioStream:
         return 20 * np.log10(rms) if rms > 0 else -np.inf
 
     def _append(self, y: np.ndarray) -> None:
-        if not np.all(np.isfinite(y)):
-            raise AudioError(f"{_shown(self.path)}: decoded audio contains NaN or infinite samples")
         self._squares += float(np.square(y, dtype=np.float64).sum())
         self._buffer = np.concatenate([self._buffer, y])
 
@@ -936,7 +946,7 @@ class _AudioStream:
         except Exception as exc:
             raise _decoding_error(self.path, exc) from None
         last = len(block) == 0
-        y = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+        y = _check_samples(self.path, block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0])
         self._native_frames += len(y)
         if self._resampler is not None:
             y = self._resampler.resample_chunk(y, last=last)
@@ -944,11 +954,10 @@ class _AudioStream:
             self.total = int(np.ceil(self._native_frames * self.sr / native))
             y = y[: max(0, self.total - self._offset - len(self._buffer))]
             self._file.close()
-            if self._progress is not None:
-                self._progress.close()
+            self._progress.close()
             if self.total == 0:
                 raise AudioError(f"{_shown(self.path)}: no audio samples decoded (truncated or not audio)")
-        elif self._progress is not None:
+        else:
             self._progress.update(round(self._native_frames / native) - self._progress.n)
         self._append(np.ascontiguousarray(y, dtype=np.float32))
         if last and self._offset + len(self._buffer) < self.total:
@@ -2516,10 +2525,7 @@ def _clip_statistics_of_file(path: str, cfg: Config) -> tuple[pd.Series | None, 
         y = load_audio(path, cfg.sample_rate, cfg.clip_seconds)
     except AudioError as exc:
         return None, str(exc).removeprefix(f"{_shown(path)}: ")
-    statistics = clip_statistics(y, cfg)
-    if not np.all(np.isfinite(statistics.to_numpy())):
-        return None, "clip statistics contain NaN or infinite values"
-    return statistics, None
+    return clip_statistics(y, cfg), None  # finite: load_audio's samples are
 
 
 # ── Model: the report's three-branch CNN in backend-neutral Keras 3, and the classical baseline's classifier ──
@@ -2940,12 +2946,11 @@ _MUSICNN_CHECKPOINT_LAYERS = {
 def musicnn_patches(y: np.ndarray) -> np.ndarray:
     """musicnn's input: the log-mel patches of a mono clip `y` (float32 samples at 16 kHz).
 
-    As the original's `batch_data`: a 96-band mel power spectrogram (n_fft 512, hop 256), cast to
-    float16, log10(1 + 10000 * mel) in float16, cut into consecutive 187-frame patches (3 s; the
-    incomplete last patch is dropped). Where the original's float16 product overflows (loud bins of
-    real music give inf there, in 1-3 % of the bins of the real-music set's pop and rock, and the
-    original network then outputs the same tags for every such patch), the value is computed in
-    float32 instead, so patches are always finite; elsewhere the values are the original's.
+    As the original's `batch_data`: a 96-band mel power spectrogram (n_fft 512, hop 256), cast to float16,
+    log10(1 + 10000 * mel) in float16, cut into consecutive 187-frame patches (3 s; the incomplete last patch
+    is dropped). Where that float16 product would overflow (loud bins of real music, 1-3 % of the bins of the
+    real-music set's pop and rock, where the original gives inf and then the same tags for every such patch),
+    the value is computed in float32, so patches are finite for any finite `y`; elsewhere they are the original's.
     A clip shorter than one patch is zero-padded to one. Returns float16 (patches, 187, 96), (time, mel).
     """
 
@@ -2959,13 +2964,14 @@ def _musicnn_log_mel(y: np.ndarray, center: bool) -> np.ndarray:
     """musicnn's float16 log-mel frames (time, mel) of 16 kHz samples, as `musicnn_patches` describes."""
     import librosa
 
-    mel = librosa.feature.melspectrogram(
+    power = librosa.feature.melspectrogram(
         y=y, sr=MUSICNN_SAMPLE_RATE, n_fft=MUSICNN_N_FFT, hop_length=MUSICNN_HOP, n_mels=MUSICNN_MELS, center=center
-    ).T.astype(np.float16)
-    with np.errstate(over="ignore"):
-        log_mel = np.log10(10000 * mel + 1)
-    overflow = ~np.isfinite(log_mel)
-    log_mel[overflow] = np.log10(10000 * mel[overflow].astype(np.float32) + 1)
+    ).T
+    cast = power <= np.finfo(np.float16).max  # the original's float16 mel, where float16 holds it
+    product = 10000 * np.where(cast, np.where(cast, power, 0).astype(np.float16), power)  # float32
+    fits = product < 65520  # float16 holds 10000 * mel: the original's float16 arithmetic
+    log_mel = np.log10(np.where(fits, product, 0).astype(np.float16) + 1)
+    log_mel[~fits] = np.log10(product[~fits] + 1)
     return log_mel
 
 
@@ -3001,13 +3007,7 @@ def _streamed_predictions(batches, predict) -> pd.DataFrame:
 
 def _window_batches(windows):
     """(starts, windows) of a `_AudioStream.windows` generator, _PREDICT_BATCH at a time."""
-    batch = []
-    for window in windows:
-        batch.append(window)
-        if len(batch) == _PREDICT_BATCH:
-            yield tuple(map(np.array, zip(*batch)))
-            batch = []
-    if batch:
+    while batch := list(itertools.islice(windows, _PREDICT_BATCH)):
         yield tuple(map(np.array, zip(*batch)))
 
 
@@ -5253,7 +5253,7 @@ def predict_file(path: str | os.PathLike, model, cfg: Config, progress: bool = F
     Raises
     ------
     AudioError
-        Naming the file when it cannot be decoded.
+        Naming the file when it cannot be decoded or decodes to corrupt samples (as `load_audio`).
     """
     if model.name == "musicnn_genres":  # a fine-tuned musicnn hears its own 3 s patches at 16 kHz
         return _predict_file_finetuned(path, model, cfg, progress)

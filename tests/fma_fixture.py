@@ -1,12 +1,12 @@
 """A small FMA-small look-alike with the real set's faults, for running the notebooks with the seed preset.
 
-    python tests/fma_fixture.py data/fma-fixture
+    python tests/fma_fixture.py data/fma-fixture [Hip-Hop,Pop,Folk,Rock,Experimental]
 
 FMA's layout (fma_metadata/tracks.csv with its two-level header, fma_small/000/000002.mp3) with
-CLIPS_PER_GENRE synthesized 30 s clips of each genre (`make_demo_dataset`), split 2/1/1, and the faults
-of a real download: one MP3 truncated to its header (undecodable, as the demo has), one empty file (an
-interrupted unzip; `load_tracks` skips it) and one clip much shorter than 30 s (as FMA-small's few).
-Deterministic: the same files every time.
+CLIPS_PER_GENRE synthesized 30 s clips of each genre given (comma-separated; default FMA-small's eight) by
+`make_demo_dataset`, split 2/1/1, and the faults of a real download: one MP3 truncated to its header
+(undecodable, as the demo has), one empty file (an interrupted unzip; `load_tracks` skips it) and one clip
+much shorter than 30 s (as FMA-small's few). Deterministic: the same files every time.
 """
 
 import sys
@@ -22,8 +22,8 @@ CLIPS_PER_GENRE = 4  # two to train on, one to validate, one to test: a seed-pre
 SHORT_SECONDS = 12.0  # the short clip's length
 
 
-def make_fma_fixture(root: Path) -> None:
-    cfg = gu.get_config("seed", data_root=root)
+def make_fma_fixture(root: Path, genres=gu.GENRES) -> None:
+    cfg = gu.get_config("seed", data_root=root, genres=tuple(genres))
     gu.make_demo_dataset(root, cfg, clips_per_genre=CLIPS_PER_GENRE, progress=False)
     metadata = gu.read_fma_tracks(root / "fma_metadata" / "tracks.csv")
     small = metadata[metadata["set", "subset"] == "small"].sort_index()
@@ -43,4 +43,4 @@ def make_fma_fixture(root: Path) -> None:
 
 
 if __name__ == "__main__":
-    make_fma_fixture(Path(sys.argv[1]).resolve())
+    make_fma_fixture(Path(sys.argv[1]).resolve(), sys.argv[2].split(",") if len(sys.argv) > 2 else gu.GENRES)

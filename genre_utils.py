@@ -471,14 +471,11 @@ PRESETS = {
         lr_decay_epochs=8.0,
     ),
 }
-# The training recipe that learns real recordings from few clips: the report's architecture and
-# features, trained on random excerpts with mixup, SpecAugment masks, label smoothing, weight decay,
-# a warmed-up cosine schedule to 0 over a fixed budget, predicting with the moving average of the
-# final weights. Its ingredients and values are the literature's usual ones, measured by 5-fold
-# cross-validation on real recordings of 4 genres (benchmarks/real_music.py, benchmarks/results/,
-# notebook 09). With batch norm's moving statistics at 0.99 and 5 steps an epoch they lag the weights
-# by ~20 epochs and validation on ~20 clips follows the lag, not learning; at 0.9 it is sensible from
-# epoch 2 and flattens after ~30 epochs: 60 epochs, no early stopping, no checkpoint chosen on 20 clips.
+# The training recipe that learns real recordings from few clips: the report's network and features on
+# random excerpts with mixup, SpecAugment, label smoothing, weight decay and a warmed-up cosine schedule to
+# 0, predicting with the moving average of the final weights; the literature's usual values, measured by
+# cross-validation on real recordings (benchmarks/real_music.py, notebook 09). Batch norm's statistics at
+# 0.99 lag ~20 epochs at 5 steps an epoch, so 0.9; validation on ~20 clips is too noisy to stop or choose on.
 RECIPE_SETTINGS = dict(
     train_mode="chunked",
     chunk_seconds=3.0,
@@ -2540,10 +2537,8 @@ BRANCH_INPUTS = {"mel_vertical": "mel", "mel_horizontal": "mel", "cqt": "cqt"}
 
 
 def branch_blocks(branch, height, cfg):
-    """(channels, kernel, pool) of each conv block of `branch` on an input `height` bins high.
-
-    Sizes are (frequency bins, time frames); the last blocks have no pool (None).
-    """
+    """(channels, kernel, pool) of each conv block of `branch` on an input `height` bins high; sizes are
+    (frequency bins, time frames), and the last blocks have no pool (None)."""
     n_convs, n_pools = MODEL_BLOCKS[branch]
     blocks = []
     for b in range(n_convs):
@@ -2628,12 +2623,8 @@ def build_model(cfg: Config, branches=None):
         the cached float16 dB features as they are, any number of frames >= 1; with cfg.musicnn_input
         also "embedding" (batch, 400) float32. Each input's Normalization layer
         (`<input>_normalization`) is adapted to the training split by `adapt_normalization` and saved
-        with the model. Output "genre" (batch, len(cfg.genres)) float32 probabilities.
-
-    Raises
-    ------
-    ConfigError
-        For unknown branches.
+        with the model. Output "genre" (batch, len(cfg.genres)) float32 probabilities. ConfigError for
+        unknown branches.
     """
     keras = import_keras()
     layers = keras.layers
@@ -3632,8 +3623,7 @@ def predict_file_embeddings(
 # instrumental, blues is guitar band music, rnb sits by hip-hop, soul and funk by pop); FMA files
 # ambient and chill-out under Electronic. Tags that name no genre (eras, moods, voices, guitar) feed
 # none, nor do "alternative" and "indie", scenes that Pop and Rock share. No tag names International.
-# Chosen on the 200 Emotify recordings of the README's results, so optimistic there: these groups and the `max` rule
-# below scored 0.68 there; before ambient and chill-out moved from Instrumental to Electronic, 0.625.
+# Chosen on the 200 Emotify recordings of the README's results, so optimistic there (0.68 with the `max` rule).
 ZERO_SHOT_GENRES = {
     "Hip-Hop": ("Hip-Hop", "rnb"),
     "Pop": ("pop", "indie pop", "catchy", "soul", "funk"),
@@ -4630,10 +4620,8 @@ def train(
         The training settings.
     run_dir : str or os.PathLike
         The run folder, created if needed.
-    callbacks : sequence of keras.callbacks.Callback
-        Extra Keras callbacks.
-    verbose : "auto", 0, 1 or 2
-        Passed to `model.fit`.
+    callbacks, verbose
+        Extra Keras callbacks, and `model.fit`'s verbose ("auto", 0, 1 or 2).
 
     Returns
     -------
@@ -5405,32 +5393,13 @@ def classification_scores(y_true, proba, genres=GENRES) -> Scores:
 
 
 def evaluate(model, features: Features, cfg: Config, split: str = "validation") -> Scores:
-    """Scores of `model` on one split of `features`, with one prediction row per clip.
+    """Scores of `model` on one `split` (one of SPLITS) of `features`: notebook 05's scikit-learn calls
+    (`classification_scores`) on `predict_proba`'s predictions, the clips predicted as cfg (the run's
+    settings) says, with their input normalised as in training.
 
-    Parameters
-    ----------
-    model : keras.Model
-        A trained model, e.g. the best checkpoint from `load_run`.
-    features : Features
-        Features extracted with `cfg`.
-    cfg : Config
-        The run's settings (train_mode decides how clips are predicted).
-    split : str
-        One of SPLITS.
-
-    Returns
-    -------
-    Scores
-        Accuracy, per-genre scores and confusion matrices of `predict_proba`'s probabilities (inputs
-        normalised as in training); `Scores.predictions` has columns track_id, genre (true),
-        predicted, confidence (probability of the predicted genre, 0-1) and correct.
-
-    Raises
-    ------
-    GenreError
-        For an unknown split.
-    DataError
-        When the split has no clips in `features`.
+    Returns a `Scores`: accuracy, per-genre scores, confusion matrices, and `Scores.predictions`, one row
+    per clip with track_id, genre (true), predicted, confidence (probability of the predicted genre, 0-1)
+    and correct. Raises GenreError for an unknown split, DataError when the split has no clips.
     """
     if split not in SPLITS:
         raise GenreError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")

@@ -499,10 +499,10 @@ RECIPE_SETTINGS = dict(
 # The demo preset's sizes with that recipe: `recipe` runs where `demo` runs (GENRE_PROFILE=recipe)
 PRESETS["recipe"] = PRESETS["demo"].replace(profile="recipe", **RECIPE_SETTINGS)
 # GENRE_QUICK=1 (`make test`): every preset does less work, under QUICK_DIR (never over figures/ or the runs
-# of `make demo`), so the notebooks run every code path in a fraction of the time. A network of 2 epochs
+# of `make demo`), so the notebooks run every code path in a fraction of the time. A network of 1 epoch
 # need not beat chance: the notebooks' checks expect nothing of its accuracy.
 QUICK_SETTINGS = dict(
-    epochs=2,
+    epochs=1,
     chance_margin_sds=float("-inf"),
     ablation_branches=(),  # notebook 06 trains the three-branch network both ways, no single branch
     musicnn_seconds=3.0,  # one musicnn patch a clip

@@ -7801,7 +7801,8 @@ def main(argv: list[str] | None = None) -> int:
 def _cli_report(cfg: Config, args) -> None:
     """`report`: the executed notebooks as one HTML page, beside the figures of `cfg.figures_dir`."""
     page = export_report(figures_dir=cfg.figures_dir)
-    print(f"report written to {page}, its figures to {page.parent / 'figures'}, listed in figures.tex and figures.md")
+    figures = _shown(page.parent / "figures")
+    print(f"report written to {_shown(page)}, its figures to {figures}, listed in figures.tex and figures.md")
 
 
 def _cli_demo_data(cfg: Config, args) -> None:

@@ -1,9 +1,10 @@
 """A small FMA-small look-alike with the real set's faults, for running the notebooks with the seed preset.
 
-    python tests/fma_fixture.py data/fma-fixture [Hip-Hop,Pop,Folk,Rock,Experimental]
+    python tests/fma_fixture.py data/fma-fixture [Hip-Hop,Pop,Folk]
 
 FMA's layout (fma_metadata/tracks.csv with its two-level header, fma_small/000/000002.mp3) with
-CLIPS_PER_GENRE synthesized 30 s clips of each genre given (comma-separated; default FMA-small's eight) by
+CLIPS_PER_GENRE synthesized 30 s clips of each genre given (comma-separated, at least three: each fault
+below is in its own genre; default FMA-small's eight) by
 `make_demo_dataset`, split 2/1/1, and the faults of a real download: one MP3 truncated to its header
 (undecodable, as the demo has), one empty file (an interrupted unzip; `load_tracks` skips it) and one clip
 much shorter than 30 s (as FMA-small's few). Deterministic: the same files every time.
@@ -23,6 +24,8 @@ SHORT_SECONDS = 12.0  # the short clip's length
 
 
 def make_fma_fixture(root: Path, genres=gu.GENRES) -> None:
+    if len(genres) < 3:
+        raise SystemExit(f"fma_fixture.py: {len(genres)} genres given; the three faults need three genres")
     cfg = gu.get_config("seed", data_root=root, genres=tuple(genres))
     gu.make_demo_dataset(root, cfg, clips_per_genre=CLIPS_PER_GENRE, progress=False)
     metadata = gu.read_fma_tracks(root / "fma_metadata" / "tracks.csv")

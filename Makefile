@@ -85,7 +85,8 @@ nbval-10_interpretation: nbval-04_training nbval-07_pretrained  # that run, and 
 # file, each in its own genre): their checks must hold on real data too. Outputs are not compared (they
 # are the demo's); one epoch (the seed network's steps cost ~30x the demo's), its figures in their own
 # folder. Three of the eight genres, as each clip costs time: the checks ask for every split of every
-# genre, not for eight genres (from scratch 61 s against 72 s with five)
+# genre, not for eight genres (from scratch 61 s against 72 s with five); rebuilt when the Makefile, and
+# so the genre list, changes
 FMA_FIXTURE := data/fma-fixture
 FIXTURE_GENRES := Hip-Hop,Pop,Folk
 $(FMA_FIXTURE)/fma_metadata/tracks.csv: tests/fma_fixture.py Makefile | $(VENV)/.installed

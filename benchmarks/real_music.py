@@ -60,22 +60,23 @@ class Inputs:
 
     tracks: pd.DataFrame  # load_tracks output
     cfg: gu.Config  # the `demo` preset's features, this dataset's genres and data root
+    workers: int | None = None  # processes decoding the audio (None: one per core)
 
     @functools.cached_property
     def features(self) -> gu.Features:
-        return gu.extract_features(self.tracks, self.cfg)
+        return gu.extract_features(self.tracks, self.cfg, workers=self.workers)
 
     @functools.cached_property
     def statistics(self) -> pd.DataFrame:
-        return gu.extract_clip_statistics(self.tracks, self.cfg)
+        return gu.extract_clip_statistics(self.tracks, self.cfg, workers=self.workers)
 
     @functools.cached_property
     def embeddings(self) -> pd.DataFrame:
-        return gu.pretrained_embeddings(self.tracks, self.cfg)
+        return gu.pretrained_embeddings(self.tracks, self.cfg, workers=self.workers)
 
     @functools.cached_property
     def embeddings_mtt(self) -> pd.DataFrame:
-        return gu.pretrained_embeddings(self.tracks, self.cfg, network="mtt")
+        return gu.pretrained_embeddings(self.tracks, self.cfg, workers=self.workers, network="mtt")
 
     @functools.cached_property
     def patches(self) -> tuple[np.ndarray, np.ndarray]:
@@ -305,6 +306,12 @@ def main(argv=None) -> int:
         default=None,
         help="seconds of each recording used, from its start (default: the recordings' own length, all of it)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that decode the recordings and compute their inputs (default: one per CPU core)",
+    )
     parser.add_argument("--seed", type=int, default=42, help="seed of the folds and the models (default 42)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
     parser.add_argument(
@@ -337,6 +344,8 @@ def main(argv=None) -> int:
         parser.error(f"unknown method(s) {', '.join(unknown) or '(none given)'}; --list shows them")
     if args.seconds is not None and args.seconds <= 0:
         parser.error(f"--seconds {args.seconds:g}: need a positive length")
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers {args.workers}: need at least one")
     data = args.data or DEFAULT_DATA
     if args.data is None and not DEFAULT_DATA.is_dir():
         parser.error(f"no dataset at {DEFAULT_DATA}; pass --data DIR (a folder holding one folder of audio per genre)")
@@ -349,7 +358,7 @@ def main(argv=None) -> int:
         cfg = cfg.replace(clip_seconds=seconds)
         length = f"whole {seconds:g} s recordings" if seconds == whole else f"the first {seconds:g} s of each recording"
         work = args.work / f"{gu._safe_name(Path(cfg.data_root).name)}-{seconds:g}s-{gu.features_key(tracks, cfg)}"
-        inputs = Inputs(tracks, cfg)
+        inputs = Inputs(tracks, cfg, args.workers)
         methods = {name: METHODS[name][1](inputs) for name in names}
         labels = tracks["genre"]
         if any(name.startswith(("cnn", "recipe", "report")) for name in names):  # clips whose features exist

@@ -32,7 +32,9 @@ $(VENV)/.installed: requirements.txt
 
 musicnn: $(MUSICNN_WEIGHTS)  ## the pretrained musicnn weights, MSD and MTT networks (musicnn 0.1.0, ISC licence), from PyPI once
 
-$(MUSICNN_WEIGHTS): | $(VENV)/.installed
+# one command writes both files: a pattern rule with two targets runs it once, under make -j too (a rule
+# naming the two files would run it once for each, side by side)
+cache/%/msd_musicnn.npz cache/%/mtt_musicnn.npz: | $(VENV)/.installed
 	$(BIN)/python genre_utils.py musicnn-weights
 
 fma: setup  ## download, verify and unpack FMA-small and its metadata into $GENRE_DATA (default data/fma), then check it

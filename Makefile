@@ -91,8 +91,11 @@ nbval-10_interpretation: nbval-04_training nbval-07_pretrained  # that run, and 
 # so the genre list, changes
 FMA_FIXTURE := data/fma-fixture
 FIXTURE_GENRES := Hip-Hop,Pop,Folk
+# built afresh each time (its faults are made on a new set), and removed when that fails, so that a half-made
+# set is never taken for finished
 $(FMA_FIXTURE)/fma_metadata/tracks.csv: tests/fma_fixture.py Makefile | $(VENV)/.installed
-	$(BIN)/python tests/fma_fixture.py $(FMA_FIXTURE) $(FIXTURE_GENRES)
+	rm -rf $(FMA_FIXTURE)
+	$(BIN)/python tests/fma_fixture.py $(FMA_FIXTURE) $(FIXTURE_GENRES) || { rm -rf $(FMA_FIXTURE); exit 1; }
 seed-notebooks: $(FMA_FIXTURE)/fma_metadata/tracks.csv
 	GENRE_PROFILE=seed GENRE_QUICK=1 GENRE_DATA=$(abspath $(FMA_FIXTURE)) \
 		GENRE_SETTINGS="epochs=1 figures_dir=runs/quick/seed-figures genres=$(FIXTURE_GENRES)" \
